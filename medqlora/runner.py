@@ -1,0 +1,206 @@
+"""The CLI: validate params, chain the stage notebooks with papermill, collect summary.json.
+
+Exit codes: 0 every stage succeeded; 2 invalid params or inputs (found before any notebook runs);
+1 a stage failed (its executed notebook is kept with the error, and summary.json says which and why).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from .config import ConfigError, RunConfig, check_inputs, load_config, resolve_paths, save_config
+from .rundir import NOTEBOOKS, STAGES, RunDir, read_json, write_json
+
+PROJECT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = PROJECT / "notebooks"
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="runner.py", description="Run the medqlora notebook chain (setup, preprocess, train, export, "
+        "evaluate) for one or more params files; executed notebooks and summary.json go to reports/<run_id>/.")
+    p.add_argument("params", nargs="*", help="params YAML files, one run each (default: params/default.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a param, value read as YAML (repeatable): --set train.epochs=2")
+    p.add_argument("--run-id", help="name of the run folder (default: <run_name>-<YYYYmmdd-HHMMSS>)")
+    p.add_argument("--reports-dir", default="reports", help="where run folders go (default: reports)")
+    p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its first unfinished stage")
+    p.add_argument("--check", action="store_true", help="validate and print the resolved config, run nothing")
+    return p.parse_args(argv)
+
+
+def _stages(arg: str | None) -> list[str]:
+    if not arg:
+        return list(STAGES)
+    chosen = [s.strip() for s in arg.split(",") if s.strip()]
+    bad = [s for s in chosen if s not in STAGES]
+    if bad:
+        raise ConfigError(f"--stages: unknown stage(s) {bad}; choose from {','.join(STAGES)}")
+    return [s for s in STAGES if s in chosen]  # always in pipeline order
+
+
+def validated(path: Path, overrides: list[str]) -> RunConfig:
+    cfg = resolve_paths(load_config(path, overrides))
+    problems = check_inputs(cfg)
+    if problems:
+        raise ConfigError(f"invalid inputs in {path}:\n" + "\n".join(f"  - {p}" for p in problems))
+    return cfg
+
+
+class Summary:
+    """summary.json, rewritten after every stage so that a crashed run still says how far it got."""
+
+    def __init__(self, run: RunDir, run_id: str, cfg: RunConfig, params_file: str):
+        self.run, self.path = run, run / "summary.json"
+        old = read_json(self.path) if self.path.is_file() else {}
+        self.data = {"run_id": run_id, "status": "running", "params_file": params_file,
+                     "model": cfg.model.name_or_path + (f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else ""),
+                     "run_dir": str(run.path), "started": old.get("started") or datetime.now().isoformat(timespec="seconds"),
+                     "stages": old.get("stages", []), "train": None, "metrics": None,
+                     "artifacts": {"adapter_dir": None}, "error": None}
+
+    def stage_status(self, name: str) -> str | None:
+        return next((s["status"] for s in self.data["stages"] if s["name"] == name), None)
+
+    def record(self, name: str, status: str, seconds: float, notebook: Path, error: str | None = None):
+        self.data["stages"] = [s for s in self.data["stages"] if s["name"] != name]
+        self.data["stages"].append({"name": name, "status": status, "seconds": round(seconds, 1),
+                                    "notebook": str(notebook), "error": error})
+        self.data["stages"].sort(key=lambda s: STAGES.index(s["name"]))
+        self.collect()
+        self.save()
+
+    def collect(self):
+        run = self.run
+        if run.result_path("train").is_file():
+            t = read_json(run.result_path("train"))
+            self.data["train"] = {k: t.get(k) for k in ("backend", "steps", "epochs", "first_loss", "final_loss",
+                                                         "seconds", "seconds_per_step", "peak_memory_gb")}
+        if run.result_path("export").is_file():
+            e = read_json(run.result_path("export"))
+            self.data["artifacts"] = {"adapter_dir": e["adapter_dir"], "export_dir": e["export_dir"]}
+        if run.result_path("evaluate").is_file():
+            self.data["metrics"] = read_json(run.result_path("evaluate"))["metrics"]
+
+    def finish(self, status: str, error: str | None = None):
+        self.data.update(status=status, error=error, finished=datetime.now().isoformat(timespec="seconds"))
+        self.save()
+
+    def save(self):
+        write_json(self.path, self.data)
+        (self.run / "summary.md").write_text(readable(self.data))
+
+
+def readable(s: dict) -> str:
+    lines = [f"# {s['run_id']}: {s['status']}", "", f"model: {s['model']}", ""]
+    lines += ["| stage | status | seconds | notebook |", "|---|---|---|---|"]
+    lines += [f"| {x['name']} | {x['status']} | {x['seconds']} | {Path(x['notebook']).name} |" for x in s["stages"]]
+    if s.get("train"):
+        t = s["train"]
+        lines += ["", f"training ({t['backend']}): {t['steps']} steps, loss {t['first_loss']:.4f} -> "
+                  f"{t['final_loss']:.4f}, {t['seconds']} s, peak memory {t['peak_memory_gb']} GiB"]
+    if s.get("metrics"):
+        lines += ["", "| metric | base | fine-tuned |", "|---|---|---|"]
+        for k in ("rouge1", "rouge2", "rougeL", "accuracy", "parse_rate", "n_freetext", "n_choice"):
+            b, f = s["metrics"]["base"].get(k), s["metrics"]["finetuned"].get(k)
+            fmt = (lambda v: "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v))
+            lines.append(f"| {k} | {fmt(b)} | {fmt(f)} |")
+    if s.get("error"):
+        lines += ["", f"error: {s['error']}"]
+    return "\n".join(lines) + "\n"
+
+
+def run_stage(stage: str, run: RunDir) -> tuple[str, float, str | None]:
+    import papermill as pm
+
+    out = run / NOTEBOOKS[stage]
+    t0 = time.time()
+    try:
+        pm.execute_notebook(str(NOTEBOOK_DIR / NOTEBOOKS[stage]), str(out),
+                            parameters={"config_path": str(run.config_path), "run_dir": str(run.path)},
+                            kernel_name=os.environ.get("MEDQLORA_KERNEL", "python3"), cwd=str(PROJECT),
+                            log_output=True, progress_bar=False)
+        return "ok", time.time() - t0, None
+    except pm.PapermillExecutionError as e:
+        return "failed", time.time() - t0, f"{e.ename}: {e.evalue}"
+    except Exception as e:  # kernel died (out of memory), notebook missing, ...
+        return "failed", time.time() - t0, f"{type(e).__name__}: {e}"
+
+
+def execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_file: str, resume: bool) -> int:
+    summary = Summary(run, run_id, cfg, params_file)
+    if resume:
+        first = next((s for s in STAGES if summary.stage_status(s) != "ok"), None)
+        if first is None:
+            print(f"{run_id}: every stage already succeeded; nothing to resume")
+            summary.collect()
+            summary.finish("ok")
+            return EXIT_OK
+        stages = [s for s in stages if STAGES.index(s) >= STAGES.index(first)]
+        print(f"{run_id}: resuming at stage {first}")
+    summary.save()
+    for stage in stages:
+        print(f"\n=== {run_id}: {stage} -> {run / NOTEBOOKS[stage]}", flush=True)
+        status, seconds, error = run_stage(stage, run)
+        summary.record(stage, status, seconds, run / NOTEBOOKS[stage], error)
+        print(f"=== {stage}: {status} in {seconds:.1f} s" + (f": {error}" if error else ""), flush=True)
+        if status != "ok":
+            summary.finish("failed", f"stage {stage} failed: {error}")
+            print(f"\n{run_id}: stage {stage} failed; the executed notebook with the error is "
+                  f"{run / NOTEBOOKS[stage]}.\nFix the cause, then: python runner.py --resume {run_id}"
+                  + (f" --reports-dir {run.path.parent}" if run.path.parent.name != "reports" else ""),
+                  file=sys.stderr)
+            return EXIT_FAILED
+    summary.finish("ok" if all(summary.stage_status(s) == "ok" for s in STAGES) else "partial")
+    print(f"\n{run_id}: {summary.data['status']}\n" + readable(summary.data))
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    for noisy in ("traitlets", "papermill.translators", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    reports = Path(args.reports_dir)
+    try:
+        stages = _stages(args.stages)
+        if args.resume:
+            if args.params:
+                raise ConfigError("--resume takes the run's own config.yaml; give no params files with it")
+            run_path = reports / args.resume
+            if not (run_path / "config.yaml").is_file():
+                raise ConfigError(f"--resume {args.resume}: no run folder with config.yaml at {run_path}")
+            jobs = [(validated(run_path / "config.yaml", args.overrides), str(run_path / "config.yaml"))]
+        else:
+            files = args.params or ["params/default.yaml"]
+            if args.run_id and len(files) > 1:
+                raise ConfigError("--run-id names one run; give one params file with it")
+            jobs = [(validated(Path(f), args.overrides), f) for f in files]  # all validated before any runs
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.check:
+        import yaml
+
+        for cfg, f in jobs:
+            print(f"# {f}: valid\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return EXIT_OK
+    code = EXIT_OK
+    for cfg, f in jobs:
+        run_id = args.resume or args.run_id or f"{cfg.run_name}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_path = reports / run_id
+        if not args.resume and (run_path / "summary.json").exists():
+            print(f"error: run folder {run_path} already exists; use --resume {run_id} or another --run-id",
+                  file=sys.stderr)
+            return EXIT_INVALID
+        run = RunDir(run_path)
+        save_config(cfg, run.config_path)
+        code = max(code, execute(cfg, run, run_id, stages, f, bool(args.resume)))
+    return code
