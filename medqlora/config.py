@@ -97,6 +97,7 @@ class TrainConfig(_Section):
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations: less memory, ~20% slower.")
     packing: bool = Field(False, description="Pack several short examples into one sequence.")
+    group_by_length: bool = Field(True, description="Batch examples of similar length: less padding, faster.")
 
 
 class ExportConfig(_Section):
@@ -113,7 +114,9 @@ class EvalConfig(_Section):
 
 
 class MemoryConfig(_Section):
-    gpu_budget_gb: float | None = Field(None, gt=0, description="Warn when the estimated peak exceeds this.")
+    gpu_budget_gb: float | None = Field(
+        None, gt=0, description="GPU memory the run must fit (e.g. 15 for a Colab T4): setup warns on a smaller "
+        "card, training warns when its peak exceeds it.")
 
 
 class RunConfig(_Section):

@@ -17,6 +17,15 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def preload_unsloth() -> bool:
+    """Import unsloth before transformers/trl/peft where it will be used: it patches them at import time."""
+    if importlib.util.find_spec("unsloth") is None or not cuda_available():
+        return False
+    import unsloth  # noqa: F401
+
+    return True
+
+
 def resolve_backend(cfg: ModelConfig) -> str:
     """'unsloth' or 'hf'. auto takes Unsloth where a CUDA GPU and the package are both present."""
     has_unsloth = importlib.util.find_spec("unsloth") is not None
@@ -174,9 +183,9 @@ def add_lora(model, cfg: RunConfig, backend: str):
 
 def load_with_adapter(ref: str, adapter_dir: str, cfg: ModelConfig, backend: str):
     """Base in 4-bit with the trained adapter on top, ready to generate (adapter switchable off)."""
+    model, tok = load_base(ref, cfg, backend, for_training=False)  # first: Unsloth must load before peft
     from peft import PeftModel
 
-    model, tok = load_base(ref, cfg, backend, for_training=False)
     model = PeftModel.from_pretrained(model, adapter_dir)
     if backend == "unsloth":
         from unsloth import FastLanguageModel

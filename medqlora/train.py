@@ -6,9 +6,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from . import model as M
+
+M.preload_unsloth()  # before transformers: Unsloth patches it on import
+from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_callback import PrinterCallback  # noqa: E402
+
 from .config import RunConfig
 from .rundir import RunDir
 from .system import memory_line, memory_snapshot, peak_memory_gb
@@ -88,6 +91,8 @@ def load_for_training(cfg: RunConfig) -> Loaded:
     opts.append("prompt tokens masked: loss on answers only")
     if cfg.train.packing:
         opts.append("packing")
+    elif cfg.train.group_by_length:
+        opts.append("length-grouped batches (less padding)")
     return Loaded(model, tok, backend, ref, notes, M.parameter_counts(model), time.time() - t0, memory_snapshot(), opts)
 
 
@@ -125,7 +130,8 @@ def sft_config(cfg: RunConfig, run: RunDir, n_train: int):
         save_steps=t.save_steps or 500, save_total_limit=t.save_total_limit,
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=t.gradient_checkpointing and not cfg.model.load_in_4bit,
-        max_length=cfg.model.max_seq_length, packing=t.packing, report_to=[], disable_tqdm=True,
+        max_length=cfg.model.max_seq_length, packing=t.packing,
+        train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random", report_to=[], disable_tqdm=True,
         dataset_num_proc=None, remove_unused_columns=True)
 
 
@@ -139,6 +145,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print) -> dict:
     progress = ProgressPrinter(print_fn)
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=ds, processing_class=loaded.tokenizer,
                          callbacks=[progress])
+    trainer.remove_callback(PrinterCallback)  # its raw log dicts repeat what ProgressPrinter shows
     resume = _last_checkpoint(run / "checkpoints")
     if resume:
         print_fn(f"resuming from {resume}")
@@ -156,6 +163,14 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print) -> dict:
               "peak_memory_gb": round(peak_memory_gb(), 2), "params": loaded.params,
               "optimizations": loaded.optimizations, "resumed_from": resume, "losses": losses,
               "epochs_table": progress.rows, "adapter_dir": str(run.adapter_dir)}
+    budget = cfg.memory.gpu_budget_gb
+    if budget is not None:
+        result["memory_budget_gb"] = budget
+        result["within_memory_budget"] = result["peak_memory_gb"] <= budget
+        if not result["within_memory_budget"]:
+            print_fn(f"WARNING: peak memory {result['peak_memory_gb']} GiB exceeded memory.gpu_budget_gb {budget}: "
+                     "this config will not fit a card of that size; lower train.micro_batch_size or "
+                     "model.max_seq_length")
     return result
 
 

@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medqlora.config import ConfigError, check_inputs, load_config, parse_override, resolve_paths
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS = sorted((ROOT / "params").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PARAMS, ids=[p.name for p in PARAMS])
+def test_every_params_file_validates(path):
+    cfg = load_config(path)
+    assert cfg.run_name and cfg.model.name_or_path and cfg.data.source
+
+
+def test_there_are_params_for_each_real_base_model():
+    names = {p.stem for p in PARAMS}
+    assert {"default", "llama-3.1-8b-instruct", "llama-3.2-3b-instruct", "deepseek-r1-distill-llama-8b"} <= names
+    r1 = load_config(ROOT / "params" / "deepseek-r1-distill-llama-8b.yaml")
+    assert r1.data.template == "reasoning"
+
+
+def write(tmp_path, raw) -> Path:
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def base_raw():
+    return yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
+
+
+def test_unknown_key_is_named(tmp_path):
+    raw = base_raw()
+    raw["train"]["learning_rat"] = 1e-4
+    with pytest.raises(ConfigError, match=r"train\.learning_rat: unknown key"):
+        load_config(write(tmp_path, raw))
+
+
+def test_unknown_section_is_named(tmp_path):
+    raw = base_raw()
+    raw["optimizer"] = {"name": "adam"}
+    with pytest.raises(ConfigError, match=r"optimizer: unknown key"):
+        load_config(write(tmp_path, raw))
+
+
+def test_wrong_type_is_named_with_value(tmp_path):
+    raw = base_raw()
+    raw["train"]["epochs"] = "two"
+    with pytest.raises(ConfigError, match=r"train\.epochs: .*'two'"):
+        load_config(write(tmp_path, raw))
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("lora.r", 0, r"lora\.r: Input should be greater than or equal to 1"),
+    ("data.eval_fraction", 1.5, r"data\.eval_fraction"),
+    ("model.backend", "vllm", r"model\.backend: Input should be 'auto', 'unsloth' or 'hf'"),
+    ("run_name", "bad name/x", r"run_name: .*letters, digits"),
+])
+def test_impossible_values_rejected(tmp_path, key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, base_raw()), [f"{key}={value}"])
+
+
+def test_missing_required_section(tmp_path):
+    raw = base_raw()
+    del raw["data"]
+    with pytest.raises(ConfigError, match=r"data: required"):
+        load_config(write(tmp_path, raw))
+
+
+def test_overrides_are_yaml_typed(tmp_path):
+    cfg = load_config(write(tmp_path, base_raw()),
+                      ["train.epochs=3", "train.learning_rate=1e-4", "model.load_in_4bit=false",
+                       "lora.target_modules=[q_proj, v_proj]", "data.columns.question=Q"])
+    assert cfg.train.epochs == 3 and cfg.train.learning_rate == 1e-4 and cfg.model.load_in_4bit is False
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.data.columns == {"question": "Q"}
+    assert parse_override("a.b=x=y") == (["a", "b"], "x=y")
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        parse_override("train.epochs")
+
+
+def test_missing_data_file_is_an_input_problem(tmp_path):
+    cfg = resolve_paths(load_config(write(tmp_path, base_raw()), ["data.source=nowhere/missing.jsonl"]), ROOT)
+    problems = check_inputs(cfg)
+    assert any("data.source: file not found" in p and "missing.jsonl" in p for p in problems)
+
+
+def test_hub_names_are_not_checked_as_files(tmp_path):
+    cfg = resolve_paths(load_config(write(tmp_path, base_raw()),
+                                    ["data.source=FreedomIntelligence/medical-o1-reasoning-SFT"]), ROOT)
+    assert cfg.data.source == "FreedomIntelligence/medical-o1-reasoning-SFT"
+    assert not [p for p in check_inputs(cfg) if "data.source" in p]
+
+
+def test_relative_paths_resolved_against_base(tmp_path):
+    cfg = resolve_paths(load_config(ROOT / "params" / "default.yaml"), ROOT)
+    assert Path(cfg.data.source).is_absolute() and Path(cfg.data.source).is_file()

@@ -1,0 +1,53 @@
+from medqlora.data import Example
+from medqlora.prompts import build_completion, build_prompt, strip_reasoning, tokenize_example, user_text
+
+FREE = Example("1", "freetext", "What causes scurvy?", "Vitamin C deficiency.")
+MCQ = Example("2", "choice", "Scurvy is caused by lack of?", "B", options={"A": "Vitamin A", "B": "Vitamin C"})
+R1 = Example("3", "freetext", "What causes scurvy?", "Vitamin C deficiency.", reasoning="Collagen needs vitamin C.")
+
+
+def test_prompt_is_masked_and_answer_with_eos_is_trained(tokenizer):
+    prompt = build_prompt(FREE, tokenizer, "chat")
+    completion = build_completion(FREE, prompt, tokenizer, "chat")
+    tok = tokenize_example(prompt, completion, tokenizer, "chat")
+    ids, labels = tok["input_ids"], tok["labels"]
+    n = tok["n_prompt_tokens"]
+    assert len(ids) == len(labels) == tok["n_tokens"]
+    assert all(label == -100 for label in labels[:n]), "every prompt token must be masked"
+    assert labels[n:] == ids[n:], "every answer token must be trained"
+    assert tokenizer.decode(ids[:n]) == prompt
+    assert tokenizer.decode(ids[n:]).strip() == "Vitamin C deficiency.<|im_end|>"
+    assert ids[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>"), "the model must learn to stop"
+
+
+def test_chat_template_wraps_question_as_user_turn(tokenizer):
+    prompt = build_prompt(FREE, tokenizer, "chat", system_prompt="You are a physician.")
+    assert "<|im_start|>system\nYou are a physician.<|im_end|>" in prompt
+    assert "<|im_start|>user\nWhat causes scurvy?<|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_multiple_choice_prompt_lists_options_and_answer_is_letter_first(tokenizer):
+    text = user_text(MCQ)
+    assert "A. Vitamin A\nB. Vitamin C" in text and "letter" in text
+    assert build_completion(MCQ, "", tokenizer, "chat").startswith("B. Vitamin C")
+
+
+def test_reasoning_template_trains_the_thought_then_the_answer(tokenizer):
+    prompt = build_prompt(R1, tokenizer, "reasoning")
+    completion = build_completion(R1, prompt, tokenizer, "reasoning")
+    assert completion.startswith("<think>\nCollagen needs vitamin C.\n</think>\n\nVitamin C deficiency.")
+    # an R1-distill template that already opens <think> in the generation prompt is not given a second one
+    again = build_completion(R1, prompt + "<think>\n", tokenizer, "reasoning")
+    assert again.startswith("Collagen needs vitamin C.\n</think>")
+
+
+def test_plain_template_for_models_without_chat_template(tokenizer):
+    prompt = build_prompt(FREE, tokenizer, "plain")
+    assert prompt == "### Question:\nWhat causes scurvy?\n\n### Answer:\n"
+
+
+def test_strip_reasoning():
+    assert strip_reasoning("<think>\nhmm\n</think>\n\nB. Vitamin C") == "B. Vitamin C"
+    assert strip_reasoning("<think>\nstill thinking") == ""
+    assert strip_reasoning("  plain answer ") == "plain answer"

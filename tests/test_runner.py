@@ -1,0 +1,134 @@
+"""The runner CLI: bad input exits 2 before any notebook runs; the five notebooks chain on a tiny model;
+a failed stage exits 1 and the run resumes; each data format goes through preprocessing; a stage runs alone."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from conftest import ROOT, tiny_params, write_jsonl
+from test_data import CASES
+
+
+def runner(*args, timeout=900):
+    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def bad_params(tmp_path, mutate) -> Path:
+    raw = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
+    mutate(raw)
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda r: r["lora"].update(rank=8), "lora.rank: unknown key"),
+    (lambda r: r["train"].update(micro_batch_size="eight"), "train.micro_batch_size"),
+    (lambda r: r["data"].update(source="data/no_such_file.jsonl"), "data.source: file not found"),
+], ids=["unknown-key", "wrong-type", "missing-data-file"])
+def test_invalid_params_exit_2_fast_and_run_nothing(tmp_path, mutate, message):
+    t0 = time.time()
+    r = runner(bad_params(tmp_path, mutate), "--reports-dir", tmp_path / "reports")
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr
+    assert time.time() - t0 < 30
+    assert not (tmp_path / "reports").exists(), "nothing may be written for invalid params"
+
+
+def test_missing_params_file_and_bad_stage_exit_2(tmp_path):
+    r = runner(tmp_path / "nope.yaml")
+    assert r.returncode == 2 and "params file not found" in r.stderr
+    r = runner("--stages", "setup,trian")
+    assert r.returncode == 2 and "unknown stage(s) ['trian']" in r.stderr
+
+
+def test_check_prints_resolved_config():
+    r = runner("--check", "--set", "train.epochs=3")
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(r.stdout.split("\n", 1)[1])
+    assert cfg["train"]["epochs"] == 3 and Path(cfg["data"]["source"]).is_absolute()
+
+
+def notebook_errors(path: Path) -> list[str]:
+    nb = nbformat.read(path, as_version=4)
+    return [o.get("ename", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if o.get("output_type") == "error"]
+
+
+def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_data):
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
+    reports = tmp_path / "reports"
+    r = runner(params, "--reports-dir", reports, "--run-id", "e2e")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = reports / "e2e"
+    for nb in ("01_setup", "02_preprocess", "03_train", "04_export", "05_evaluate"):
+        assert (run / f"{nb}.ipynb").is_file()
+        assert notebook_errors(run / f"{nb}.ipynb") == []
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "ok" and s["run_id"] == "e2e" and s["model"] == tiny_model_dir
+    assert [x["name"] for x in s["stages"]] == ["setup", "preprocess", "train", "export", "evaluate"]
+    assert all(x["status"] == "ok" and x["seconds"] > 0 and Path(x["notebook"]).is_file() for x in s["stages"])
+    assert s["train"]["steps"] == 4 and s["train"]["final_loss"] > 0 and s["train"]["peak_memory_gb"] > 0
+    for which in ("base", "finetuned"):
+        m = s["metrics"][which]
+        assert set(m) >= {"rouge1", "rouge2", "rougeL", "accuracy", "n_freetext", "n_choice"}
+        assert m["n_freetext"] == 4 and m["n_choice"] == 2  # the first 6 held-out items: 4 free text, 2 MCQ
+    assert Path(s["artifacts"]["adapter_dir"], "adapter_model.safetensors").is_file()
+    answers = [json.loads(line) for line in (run / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 6 and all("base" in a and "finetuned" in a for a in answers)
+    # the executed notebooks show their work: progress with ETA, the loss table, a chart
+    train_nb = (run / "03_train.ipynb").read_text()
+    assert "ETA" in train_nb and "image/png" in train_nb and "trainable (LoRA)" in train_nb
+    assert "»»" in (run / "02_preprocess.ipynb").read_text()
+
+    # a stage notebook runs alone on the filled run folder, as papermill users resume by hand
+    import papermill as pm
+
+    out = tmp_path / "export_alone.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks" / "04_export.ipynb"), str(out), cwd=str(ROOT), progress_bar=False,
+                        parameters={"config_path": str(run / "config.yaml"), "run_dir": str(run)})
+    assert notebook_errors(out) == [] and "manifest verified: True" in out.read_text()
+
+
+def test_failed_stage_exits_1_keeps_notebook_and_resumes(tmp_path, tiny_model_dir, sample_data):
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data, lora={"target_modules": ["no_such_proj"]})
+    reports = tmp_path / "reports"
+    r = runner(params, "--reports-dir", reports, "--run-id", "fail", "--stages", "preprocess,train,export")
+    assert r.returncode == 1
+    assert "--resume fail" in r.stderr
+    run = reports / "fail"
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "failed" and "stage train failed" in s["error"] and "no_such_proj" in s["error"]
+    assert [(x["name"], x["status"]) for x in s["stages"]] == [("preprocess", "ok"), ("train", "failed")]
+    assert notebook_errors(run / "03_train.ipynb") == ["ValueError"]
+    assert (run / "data" / "train").is_dir(), "the earlier stage's output stays usable"
+
+    r = runner("--resume", "fail", "--reports-dir", reports, "--set", "lora.target_modules=[q_proj,v_proj]",
+               "--stages", "preprocess,train,export")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "resuming at stage train" in r.stdout
+    s = json.loads((run / "summary.json").read_text())
+    assert [(x["name"], x["status"]) for x in s["stages"]] == [("preprocess", "ok"), ("train", "ok"), ("export", "ok")]
+    assert s["artifacts"]["adapter_dir"] and s["status"] == "partial"
+
+
+@pytest.mark.parametrize("case", ["qa", "alpaca", "chat", "chat-sharegpt", "reasoning", "mcq", "pubmedqa"])
+def test_set_data_source_accepts_each_format(tmp_path, tiny_model_dir, case):
+    row = CASES[case][0]
+    rows = []
+    for i in range(12):  # distinct rows of the same shape
+        r = json.loads(json.dumps(row).replace("scurvy", f"scurvy type {i}"))
+        rows.append(r)
+    src = write_jsonl(tmp_path / f"{case}.jsonl", rows)
+    params = tiny_params(tmp_path, tiny_model_dir, src, None, data={"eval_fraction": 0.25})
+    r = runner(params, "--reports-dir", tmp_path / "reports", "--run-id", case, "--stages", "preprocess",
+               "--set", f"data.source={src}")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    prep = json.loads((tmp_path / "reports" / case / "results" / "preprocess.json").read_text())
+    assert prep["rows_read"] == 12 and sum(prep["kept"].values()) == 12 and prep["kept"].get("train", 0) > 0
