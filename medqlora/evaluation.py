@@ -71,6 +71,34 @@ def score(items: list[dict], answers: list[str]) -> dict:
     return out
 
 
+def item_scores(items: list[dict], answers: list[str]) -> dict[str, list[float]]:
+    """Per-item ROUGE-L (free text) and correctness (closed-form), for paired comparisons."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    out = {"rougeL": [], "accuracy": []}
+    for it, a in zip(items, answers):
+        if it["kind"] == "freetext":
+            out["rougeL"].append(scorer.score(it["reference"], strip_reasoning(a))["rougeL"].fmeasure)
+        else:
+            got = extract_choice(a, it["options"]) if it["kind"] == "choice" else extract_decision(a)
+            out["accuracy"].append(float(got == it["answer"]))
+    return out
+
+
+def paired_bootstrap(base: list[float], tuned: list[float], n: int = 2000, seed: int = 0) -> dict | None:
+    """Change in the mean (fine-tuned - base) with a 95% interval from resampling items in pairs."""
+    import numpy as np
+
+    if not base:
+        return None
+    b, t = np.asarray(base), np.asarray(tuned)
+    idx = np.random.default_rng(seed).integers(0, len(b), size=(n, len(b)))
+    deltas = (t[idx] - b[idx]).mean(axis=1)
+    lo, hi = np.percentile(deltas, [2.5, 97.5])
+    return {"change": float(t.mean() - b.mean()), "ci95": [float(lo), float(hi)], "n": len(b)}
+
+
 # ---------------------------------------------------------------- generation
 
 
@@ -140,6 +168,8 @@ def compare(cfg, run, print_fn=print) -> dict:
     return {"backend": backend, "n_items": len(items), "load_seconds": round(load_s, 1),
             "generate_seconds": {"base": round(t2 - t1, 1), "finetuned": round(t3 - t2, 1)},
             "metrics": {"base": score(items, base), "finetuned": score(items, tuned)},
+            "changes": {k: paired_bootstrap(b, f) for (k, b), f in
+                        zip(item_scores(items, base).items(), item_scores(items, tuned).values())},
             "answers": str(run / "eval" / "answers.jsonl")}
 
 
@@ -154,6 +184,10 @@ def metrics_table(result: dict):
     keys = [*ROUGE_KEYS, "accuracy", "parse_rate"]
     df.loc[keys, "change"] = [None if b is None or f is None else f - b
                               for b, f in zip(df.loc[keys, "base"], df.loc[keys, "fine-tuned"])]
+    df["95% CI of change (paired bootstrap)"] = ""
+    for k, c in result.get("changes", {}).items():
+        if c:
+            df.loc[k, "95% CI of change (paired bootstrap)"] = f"{c['ci95'][0]:+.3f} .. {c['ci95'][1]:+.3f}"
     return df
 
 

@@ -14,14 +14,25 @@ _QUIET = [r".*TqdmWarning.*", r".*IProgress not found.*", r".*clean_up_tokenizat
           r".*torch.utils.checkpoint.*use_reentrant.*", r".*`torch_dtype` is deprecated.*"]
 
 
+# Set on import: notebooks import this module before the libraries whose import emits them.
+for _pat in _QUIET:
+    warnings.filterwarnings("ignore", message=_pat)
+warnings.filterwarnings("ignore", category=UserWarning, module="torch.utils.checkpoint")
+warnings.filterwarnings("ignore", category=SyntaxWarning)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir]:
     """Load the run config, open the run folder, quieten noise, and print what this stage will use."""
-    for pat in _QUIET:
-        warnings.filterwarnings("ignore", message=pat)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch.utils.checkpoint")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if stage in ("train", "evaluate"):
+        from .model import preload_unsloth
+
+        preload_unsloth()  # before anything below imports transformers
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    import datasets
+
+    datasets.disable_progress_bars()
     try:
         from transformers.utils import logging as hf_logging
 

@@ -137,7 +137,11 @@ def run_stage(stage: str, run: RunDir) -> tuple[str, float, str | None]:
 def execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_file: str, resume: bool) -> int:
     summary = Summary(run, run_id, cfg, params_file)
     if resume:
-        first = next((s for s in STAGES if summary.stage_status(s) != "ok"), None)
+        # A stage never run before one that succeeded was left out on purpose (--stages): not unfinished.
+        ok = [STAGES.index(s) for s in STAGES if summary.stage_status(s) == "ok"]
+        last_ok = max(ok, default=-1)
+        first = next((s for s in stages if summary.stage_status(s) != "ok"
+                      and (summary.stage_status(s) is not None or STAGES.index(s) > last_ok)), None)
         if first is None:
             print(f"{run_id}: every stage already succeeded; nothing to resume")
             summary.collect()

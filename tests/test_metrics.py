@@ -43,3 +43,24 @@ def test_score_splits_free_text_and_closed_items():
 def test_score_without_closed_items_gives_null_accuracy():
     s = score([{"kind": "freetext", "reference": "x y"}], ["x y"])
     assert s["accuracy"] is None and s["parse_rate"] is None and s["n_choice"] == 0
+
+
+def test_paired_bootstrap_interval_brackets_the_change():
+    from medqlora.evaluation import paired_bootstrap
+
+    base = [0.0] * 10 + [1.0] * 10
+    tuned = [1.0] * 15 + [0.0] * 5
+    c = paired_bootstrap(base, tuned)
+    assert c["change"] == 0.25 and c["n"] == 20
+    assert c["ci95"][0] < 0.25 < c["ci95"][1]
+    same = paired_bootstrap(base, base)
+    assert same["change"] == 0 and same["ci95"] == [0.0, 0.0]
+    assert paired_bootstrap([], []) is None
+
+
+def test_item_scores_are_per_item():
+    from medqlora.evaluation import item_scores
+
+    items = [{"kind": "freetext", "reference": "a b c"}, {"kind": "choice", "answer": "B", "options": OPTS}]
+    s = item_scores(items, ["a b c", "A. Vitamin A"])
+    assert s == {"rougeL": [1.0], "accuracy": [0.0]}
