@@ -21,7 +21,7 @@ def trained(tmp_path, tiny_model_dir):
     train = write_jsonl(tmp_path / "t.jsonl", rows * 4)
     ev = write_jsonl(tmp_path / "e.jsonl", [{"question": "What is the antidote for poison 9?", "answer": "Antidote 9."}])
     cfg = load_config(tiny_params(tmp_path, tiny_model_dir, train, ev,
-                                  train={"max_steps": 12, "learning_rate": 2e-2, "micro_batch_size": 4,
+                                  train={"max_steps": 24, "learning_rate": 1e-2, "micro_batch_size": 4,
                                          "group_by_length": False}, data={"eval_fraction": 0.2}))
     run = RunDir(tmp_path / "run")
     tok = M.load_tokenizer(M.resolve_model(cfg.model)[0], cfg.model)
@@ -48,8 +48,10 @@ def test_duplicates_dropped_and_prompt_masked_in_saved_data(trained):
 def test_loss_goes_down_and_every_lora_weight_changes(trained):
     cfg, run, loaded, before, result = trained
     losses = [loss for _, loss in result["losses"]]
-    assert result["steps"] == 12 and len(losses) == 12
-    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+    assert result["steps"] == 24 and len(losses) == 24
+    # From ln(49152) = 10.8 a frozen random 2-layer model can only move so far through LoRA; measured here:
+    # 10.7 -> 9.8. Were gradients cut off from the 4-bit base (see DESIGN.md), it would stay near 10.7.
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
     changed = {n: not torch.equal(before[n], p.detach()) for n, p in loaded.model.named_parameters() if p.requires_grad}
     assert changed and all(changed.values()), [n for n, c in changed.items() if not c]
     assert all(".lora_" in n for n in changed), "only LoRA weights may train"
@@ -63,7 +65,7 @@ def test_saved_adapter_reloads_to_the_same_outputs(trained):
     loaded.model.eval()
     with torch.no_grad():
         want = loaded.model(input_ids=ids).logits
-    run.save_result("train", {"backend": "hf", "steps": 12, "epochs": 1, "first_loss": 1.0, "final_loss": 0.5,
+    run.save_result("train", {"backend": "hf", "steps": 24, "epochs": 1, "first_loss": 1.0, "final_loss": 0.5,
                               "seconds": 1, "peak_memory_gb": 1})
     exported = E.export(cfg, run)
     assert E.verify(exported["export_dir"]) == []
@@ -75,16 +77,23 @@ def test_saved_adapter_reloads_to_the_same_outputs(trained):
         base = None
         with model.disable_adapter():
             base = model(input_ids=ids).logits
-    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
-    assert not torch.allclose(base, want, atol=1e-3), "the adapter must change the outputs"
+    effect = (want - base).abs().max()
+    assert effect > 0.3, "the adapter must change the outputs"
+    # The in-memory model went through bitsandbytes' training path on the CPU, the reloaded one only its
+    # inference path: logits agree to within 2% of the adapter's own effect (measured: under 1%).
+    assert (got - want).abs().max() < 0.02 * effect, ((got - want).abs().max(), effect)
+    assert torch.equal(got.argmax(-1), want.argmax(-1)), "greedy predictions must be the same after reload"
+    again, _ = M.load_with_adapter(M.resolve_model(cfg.model)[0], exported["adapter_dir"], cfg.model, "hf")
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).logits, got), "reloading is deterministic"
 
 
 def test_resume_continues_from_the_last_checkpoint(trained, tiny_model_dir):
     cfg, run, _, _, first = trained
-    assert list((run / "checkpoints").glob("checkpoint-12"))
+    assert list((run / "checkpoints").glob("checkpoint-24"))
     cfg2 = cfg.model_copy(deep=True)
-    cfg2.train.max_steps = 14
+    cfg2.train.max_steps = 26
     cfg2.train.save_steps = 1
     again = T.train(cfg2, run, T.load_for_training(cfg2), print_fn=lambda *a: None)
-    assert again["resumed_from"].endswith("checkpoint-12") and again["steps"] == 14
-    assert [s for s, _ in again["losses"]] == [13, 14]
+    assert again["resumed_from"].endswith("checkpoint-24") and again["steps"] == 26
+    assert [s for s, _ in again["losses"]] == [25, 26]
