@@ -1,0 +1,56 @@
+"""The Unsloth path on a CUDA GPU: trains, exports and reloads. Skipped where there is no GPU or no Unsloth.
+
+Run there with: MEDQLORA_TOKENIZER_DIR=<tokenizer folder> python -m pytest -m gpu tests/test_gpu.py
+"""
+import importlib.util
+
+import pytest
+
+from conftest import tiny_params, write_jsonl
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None,
+                                 reason="needs a CUDA GPU and unsloth")]
+
+
+def test_unsloth_trains_exports_and_reloads(tmp_path, tokenizer_dir):
+    from medqlora import export as E
+    from medqlora import model as M
+    from medqlora import preprocess as P
+    from medqlora import train as T
+    from medqlora.config import load_config
+    from medqlora.rundir import RunDir
+    from medqlora.testing import make_tiny_llama
+
+    model_dir = make_tiny_llama(tmp_path / "m", tokenizer_dir, hidden=256, layers=2, heads=4, kv_heads=2,
+                                intermediate=512)
+    rows = [{"question": f"What is the antidote for poison {i}?", "answer": f"Antidote {i} given early."}
+            for i in range(8)]
+    train = write_jsonl(tmp_path / "t.jsonl", rows)
+    ev = write_jsonl(tmp_path / "e.jsonl", [{"question": "What is the antidote for poison 9?", "answer": "Antidote 9."}])
+    cfg = load_config(tiny_params(tmp_path, model_dir, train, ev, model={"backend": "unsloth"},
+                                  train={"max_steps": 30, "learning_rate": 1e-2, "micro_batch_size": 8}))
+    run = RunDir(tmp_path / "run")
+    tok = M.load_tokenizer(model_dir, cfg.model)
+    P.save_result(P.prepare(cfg, run, tok), cfg, run)
+    loaded = T.load_for_training(cfg)
+    assert loaded.backend == "unsloth"
+    result = T.train(cfg, run, loaded, print_fn=print)
+    run.save_result("train", result)
+    losses = [loss for _, loss in result["losses"]]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
+    assert 0 < result["peak_memory_gb"] < 10
+    exported = E.export(cfg, run)
+    info = E.inspect_adapter(exported["adapter_dir"], cfg)
+    assert info["lora_B_trained"].split("/")[0] == info["lora_B_trained"].split("/")[1]
+
+    model, tok = M.load_with_adapter(model_dir, exported["adapter_dir"], cfg.model, "unsloth")
+    ids = torch.tensor([tok("What is the antidote for poison 2?")["input_ids"]], device="cuda")
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits.float()
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits.float()
+        again = model(input_ids=ids).logits.float()
+    assert (tuned - base).abs().max() > 0.3, "the reloaded adapter must change the outputs"
+    assert torch.allclose(tuned, again), "adapter back on after disable gives the same outputs"
