@@ -21,6 +21,8 @@ warnings.filterwarnings("ignore", category=UserWarning, module="torch.utils.chec
 warnings.filterwarnings("ignore", category=SyntaxWarning)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# bitsandbytes asks for the hub-hosted 'kernels' CPU gemm, which offline machines cannot fetch; it falls back.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir]:

@@ -95,11 +95,20 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
     out = run.train_data
     with tempfile.TemporaryDirectory(prefix="medqlora-prep-") as cache:
         # Written to Arrow in chunks as rows stream by; the nonce keeps a stale cache from being reused.
-        ds = datasets.Dataset.from_generator(train_rows, cache_dir=cache,
-                                             gen_kwargs={}, fingerprint=f"prep-{time.time_ns()}")
+        def no_rows():
+            return D.DataError(f"no training rows left after validation ({checks.read} read, dropped: "
+                               f"{checks.dropped}); see the data checks table for why")
+
+        try:
+            ds = datasets.Dataset.from_generator(train_rows, cache_dir=cache,
+                                                 gen_kwargs={}, fingerprint=f"prep-{time.time_ns()}")
+        except datasets.exceptions.DatasetGenerationError as e:
+            # datasets wraps what the generator raised; show the real cause, or say that no row was left
+            if not checks.kept.get("train"):
+                raise no_rows() from None
+            raise (e.__cause__ or e) from None
         if len(ds) == 0:
-            raise D.DataError(f"no training rows left after validation ({checks.read} read, dropped: "
-                              f"{checks.dropped}); see the table above for why")
+            raise no_rows()
         if not kept_eval:
             raise D.DataError("no eval rows: give data.eval_source or raise data.eval_fraction")
         if out.exists():
@@ -165,10 +174,14 @@ def plot_lengths(p: Prepared, cfg: RunConfig, path: Path):
 
     fig, ax = plt.subplots(figsize=(8, 3.2))
     ax.hist([p.train_lengths, p.eval_lengths], bins=30, label=["train", "eval"], stacked=True)
-    ax.axvline(cfg.model.max_seq_length, color="red", ls="--", label="max_seq_length")
+    longest, limit = max(p.train_lengths + p.eval_lengths), cfg.model.max_seq_length
+    if limit <= longest * 1.5:
+        ax.axvline(limit, color="red", ls="--", label=f"max_seq_length {limit}")
+        ax.set_xlim(0, limit * 1.05)
+    else:  # far off to the right: say it rather than squash the histogram
+        ax.set_title(f"longest example {longest} tokens; max_seq_length {limit}", fontsize=10)
     ax.set_xlabel("tokens per example (prompt + answer)")
     ax.set_ylabel("examples")
-    ax.set_xlim(0, min(cfg.model.max_seq_length * 1.05, max(p.train_lengths + p.eval_lengths) * 1.1))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
