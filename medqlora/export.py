@@ -80,6 +80,16 @@ For research use. Not a medical device; answers must be checked by a clinician.
 """
 
 
+def base_model_config(ref: str) -> dict | None:
+    """The base model's architecture config, so the export says what it adapts (None if unreadable offline)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ref).to_dict()
+    except (OSError, ValueError):
+        return None
+
+
 def export(cfg: RunConfig, run: RunDir) -> dict:
     """Assemble run/export atomically: adapter + tokenizer, config, metadata, card, manifest; then verify."""
     train = run.result("train")
@@ -95,6 +105,7 @@ def export(cfg: RunConfig, run: RunDir) -> dict:
     write_json(tmp / "training_metadata.json", {
         "run_name": cfg.run_name, "run_dir": str(run.path), "config": cfg.model_dump(mode="json"),
         "versions": versions(), "python": sys.version.split()[0],
+        "base_model": {"reference": train["base_model"], "config": base_model_config(train["base_model"])},
         "data": {k: prep[k] for k in ("format", "fingerprint", "kept", "dropped", "train_tokens")},
         "training": {k: v for k, v in train.items() if k != "losses"}})
     (tmp / "adapter" / "README.md").write_text(model_card(cfg, train, prep))

@@ -29,6 +29,7 @@ def trained(tmp_path, tiny_model_dir):
     loaded = T.load_for_training(cfg)
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters() if p.requires_grad}
     result = T.train(cfg, run, loaded, print_fn=lambda *a: None)
+    run.save_result("train", result)
     return cfg, run, loaded, before, result
 
 
@@ -65,9 +66,10 @@ def test_saved_adapter_reloads_to_the_same_outputs(trained):
     loaded.model.eval()
     with torch.no_grad():
         want = loaded.model(input_ids=ids).logits
-    run.save_result("train", {"backend": "hf", "steps": 24, "epochs": 1, "first_loss": 1.0, "final_loss": 0.5,
-                              "seconds": 1, "peak_memory_gb": 1})
     exported = E.export(cfg, run)
+    meta = json.loads((run.export_dir / "training_metadata.json").read_text())
+    assert meta["base_model"]["config"]["num_hidden_layers"] == 2 and meta["training"]["steps"] == 24
+    assert meta["data"]["fingerprint"] and meta["versions"]["peft"]
     assert E.verify(exported["export_dir"]) == []
     info = E.inspect_adapter(exported["adapter_dir"], cfg)
     assert info["rank"] == 8 and info["lora_B_trained"].split("/")[0] == info["lora_B_trained"].split("/")[1]
