@@ -12,7 +12,7 @@ from pathlib import Path
 from . import data as D
 from .config import RunConfig
 from .prompts import build_completion, build_prompt, tokenize_example
-from .rundir import RunDir, write_json
+from .rundir import RunDir
 
 
 @dataclass
@@ -93,12 +93,12 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
 
     datasets.disable_progress_bars()
     out = run.train_data
+    def no_rows():
+        return D.DataError(f"no training rows left after validation ({checks.read} read, dropped: "
+                           f"{checks.dropped}); see the data checks table for why")
+
     with tempfile.TemporaryDirectory(prefix="medqlora-prep-") as cache:
         # Written to Arrow in chunks as rows stream by; the nonce keeps a stale cache from being reused.
-        def no_rows():
-            return D.DataError(f"no training rows left after validation ({checks.read} read, dropped: "
-                               f"{checks.dropped}); see the data checks table for why")
-
         try:
             ds = datasets.Dataset.from_generator(train_rows, cache_dir=cache,
                                                  gen_kwargs={}, fingerprint=f"prep-{time.time_ns()}")

@@ -107,11 +107,12 @@ def readable(s: dict) -> str:
         lines += ["", f"training ({t['backend']}): {t['steps']} steps, loss {t['first_loss']:.4f} -> "
                   f"{t['final_loss']:.4f}, {t['seconds']} s, peak memory {t['peak_memory_gb']} GiB"]
     if s.get("metrics"):
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
         lines += ["", "| metric | base | fine-tuned |", "|---|---|---|"]
         for k in ("rouge1", "rouge2", "rougeL", "accuracy", "parse_rate", "n_freetext", "n_choice"):
-            b, f = s["metrics"]["base"].get(k), s["metrics"]["finetuned"].get(k)
-            fmt = (lambda v: "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v))
-            lines.append(f"| {k} | {fmt(b)} | {fmt(f)} |")
+            lines.append(f"| {k} | {fmt(s['metrics']['base'].get(k))} | {fmt(s['metrics']['finetuned'].get(k))} |")
     if s.get("error"):
         lines += ["", f"error: {s['error']}"]
     return "\n".join(lines) + "\n"

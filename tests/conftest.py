@@ -48,10 +48,10 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir):
 @pytest.fixture
 def sample_data(tmp_path):
     """A small slice of the bundled sample: train and eval files with both free-text and multiple-choice rows."""
-    rows = [json.loads(l) for l in (ROOT / "data" / "medqa_train.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (ROOT / "data" / "medqa_train.jsonl").read_text().splitlines()]
     free = [r for r in rows if "options" not in r][:12]
     mcq = [r for r in rows if "options" in r][:4]
-    ev = [json.loads(l) for l in (ROOT / "data" / "medqa_eval.jsonl").read_text().splitlines()][:6]
+    ev = [json.loads(line) for line in (ROOT / "data" / "medqa_eval.jsonl").read_text().splitlines()][:6]
     return write_jsonl(tmp_path / "train.jsonl", free + mcq), write_jsonl(tmp_path / "eval.jsonl", ev)
 
 
