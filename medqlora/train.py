@@ -1,7 +1,9 @@
 """Stage 3: 4-bit base + LoRA, trained with TRL's SFTTrainer on the prepared (prompt-masked) dataset."""
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +116,24 @@ def _last_checkpoint(folder: Path) -> str | None:
     return str(ckpts[-1]) if ckpts else None
 
 
+def _resumable_checkpoint(cfg: RunConfig, run: RunDir, print_fn) -> str | None:
+    """The newest checkpoint, if it was made from this model, LoRA setup and prepared data; else start over."""
+    folder = run / "checkpoints"
+    made_from = {"model": cfg.model.model_dump(mode="json"), "lora": cfg.lora.model_dump(mode="json"),
+                 "data_fingerprint": run.result("preprocess")["fingerprint"]}
+    stamp = folder / "made_from.json"
+    last = _last_checkpoint(folder)
+    if last and stamp.is_file() and json.loads(stamp.read_text()) == made_from:
+        print_fn(f"resuming from {last}")
+        return last
+    if last:
+        print_fn(f"checkpoints in {folder} were made from another model, LoRA setup or data: starting over")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    stamp.write_text(json.dumps(made_from))
+    return None
+
+
 def sft_config(cfg: RunConfig, run: RunDir, n_train: int):
     import torch
     from trl import SFTConfig
@@ -146,9 +166,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print) -> dict:
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=ds, processing_class=loaded.tokenizer,
                          callbacks=[progress])
     trainer.remove_callback(PrinterCallback)  # its raw log dicts repeat what ProgressPrinter shows
-    resume = _last_checkpoint(run / "checkpoints")
-    if resume:
-        print_fn(f"resuming from {resume}")
+    resume = _resumable_checkpoint(cfg, run, print_fn)
     t0 = time.time()
     out = trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0

@@ -99,3 +99,14 @@ def test_resume_continues_from_the_last_checkpoint(trained, tiny_model_dir):
     again = T.train(cfg2, run, T.load_for_training(cfg2), print_fn=lambda *a: None)
     assert again["resumed_from"].endswith("checkpoint-24") and again["steps"] == 26
     assert [s for s, _ in again["losses"]] == [25, 26]
+
+
+def test_checkpoints_from_another_lora_setup_are_not_resumed(trained):
+    cfg, run, _, _, _ = trained
+    cfg2 = cfg.model_copy(deep=True)
+    cfg2.lora.target_modules = ["q_proj", "v_proj"]
+    cfg2.train.max_steps = 2
+    lines = []
+    again = T.train(cfg2, run, T.load_for_training(cfg2), print_fn=lines.append)
+    assert any("starting over" in line for line in lines)
+    assert again["resumed_from"] is None and again["steps"] == 2
