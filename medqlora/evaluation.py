@@ -39,6 +39,11 @@ def extract_decision(text: str) -> str | None:
     return m.group(1) if m else None
 
 
+def closed_answer(item: dict, text: str) -> str | None:
+    """The letter (choice) or yes/no/maybe (yesno) that a generated answer commits to, or None."""
+    return extract_choice(text, item["options"]) if item["kind"] == "choice" else extract_decision(text)
+
+
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     from rouge_score import rouge_scorer
 
@@ -62,8 +67,7 @@ def score(items: list[dict], answers: list[str]) -> dict:
     else:
         out.update(dict.fromkeys(ROUGE_KEYS))
     if closed:
-        parsed = [extract_choice(a, it["options"]) if it["kind"] == "choice" else extract_decision(a)
-                  for it, a in closed]
+        parsed = [closed_answer(it, a) for it, a in closed]
         out["accuracy"] = sum(p == it["answer"] for p, (it, _) in zip(parsed, closed)) / len(closed)
         out["parse_rate"] = sum(p is not None for p in parsed) / len(closed)
     else:
@@ -81,8 +85,7 @@ def item_scores(items: list[dict], answers: list[str]) -> dict[str, list[float]]
         if it["kind"] == "freetext":
             out["rougeL"].append(scorer.score(it["reference"], strip_reasoning(a))["rougeL"].fmeasure)
         else:
-            got = extract_choice(a, it["options"]) if it["kind"] == "choice" else extract_decision(a)
-            out["accuracy"].append(float(got == it["answer"]))
+            out["accuracy"].append(float(closed_answer(it, a) == it["answer"]))
     return out
 
 

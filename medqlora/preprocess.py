@@ -93,6 +93,7 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
 
     datasets.disable_progress_bars()
     out = run.train_data
+
     def no_rows():
         return D.DataError(f"no training rows left after validation ({checks.read} read, dropped: "
                            f"{checks.dropped}); see the data checks table for why")
@@ -107,8 +108,6 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
             if not checks.kept.get("train"):
                 raise no_rows() from None
             raise (e.__cause__ or e) from None
-        if len(ds) == 0:
-            raise no_rows()
         if not kept_eval:
             raise D.DataError("no eval rows: give data.eval_source or raise data.eval_fraction")
         if out.exists():

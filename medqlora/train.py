@@ -151,8 +151,8 @@ def sft_config(cfg: RunConfig, run: RunDir, n_train: int):
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=t.gradient_checkpointing and not cfg.model.load_in_4bit,
         max_length=cfg.model.max_seq_length, packing=t.packing,
-        train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random", report_to=[], disable_tqdm=True,
-        dataset_num_proc=None, remove_unused_columns=True)
+        train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
+        report_to=[], disable_tqdm=True, dataset_num_proc=None, remove_unused_columns=True)
 
 
 def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print) -> dict:
