@@ -22,6 +22,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# The fields data.columns can map (medqlora.data.ALIASES lists the column names recognised for each).
+CANONICAL_FIELDS = ("id", "question", "answer", "context", "options", "answer_idx", "reasoning", "messages",
+                    "instruction", "input", "output", "long_answer", "final_decision", "category", "explanation")
+
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -51,8 +55,9 @@ class DataConfig(_Section):
         "auto", description="Record format; auto detects it from the columns.")
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="Map canonical fields (question, answer, context, options, reasoning, messages, instruction, "
-        "input, output, category) to the dataset's column names.")
+        description="Map canonical fields (question, answer, answer_idx, context, options, reasoning, messages, "
+        "instruction, input, output, long_answer, final_decision, explanation, category, id) to the dataset's "
+        "column names.")
     template: Literal["chat", "reasoning", "plain"] = Field(
         "chat", description="chat: the tokenizer's chat template; reasoning: chat + '<think>' chain of thought "
         "(DeepSeek-R1 distills); plain: '### Question/### Answer' for base models without a chat template.")
@@ -60,15 +65,20 @@ class DataConfig(_Section):
     max_samples: int | None = Field(None, ge=1, description="Read at most this many rows of the source (None: all).")
     streaming: bool = Field(False, description="Stream the source row by row instead of loading it whole.")
     seed: int = Field(42, description="Seed of the train/eval split.")
+    on_bad_rows: Literal["drop", "fail"] = Field(
+        "drop", description="A row that cannot be read or used (invalid JSON, a missing field, an answer that is "
+        "not an option): drop: count it by reason and go on; fail: stop at the first one, naming its line.")
+    max_drop_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Stop preprocessing when more than this share of the rows read is dropped "
+        "(for any reason): a run on what is left would not be the run you meant.")
+    min_train_examples: int = Field(10, ge=1, description="Stop when fewer training examples than this remain.")
 
     @field_validator("columns")
     @classmethod
     def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
-        known = {"question", "answer", "context", "options", "reasoning", "messages", "instruction", "input",
-                 "output", "category", "id"}
-        bad = sorted(set(v) - known)
+        bad = sorted(set(v) - set(CANONICAL_FIELDS))
         if bad:
-            raise ValueError(f"unknown canonical field(s) {bad} in data.columns; use some of {sorted(known)}")
+            raise ValueError(f"unknown canonical field(s) {bad} in data.columns; use some of {sorted(CANONICAL_FIELDS)}")
         return v
 
 
@@ -115,7 +125,7 @@ class EvalConfig(_Section):
 
 class MemoryConfig(_Section):
     gpu_budget_gb: float | None = Field(
-        None, gt=0, description="GPU memory the run must fit (e.g. 15 for a Colab T4): setup warns on a smaller "
+        None, gt=0, description="GPU memory the run must fit (e.g. 14.0 for a Colab T4, which reports 14.74 GiB): setup warns on a smaller "
         "card, training warns when its peak exceeds it.")
 
 
@@ -143,6 +153,40 @@ class RunConfig(_Section):
         if self.train.packing and self.model.max_seq_length < 64:
             raise ValueError("train.packing needs model.max_seq_length of at least 64")
         return self
+
+
+# ---------------------------------------------------------------- what each stage's output depends on
+
+# Settings that change no stage's output: display, logging and checkpoint bookkeeping.
+_NO_EFFECT = {"train": {"logging_steps", "save_steps", "save_total_limit"}, "eval": {"show_examples"}}
+_SETUP_KEYS = {"name_or_path", "gguf_file", "backend", "load_in_4bit", "cache_dir"}
+# Sections each stage reads, cumulatively: a stage's output also depends on everything before it.
+_STAGE_SECTIONS = {"setup": ["model"], "preprocess": ["model", "data"], "train": ["model", "data", "lora", "train"],
+                   "export": ["model", "data", "lora", "train", "export"],
+                   "evaluate": ["model", "data", "lora", "train", "export", "eval"]}
+
+
+def stage_inputs(cfg: "RunConfig", stage: str) -> dict:
+    """The settings a stage's output depends on (its own and its predecessors'): when any of them changes,
+    the stage's output is stale and must be made again."""
+    dumped = cfg.model_dump(mode="json")
+    out = {sec: {k: v for k, v in dumped[sec].items() if k not in _NO_EFFECT.get(sec, ())}
+           for sec in _STAGE_SECTIONS[stage]}
+    if stage == "setup":  # setup checks the machine and resolves the base model: only which model matters
+        out["model"] = {k: v for k, v in out["model"].items() if k in _SETUP_KEYS}
+    return out
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, with old -> new values."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return out
 
 
 # ---------------------------------------------------------------- loading
@@ -206,12 +250,42 @@ def read_params(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a params YAML, apply --set overrides, validate. Raises ConfigError."""
-    raw = apply_overrides(read_params(path), overrides or [])
+    """Read a params YAML, apply --set overrides, validate. Raises ConfigError.
+
+    Relative paths are made absolute here: those written in the params file against the file's own folder
+    (so a params file and its data travel together, and the runner works from any folder), those given
+    with --set against the current folder (where the user typed them)."""
+    path = Path(path)
+    raw = _absolute_paths(read_params(path), path.resolve().parent)
+    raw = _absolute_paths(apply_overrides(raw, overrides or []), Path.cwd())
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, str(path))) from None
+
+
+PATH_HELP = ("a relative path in a params file is read from that file's folder, one given with --set from the "
+             "folder you run in")
+
+
+def _looks_local(section: str, key: str, v: str, base: Path) -> bool:
+    if "://" in v:
+        return False
+    if section == "data":
+        return is_local_path(v, base)
+    if section == "model" and key == "name_or_path":  # a hub id (org/name) unless it is clearly a path
+        return v.startswith((".", "/", "~")) or (base / v).exists()
+    return True  # cache_dir, export.destination: always paths
+
+
+def _absolute_paths(raw: dict, base: Path) -> dict:
+    for section, key in (("data", "source"), ("data", "eval_source"), ("model", "name_or_path"),
+                         ("model", "cache_dir"), ("export", "destination")):
+        node = raw.get(section)
+        v = node.get(key) if isinstance(node, dict) else None
+        if isinstance(v, str) and v and _looks_local(section, key, v, base):
+            node[key] = str((base / Path(v).expanduser()).resolve())
+    return raw
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
@@ -223,25 +297,12 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".csv.gz")
 
 
-def is_local_path(source: str) -> bool:
+def is_local_path(source: str, base: Path | None = None) -> bool:
     """A path (has a data-file suffix or a folder part) as opposed to a hub dataset/model id."""
     if "://" in source:
         return False
-    return source.startswith((".", "/", "~")) or source.lower().endswith(LOCAL_DATA_SUFFIXES) or Path(source).exists()
-
-
-def resolve_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
-    """Make local data/model paths absolute, so that notebooks run from any folder see the same files."""
-    base = Path(base or Path.cwd())
-    cfg = cfg.model_copy(deep=True)
-    for field in ("source", "eval_source"):
-        v = getattr(cfg.data, field)
-        if v and is_local_path(v):
-            setattr(cfg.data, field, str((base / Path(v).expanduser()).resolve()))
-    m = cfg.model.name_or_path
-    if not m.startswith("pkg://") and "://" not in m and (m.startswith((".", "/", "~")) or (base / m).exists()):
-        cfg.model.name_or_path = str((base / Path(m).expanduser()).resolve())
-    return cfg
+    return (source.startswith((".", "/", "~")) or source.lower().endswith(LOCAL_DATA_SUFFIXES)
+            or (Path(base or Path.cwd()) / source).exists())
 
 
 def check_inputs(cfg: RunConfig) -> list[str]:
@@ -250,8 +311,8 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     for field in ("source", "eval_source"):
         v = getattr(cfg.data, field)
         if v and is_local_path(v) and not Path(v).expanduser().exists():
-            problems.append(f"data.{field}: file not found: {v}; give an existing file (paths are relative to "
-                            "the folder you run from) or a hub dataset name")
+            problems.append(f"data.{field}: file not found: {v}; give an existing file ({PATH_HELP}) "
+                            "or a hub dataset name")
         if v and "://" in v and v.startswith("file://") and not Path(v[7:]).exists():
             problems.append(f"data.{field}: file not found: {v}")
     m = cfg.model
@@ -265,10 +326,47 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     elif Path(m.name_or_path).is_absolute():
         p = Path(m.name_or_path)
         if not p.exists():
-            problems.append(f"model.name_or_path: folder not found: {p}")
+            problems.append(f"model.name_or_path: folder not found: {p} ({PATH_HELP})")
         elif m.gguf_file and not (p / m.gguf_file).is_file():
             problems.append(f"model.gguf_file: {m.gguf_file} not found in {p}")
+    problems += _check_optimizer(cfg.train.optimizer)
+    for key, url in (("data.source", cfg.data.source), ("data.eval_source", cfg.data.eval_source),
+                     ("export.destination", cfg.export.destination)):
+        if url and "://" in url:
+            problems += _check_protocol(key, url)
     return problems
+
+
+def _check_optimizer(name: str) -> list[str]:
+    import difflib
+
+    from transformers.training_args import OptimizerNames
+
+    known = [o.value for o in OptimizerNames]
+    if name in known:
+        return []
+    near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return [f"train.optimizer: unknown optimizer {name!r}; " + (f"did you mean {' or '.join(near)}? " if near else "")
+            + "common choices: adamw_torch, adamw_8bit (GPU, saves memory), paged_adamw_8bit"]
+
+
+def _check_protocol(key: str, url: str) -> list[str]:
+    """An fsspec URL whose filesystem cannot be used here: unknown protocol, or its package missing."""
+    import fsspec
+    from fsspec.registry import known_implementations
+
+    protocol = url.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        return [f"{key}: unknown protocol {protocol!r} in {url}; use a local path or one of gs://, s3://, "
+                "az://, memory://, file://"]
+    except ImportError as e:
+        hint = known_implementations.get(protocol, {}).get("err") or str(e)
+        pkg = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "s3a": "s3fs", "az": "adlfs", "abfs": "adlfs"}.get(protocol)
+        return [f"{key}: {url} needs a package that is not installed ({hint})"
+                + (f"; run 'pip install {pkg}'" if pkg else "")]
+    return []
 
 
 def model_folder(name_or_path: str) -> Path:

@@ -18,14 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .config import DataConfig, is_local_path
+from .config import CANONICAL_FIELDS, DataConfig
+from .sources import DataError, Row, literal, open_rows  # noqa: F401  (open_rows: the loader, re-exported)
 
 LETTERS = "ABCDEFGHIJ"
 DECISIONS = ("yes", "no", "maybe")
-
-
-class DataError(ValueError):
-    """The data cannot be used as configured; the message says what to change."""
 
 
 @dataclass
@@ -40,6 +37,7 @@ class Example:
     reasoning: str | None = None  # chain of thought, used by the reasoning template
     category: str | None = None
     messages: list[dict] | None = None  # chat rows: the turns before the final assistant answer
+    instruction: str | None = None  # alpaca: the task wording, asked before the question (input)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +65,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "category": ("specialty", "category", "subject_name", "qtype", "topic", "source"),
     "explanation": ("explanation", "exp"),
 }
+
+assert set(ALIASES) == set(CANONICAL_FIELDS), "data.columns accepts exactly the fields mapped here"
 
 REQUIRED = {
     "qa": ("question", "answer"),
@@ -140,49 +140,6 @@ def resolve_format(columns: Iterable[str], cfg: DataConfig) -> tuple[str, dict[s
     return cfg.format, check_format(cfg.format, columns, cfg.columns)
 
 
-# ---------------------------------------------------------------- loading
-
-
-def _builder_for(path: str) -> str:
-    p = path.lower().removesuffix(".gz")
-    if p.endswith((".jsonl", ".json")):
-        return "json"
-    if p.endswith(".csv"):
-        return "csv"
-    if p.endswith(".parquet"):
-        return "parquet"
-    raise DataError(f"unsupported file type: {path}; use .jsonl, .json, .csv or .parquet")
-
-
-def open_rows(source: str, cfg: DataConfig, split: str) -> tuple[Iterable[dict], list[str]]:
-    """Rows of a local file, fsspec URL or hub dataset, and its column names; streamed when cfg.streaming."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    try:
-        if is_local_path(source) or "://" in source:
-            if is_local_path(source) and not Path(source).exists():
-                raise DataError(f"data file not found: {source}")
-            ds = datasets.load_dataset(_builder_for(source), data_files=source, split="train",
-                                       streaming=cfg.streaming)
-        else:
-            ds = datasets.load_dataset(source, cfg.config_name, split=split, streaming=cfg.streaming)
-    except DataError:
-        raise
-    except FileNotFoundError as e:
-        raise DataError(f"could not open {source}: {e}") from e
-    except Exception as e:  # hub unreachable, bad split/config, unparseable file
-        raise DataError(f"could not load {source!r} (config {cfg.config_name!r}, split {split!r}): "
-                        f"{type(e).__name__}: {e}. Offline? Give a local file as data.source.") from e
-    columns = list(ds.column_names or [])
-    if not columns and cfg.streaming:  # some streamed sources only know their columns after the first row
-        first = next(iter(ds), None)
-        columns = list(first or {})
-    if cfg.max_samples:
-        ds = ds.take(cfg.max_samples) if cfg.streaming else ds.select(range(min(cfg.max_samples, len(ds))))
-    return ds, columns
-
-
 # ---------------------------------------------------------------- normalization
 
 
@@ -191,41 +148,79 @@ def _text(v: Any) -> str:
         return ""
     if isinstance(v, float) and v != v:  # NaN from CSV
         return ""
-    if isinstance(v, (list, tuple)):
-        return "\n".join(_text(x) for x in v if _text(x))
     if isinstance(v, dict) and "contexts" in v:  # PubMedQA on the hub
         return _text(v["contexts"])
+    if isinstance(v, dict) and "text" in v:  # SQuAD-style {'text': ['ACE2'], 'answer_start': [21]}
+        texts = v["text"] if isinstance(v["text"], (list, tuple)) else [v["text"]]
+        return _text(texts[0]) if texts else ""
+    if isinstance(v, (list, tuple)):
+        return "\n".join(_text(x) for x in v if _text(x))
     return str(v).strip()
 
 
-def _options(v: Any) -> dict[str, str] | None:
-    if v is None or v == "" or v == {} or v == []:
-        return None
+_OPTION_LINE = re.compile(r"^\s*\(?([A-Ja-j])\s*[.):]\s*(.+?)\s*$")
+
+
+def _options(v: Any) -> tuple[dict[str, str] | None, str | None]:
+    """(letter -> text, None), (None, None) when there are no options, or (None, why they cannot be read).
+
+    Accepts a dict of letters, a list, [{key, value}], JSON or a Python literal of those as text (pandas
+    writes dicts into CSV that way), and a text block of lines 'A. text' / '(B) text'."""
+    if v is None or (isinstance(v, float) and v != v) or v in ("", {}, []):
+        return None, None
     if isinstance(v, str):
-        try:
-            v = json.loads(v)
-        except json.JSONDecodeError:
-            return None
+        text = v.strip()
+        if not text:
+            return None, None
+        parsed = None
+        if text[0] in "{[":
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError:
+                parsed = literal(text)
+        if parsed is None:
+            lines = [_OPTION_LINE.match(x) for x in text.splitlines() if x.strip()]
+            if lines and all(lines):
+                parsed = {m.group(1).upper(): m.group(2) for m in lines}
+        if parsed is None:
+            return None, f"options unreadable: {text[:60]!r} is neither JSON, a Python literal, nor lines like 'A. text'"
+        v = parsed
     if isinstance(v, dict):
         items = {str(k).strip().upper().rstrip(".)"): _text(t) for k, t in v.items() if _text(t)}
-        return items or None
-    if isinstance(v, (list, tuple)):
+    elif isinstance(v, (list, tuple)):
         if v and isinstance(v[0], dict) and "key" in v[0]:  # [{"key": "A", "value": "..."}]
-            return {str(o["key"]).upper(): _text(o.get("value")) for o in v}
-        return {LETTERS[i]: _text(t) for i, t in enumerate(v) if i < len(LETTERS)}
-    return None
+            items = {str(o.get("key")).upper(): _text(o.get("value")) for o in v if isinstance(o, dict)}
+        else:
+            items = {LETTERS[i]: _text(t) for i, t in enumerate(v) if i < len(LETTERS)}
+        items = {k: t for k, t in items.items() if t}
+    else:
+        return None, f"options unreadable: a {type(v).__name__}, not a list or mapping of options"
+    if not items:
+        return None, "options unreadable: every option is empty"
+    return items, None
 
 
 def _choice_letter(answer: Any, options: dict[str, str]) -> str | None:
+    """The option an answer names: an index, the option's full text, or its letter (in that order, so that
+    an answer 'D' among options ['A', 'C', 'D', 'K'] is the option reading 'D', not the fourth)."""
     if isinstance(answer, int) and not isinstance(answer, bool):
         letters = list(options)
         return letters[answer] if 0 <= answer < len(letters) else None
     a = _text(answer)
+    matches = [k for k, t in options.items() if t.lower() == a.lower()]
+    if len(matches) == 1:
+        return matches[0]
     m = re.fullmatch(r"\(?([A-Ja-j])[.):]?", a)
     if m and m.group(1).upper() in options:
         return m.group(1).upper()
-    matches = [k for k, t in options.items() if t.lower() == a.lower()]
-    return matches[0] if len(matches) == 1 else None
+    return None
+
+
+def _not_an_option(answer: Any, options: dict[str, str]) -> str:
+    letters = list(options)
+    span = f"{letters[0]}-{letters[-1]}" if letters == list(LETTERS[:len(letters)]) else ",".join(letters)
+    return f"answer not an option: answer {_text(answer)[:40]!r} is neither a letter among options {span} nor " \
+           "one option's text"
 
 
 ROLE = {"user": "user", "human": "user", "system": "system", "assistant": "assistant", "gpt": "assistant",
@@ -233,26 +228,28 @@ ROLE = {"user": "user", "human": "user", "system": "system", "assistant": "assis
 
 
 def normalize(row: dict, fmt: str, m: dict[str, str], index: int) -> tuple[Example | None, str | None]:
-    """One raw row -> (Example, None) or (None, reason it is dropped)."""
+    """One raw row -> (Example, None) or (None, reason it is dropped). A reason reads 'kind: detail'."""
     get = lambda f: row.get(m[f]) if f in m else None  # noqa: E731
     rid = _text(get("id")) or f"row-{index}"
     category = _text(get("category")) or None
     if fmt == "chat":
         turns = get("messages")
+        if isinstance(turns, str):  # a CSV cell or a double-encoded JSON field
+            turns = json.loads(turns) if turns.strip().startswith("[") and _is_json(turns) else literal(turns)
         if not isinstance(turns, list) or not turns:
-            return None, "malformed: messages is not a non-empty list"
+            return None, "malformed chat: messages is not a non-empty list"
         msgs = []
         for t in turns:
             if not isinstance(t, dict):
-                return None, "malformed: a message is not a mapping"
+                return None, "malformed chat: a message is not a mapping"
             role = ROLE.get(_text(t.get("role", t.get("from"))).lower())
             content = _text(t.get("content", t.get("value")))
             if role is None:
-                return None, f"malformed: unknown role {t.get('role', t.get('from'))!r}"
+                return None, f"malformed chat: unknown role {t.get('role', t.get('from'))!r}"
             msgs.append({"role": role, "content": content})
         last = max((i for i, t in enumerate(msgs) if t["role"] == "assistant"), default=None)
         if last is None or not any(t["role"] == "user" for t in msgs[:last]):
-            return None, "malformed: no user turn followed by an assistant answer"
+            return None, "malformed chat: no user turn followed by an assistant answer"
         question = next(t["content"] for t in reversed(msgs[:last]) if t["role"] == "user")
         answer = msgs[last]["content"]
         if not question:
@@ -261,54 +258,93 @@ def normalize(row: dict, fmt: str, m: dict[str, str], index: int) -> tuple[Examp
             return None, "empty answer"
         return Example(rid, "freetext", question, answer, category=category, messages=msgs[:last]), None
 
+    for f in ("question", "instruction", "input"):
+        if f in m and _wrong_type(get(f), text_only=True):
+            return None, f"wrong type: {f} ({m[f]}) is a {type(get(f)).__name__}, not text"
+    for f in ("answer", "output"):
+        if f in m and _wrong_type(get(f), text_only=False):
+            return None, f"wrong type: {f} ({m[f]}) is a {type(get(f)).__name__}, not text"
+    instruction = None
     if fmt == "alpaca":
         instr, inp = _text(get("instruction")), _text(get("input"))
-        question = f"{instr}\n\n{inp}" if instr and inp else (instr or inp)
+        question, instruction = (inp, instr) if instr and inp else (instr or inp, None)
         answer = _text(get("output"))
     else:
         question = _text(get("question"))
         answer = get("answer")
     if not question:
         return None, "empty question"
+    reasoning = _text(get("reasoning")) or None  # kept for every format: the reasoning template trains it
 
     if fmt == "pubmedqa":
         decision = _text(get("final_decision")).lower()
         if decision not in DECISIONS:
-            return None, f"malformed: final_decision {decision!r} is not yes/no/maybe"
+            return None, f"malformed decision: final_decision {decision[:20]!r} is not yes/no/maybe"
         return Example(rid, "yesno", question, decision, context=_text(get("context")) or None,
-                       explanation=_text(get("long_answer")) or None, category=category), None
+                       explanation=_text(get("long_answer")) or _text(get("explanation")) or None,
+                       reasoning=reasoning, category=category), None
 
-    options = _options(get("options")) if fmt in ("mcq", "qa") else None
+    options, problem = _options(get("options")) if fmt in ("mcq", "qa", "reasoning") else (None, None)
+    if problem:
+        return None, problem
     if options:
         if len(options) < 2:
-            return None, "malformed: fewer than two options"
-        letter = _choice_letter(get("answer_idx"), options) if "answer_idx" in m else None
-        letter = letter or _choice_letter(answer, options)
+            return None, "too few options: fewer than two non-empty options"
+        letter = _choice_letter(get("answer_idx"), options) if "answer_idx" in m and _text(get("answer_idx")) else None
+        given = get("answer") if _text(get("answer")) else get("answer_idx")
+        letter = letter or _choice_letter(given, options)
         if letter is None:
-            return None, f"malformed: answer {_text(answer)!r} is not one of the options {list(options)}"
-        return Example(rid, "choice", question, letter, options=options,
+            return None, ("empty answer" if not _text(given) else _not_an_option(given, options))
+        return Example(rid, "choice", question, letter, options=options, reasoning=reasoning,
                        explanation=_text(get("explanation")) or None, category=category), None
-    if fmt == "mcq" and "options" in m and not _text(answer):
-        return None, "empty answer"
-
+    # A row without options in a multiple-choice file is a free-text item (a qa/mcq file may mix them), unless
+    # its answer is a bare letter: then it names an option the row does not have.
+    if "options" in m and re.fullmatch(r"\(?[A-Ja-j][.):]?", _text(answer)):
+        return None, f"missing options: answer {_text(answer)!r} names an option, but the row has no options"
     answer = _text(answer)
     if not answer:
         return None, "empty answer"
-    reasoning = _text(get("reasoning")) or None if fmt == "reasoning" else None
-    return Example(rid, "freetext", question, answer, reasoning=reasoning,
+    return Example(rid, "freetext", question, answer, reasoning=reasoning, instruction=instruction,
                    context=_text(get("context")) or None if fmt != "alpaca" else None, category=category), None
 
 
+def _wrong_type(v: Any, text_only: bool) -> bool:
+    """A field that cannot be read as text: a bool or a mapping anywhere; a number where a question belongs."""
+    if isinstance(v, bool) or (isinstance(v, dict) and not ({"text", "contexts"} & set(v))):
+        return True
+    if isinstance(v, (list, tuple)):
+        return any(isinstance(x, (dict, list, tuple, bool)) for x in v)
+    return text_only and isinstance(v, (int, float)) and v == v  # NaN is an empty CSV cell
+
+
+def _is_json(s: str) -> bool:
+    try:
+        json.loads(s)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
+def _fold(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def question_key(ex: Example) -> str:
-    """Whitespace- and case-folded question: the unit of dedup and of the train/eval split."""
-    q = " ".join(ex.question.lower().split())
-    if ex.messages and len(ex.messages) > 1:
-        q = " ".join(" ".join(t["content"].lower().split()) for t in ex.messages)
-    return q
+    """What the user asks, case- and whitespace-folded: the unit of dedup, of the train/eval split and of the
+    leak check. Built from user turns only (never a system prompt or an alpaca instruction), so the same
+    question matches across formats and system prompts."""
+    if ex.messages:
+        users = [t["content"] for t in ex.messages if t["role"] == "user"]
+        return _fold(" ".join(users))
+    return _fold(ex.question)
 
 
 def row_key(ex: Example) -> str:
-    return hashlib.sha1(f"{question_key(ex)}\x00{' '.join(ex.answer.lower().split())}".encode()).hexdigest()
+    """Same question and same answer. For multiple choice: the same stem, the same set of options and the same
+    correct option's text, whatever the order of the options."""
+    answer = ex.options[ex.answer] if ex.kind == "choice" else ex.answer
+    options = "\x01".join(sorted(_fold(t) for t in ex.options.values())) if ex.options else ""
+    return hashlib.sha1(f"{question_key(ex)}\x00{options}\x00{_fold(answer)}".encode()).hexdigest()
 
 
 def in_eval_split(ex: Example, fraction: float, seed: int) -> bool:
@@ -320,23 +356,27 @@ def in_eval_split(ex: Example, fraction: float, seed: int) -> bool:
 
 @dataclass
 class Checks:
-    """What validation saw: counts per reason and a few dropped rows to show."""
+    """What validation saw: counts per reason and a few dropped rows to show. Every row read is either
+    kept or dropped with a reason: read == sum(kept) + sum(dropped)."""
     read: int = 0
     kept: dict[str, int] = field(default_factory=dict)  # split -> count
     kinds: dict[str, int] = field(default_factory=dict)  # "train/choice" -> count
     dropped: dict[str, int] = field(default_factory=dict)
     samples: dict[str, list] = field(default_factory=dict)
 
-    def drop(self, reason: str, row: Any) -> None:
+    def drop(self, reason: str, row: Any, line: int | None = None) -> None:
         key = reason.split(":")[0]
         self.dropped[key] = self.dropped.get(key, 0) + 1
         keep = self.samples.setdefault(key, [])
         if len(keep) < 3:
-            keep.append({"reason": reason, "row": _short(row)})
+            keep.append({"reason": reason, "line": line, "row": _short(row)})
 
     def keep(self, split: str, kind: str) -> None:
         self.kept[split] = self.kept.get(split, 0) + 1
         self.kinds[f"{split}/{kind}"] = self.kinds.get(f"{split}/{kind}", 0) + 1
+
+    def balanced(self) -> bool:
+        return self.read == sum(self.kept.values()) + sum(self.dropped.values())
 
 
 def _short(row: Any, n: int = 160) -> str:
@@ -344,18 +384,28 @@ def _short(row: Any, n: int = 160) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
-def iter_examples(rows: Iterable[dict], fmt: str, m: dict[str, str], checks: Checks,
-                  seen: set[str]) -> Iterator[Example]:
-    """Normalized, de-duplicated examples; every dropped row is counted in checks."""
-    for i, row in enumerate(rows):
+def iter_examples(rows: Iterable[Row | dict], fmt: str, m: dict[str, str], checks: Checks, seen: set[str],
+                  on_bad_rows: str = "drop", source: str = "") -> Iterator[Example]:
+    """Normalized, de-duplicated examples; every row read is counted, every dropped row with its reason."""
+    for i, item in enumerate(rows):
+        row = item if isinstance(item, Row) else Row(None, item)
         checks.read += 1
-        ex, problem = normalize(row, fmt, m, i)
+        if row.data is None:
+            problem = f"unreadable: {row.problem}"
+        else:
+            ex, problem = normalize(row.data, fmt, m, i)
+            if problem and row.line is not None:
+                key, _, detail = problem.partition(": ")
+                problem = f"{key}: line {row.line}" + (f": {detail}" if detail else "")
         if problem:
-            checks.drop(problem, row)
+            if on_bad_rows == "fail":
+                raise DataError(f"{source or 'data'}: {problem} (data.on_bad_rows is fail; fix the row, or set "
+                                "data.on_bad_rows: drop to count and skip such rows)")
+            checks.drop(problem, row.data if row.data is not None else row.raw, row.line)
             continue
         k = row_key(ex)
         if k in seen:
-            checks.drop("duplicate: same question and answer as an earlier row", row)
+            checks.drop("duplicate: same question and answer as an earlier row", row.data, row.line)
             continue
         seen.add(k)
         yield ex

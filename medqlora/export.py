@@ -48,6 +48,10 @@ def verify(folder: str | Path) -> list[str]:
     return problems
 
 
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def model_card(cfg: RunConfig, train: dict, prep: dict) -> str:
     return f"""---
 library_name: peft
@@ -65,7 +69,7 @@ prompt template `{cfg.data.template}`).
 | backend | {train['backend']} |
 | LoRA | r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, modules {', '.join(cfg.lora.target_modules)} |
 | steps / epochs | {train['steps']} / {train['epochs']} |
-| loss | {train['first_loss']:.4f} -> {train['final_loss']:.4f} |
+| loss | {_num(train['first_loss'])} -> {_num(train['final_loss'])} (mean {_num(train.get('train_loss'))}) |
 | training time | {train['seconds']} s, peak memory {train['peak_memory_gb']} GiB |
 | data fingerprint | {prep['fingerprint'][:16]} |
 
@@ -109,15 +113,21 @@ def export(cfg: RunConfig, run: RunDir) -> dict:
         "data": {k: prep[k] for k in ("format", "fingerprint", "kept", "dropped", "train_tokens")},
         "training": {k: v for k, v in train.items() if k != "losses"}})
     (tmp / "adapter" / "README.md").write_text(model_card(cfg, train, prep))
+    try:  # the weights are checked before anything is put in place or published
+        adapter = inspect_adapter(tmp / "adapter", cfg)
+    except RuntimeError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     write_json(tmp / MANIFEST, build_manifest(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    problems = verify(out)
+    problems = verify(tmp)
     if problems:
         raise RuntimeError(f"export verification failed: {problems}")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
     manifest = read_json(out / MANIFEST)
     result = {"export_dir": str(out), "adapter_dir": str(out / "adapter"), "files": len(manifest["files"]),
-              "bytes": sum(f["bytes"] for f in manifest["files"].values()), "verified": True}
+              "bytes": sum(f["bytes"] for f in manifest["files"].values()), "verified": not verify(out),
+              "adapter": adapter}
     if cfg.export.destination:
         result["destination"] = copy_to(out, cfg.export.destination)
     return result

@@ -6,7 +6,7 @@ import os
 import warnings
 from pathlib import Path
 
-from .config import RunConfig, load_config, resolve_paths
+from .config import RunConfig, load_config
 from .rundir import RunDir
 
 # Messages that say nothing about this run and bury the report's real output.
@@ -42,7 +42,7 @@ def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
-    cfg = resolve_paths(load_config(config_path))
+    cfg = load_config(config_path)
     run = RunDir(run_dir)
     print(f"stage {stage} | run {run.path.resolve()} | config {Path(config_path).resolve()}")
     print(f"model {cfg.model.name_or_path}" + (f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else "")

@@ -34,7 +34,7 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
     dc = cfg.data
     rows, columns = D.open_rows(dc.source, dc, dc.split)
     if not columns:
-        raise D.DataError(f"{dc.source} is empty: no rows or columns were found")
+        raise D.DataError(f"{dc.source} has no readable rows; see the runner's data check for why")
     fmt, mapping = D.resolve_format(columns, dc)
     checks, seen, notes = D.Checks(), set(), []
 
@@ -42,19 +42,23 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
     if dc.eval_source:
         erows, ecols = D.open_rows(dc.eval_source, dc, dc.eval_split)
         efmt, emap = D.resolve_format(ecols, dc)
-        eval_examples = list(D.iter_examples(erows, efmt, emap, checks, seen))
+        eval_examples = list(D.iter_examples(erows, efmt, emap, checks, seen, dc.on_bad_rows, dc.eval_source))
     eval_questions = {D.question_key(e) for e in eval_examples}
 
     max_len = cfg.model.max_seq_length
-    train_lengths, eval_lengths, first = [], [], {}
+    train_lengths, eval_lengths, all_lengths, first = [], [], [], {}
 
-    def tokenized(ex: D.Example) -> dict | None:
+    def tokenized(ex: D.Example, prompt_only: bool = False) -> dict | None:
+        """Prompt + completion tokens; over-long examples are dropped and counted. Eval items are measured on
+        their prompt alone: the reference is scored against, never fed to the model."""
         prompt = build_prompt(ex, tokenizer, dc.template, dc.system_prompt)
         completion = build_completion(ex, prompt, tokenizer, dc.template)
         tok = tokenize_example(prompt, completion, tokenizer, dc.template)
-        if tok["n_tokens"] > max_len:
-            checks.drop(f"over-long: {tok['n_tokens']} tokens > model.max_seq_length {max_len}",
-                        ex.question)
+        n = tok["n_prompt_tokens"] if prompt_only else tok["n_tokens"]
+        all_lengths.append(n)
+        if n > max_len:
+            what = "prompt" if prompt_only else "prompt + answer"
+            checks.drop(f"over-long: {n} tokens ({what}) > model.max_seq_length {max_len}", ex.question)
             return None
         tok["prompt"], tok["completion"] = prompt, completion
         return tok
@@ -62,17 +66,17 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
     kept_eval = []
 
     def add_eval(ex: D.Example) -> None:
-        tok = tokenized(ex)
+        tok = tokenized(ex, prompt_only=True)
         if tok:
             kept_eval.append({**ex.to_dict(), "prompt": tok["prompt"], "reference": reference_text(ex)})
-            eval_lengths.append(tok["n_tokens"])
+            eval_lengths.append(tok["n_prompt_tokens"])
             checks.keep("eval", ex.kind)
 
     for ex in eval_examples:
         add_eval(ex)
 
     def train_rows():
-        for ex in D.iter_examples(rows, fmt, mapping, checks, seen):
+        for ex in D.iter_examples(rows, fmt, mapping, checks, seen, dc.on_bad_rows, dc.source):
             if not dc.eval_source and D.in_eval_split(ex, dc.eval_fraction, dc.seed):
                 add_eval(ex)
                 continue
@@ -94,10 +98,6 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
     datasets.disable_progress_bars()
     out = run.train_data
 
-    def no_rows():
-        return D.DataError(f"no training rows left after validation ({checks.read} read, dropped: "
-                           f"{checks.dropped}); see the data checks table for why")
-
     with tempfile.TemporaryDirectory(prefix="medqlora-prep-") as cache:
         # Written to Arrow in chunks as rows stream by; the nonce keeps a stale cache from being reused.
         try:
@@ -105,11 +105,13 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
                                                  gen_kwargs={}, fingerprint=f"prep-{time.time_ns()}")
         except datasets.exceptions.DatasetGenerationError as e:
             # datasets wraps what the generator raised; show the real cause, or say that no row was left
-            if not checks.kept.get("train"):
-                raise no_rows() from None
-            raise (e.__cause__ or e) from None
-        if not kept_eval:
-            raise D.DataError("no eval rows: give data.eval_source or raise data.eval_fraction")
+            if checks.kept.get("train"):
+                raise (e.__cause__ or e) from None
+            if isinstance(e.__cause__, D.DataError):
+                raise e.__cause__ from None
+        # Nothing is written to the run folder until the data is known to be worth training on.
+        assert checks.balanced(), f"row accounting is off: {checks}"
+        refuse_meaningless(checks, dc, max_len, all_lengths, kept_eval)
         if out.exists():
             shutil.rmtree(out)
         tmp = out.with_name("train.tmp")
@@ -126,6 +128,38 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         notes.append(f"eval split: {dc.eval_fraction:.0%} of questions by hash (seed {dc.seed})")
     return Prepared(fmt, mapping, checks, train_lengths, eval_lengths, kept_eval, first, h.hexdigest(),
                     time.time() - t0, notes)
+
+
+def refuse_meaningless(checks: D.Checks, dc, max_len: int, lengths: list[int], kept_eval: list) -> None:
+    """Stop, with the counts and the fix, when what is left is not the run that was asked for."""
+    import numpy as np
+
+    n_train, dropped = checks.kept.get("train", 0), sum(checks.dropped.values())
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(checks.dropped.items(), key=lambda kv: -kv[1]))
+    fixes = []
+    if checks.dropped.get("over-long"):
+        keep95 = int(np.percentile(lengths, 95)) if lengths else max_len
+        fixes.append(f"{checks.dropped['over-long']} rows are longer than model.max_seq_length {max_len}; "
+                     f"--set model.max_seq_length={-(-keep95 // 64) * 64} would keep 95% of the examples")
+    if checks.dropped.get("duplicate"):
+        fixes.append(f"{checks.dropped['duplicate']} rows repeat an earlier question and answer")
+    if checks.dropped.get("leak"):
+        fixes.append(f"{checks.dropped['leak']} training questions are also in the eval set")
+    if set(checks.dropped) - {"over-long", "duplicate", "leak"}:
+        fixes.append("see the data checks table (or run with data.on_bad_rows: fail) for the rows and lines")
+    problems = []
+    if checks.read and dropped / checks.read > dc.max_drop_fraction:
+        problems.append(f"{dropped} of {checks.read} rows dropped ({dropped / checks.read:.0%}, more than "
+                        f"data.max_drop_fraction {dc.max_drop_fraction:.0%})")
+    if n_train < dc.min_train_examples:
+        problems.append(f"{n_train} training examples left, fewer than data.min_train_examples {dc.min_train_examples}")
+    if not kept_eval:
+        problems.append("no eval items left")
+        fixes.append("give data.eval_source or raise data.eval_fraction")
+    if problems:
+        raise D.DataError("; ".join(problems) + (f". Dropped: {reasons}" if reasons else "") + ". "
+                          + "; ".join(fixes + ["if this is what you meant (a smoke test), raise data.max_drop_fraction "
+                                               "or lower data.min_train_examples"]))
 
 
 def reference_text(ex: D.Example) -> str:
@@ -145,6 +179,7 @@ def checks_table(p: Prepared):
     rows += [(f"dropped: {k}", v) for k, v in sorted(p.checks.dropped.items())]
     rows += [(f"kept: {k}", v) for k, v in sorted(p.checks.kinds.items())]
     rows += [(f"kept: {k} (all)", v) for k, v in sorted(p.checks.kept.items())]
+    rows += [("read = kept + dropped", "yes" if p.checks.balanced() else "NO")]
     return pd.DataFrame(rows, columns=["check", "rows"]).set_index("check")
 
 
@@ -152,7 +187,7 @@ def dropped_table(p: Prepared):
     import pandas as pd
 
     rows = [(s["reason"], s["row"]) for v in p.checks.samples.values() for s in v]
-    return pd.DataFrame(rows, columns=["why dropped", "row"])
+    return pd.DataFrame(rows, columns=["why dropped (first 3 of each reason)", "row"])
 
 
 def length_stats(p: Prepared):
@@ -160,7 +195,7 @@ def length_stats(p: Prepared):
     import pandas as pd
 
     out = {}
-    for name, lens in (("train", p.train_lengths), ("eval", p.eval_lengths)):
+    for name, lens in (("train (prompt + answer)", p.train_lengths), ("eval (prompt only)", p.eval_lengths)):
         a = np.array(lens or [0])
         out[name] = {"examples": len(lens), "mean": a.mean(), "p50": np.percentile(a, 50),
                      "p90": np.percentile(a, 90), "p99": np.percentile(a, 99), "max": a.max(),
@@ -200,7 +235,7 @@ def save_result(p: Prepared, cfg: RunConfig, run: RunDir) -> dict:
     result = {"format": p.source_format, "columns": p.columns, "rows_read": p.checks.read,
               "dropped": p.checks.dropped, "kept": p.checks.kept, "kinds": p.checks.kinds,
               "train_tokens": sum(p.train_lengths), "max_tokens": max(p.train_lengths + p.eval_lengths),
-              "fingerprint": p.fingerprint, "train_data": str(run.train_data), "eval_items": str(run.eval_items),
+              "max_seq_length": cfg.model.max_seq_length, "fingerprint": p.fingerprint, "train_data": str(run.train_data), "eval_items": str(run.eval_items),
               "seconds": round(p.seconds, 2), "notes": p.notes}
     run.save_result("preprocess", result)
     return result

@@ -14,11 +14,11 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 def user_text(ex: Example) -> str:
     """The question as the user asks it, with context and options where the item has them."""
-    parts = []
+    parts = [f"{ex.instruction}\n"] if ex.instruction else []  # alpaca: the task, then its input
     if ex.context:
         parts.append(f"Context:\n{ex.context}\n")
     if ex.kind == "freetext" and not ex.context:
-        return ex.question
+        return "\n".join([*parts, ex.question])
     parts.append(f"Question: {ex.question}" if ex.context or ex.options else ex.question)
     if ex.options:
         parts.append("\nOptions:\n" + "\n".join(f"{k}. {v}" for k, v in ex.options.items()))

@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, check_inputs, load_config, resolve_paths, save_config
+from .config import ConfigError, RunConfig, changed_keys, check_inputs, load_config, save_config, stage_inputs
 from .rundir import NOTEBOOKS, STAGES, RunDir, read_json, write_json
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a param, value read as YAML (repeatable): --set train.epochs=2")
     p.add_argument("--run-id", help="name of the run folder (default: <run_name>-<YYYYmmdd-HHMMSS>)")
-    p.add_argument("--reports-dir", default="reports", help="where run folders go (default: reports)")
+    p.add_argument("--reports-dir", default=str(PROJECT / "reports"),
+                   help="where run folders go (default: reports/ in the project)")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its first unfinished stage")
     p.add_argument("--check", action="store_true", help="validate and print the resolved config, run nothing")
@@ -47,8 +48,12 @@ def _stages(arg: str | None) -> list[str]:
 
 
 def validated(path: Path, overrides: list[str]) -> RunConfig:
-    cfg = resolve_paths(load_config(path, overrides))
+    cfg = load_config(path, overrides)
     problems = check_inputs(cfg)
+    if not problems:  # the data check at the door: the first rows of each file, read as the stage will
+        from .sources import preflight
+
+        problems = preflight(cfg.data)
     if problems:
         raise ConfigError(f"invalid inputs in {path}:\n" + "\n".join(f"  - {p}" for p in problems))
     return cfg
@@ -63,26 +68,37 @@ class Summary:
         self.data = {"run_id": run_id, "status": "running", "params_file": params_file,
                      "model": cfg.model.name_or_path + (f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else ""),
                      "run_dir": str(run.path), "started": old.get("started") or datetime.now().isoformat(timespec="seconds"),
-                     "stages": old.get("stages", []), "train": None, "metrics": None,
+                     "stages": old.get("stages", []), "data": None, "train": None, "metrics": None,
                      "artifacts": {"adapter_dir": None}, "error": None}
 
-    def stage_status(self, name: str) -> str | None:
-        return next((s["status"] for s in self.data["stages"] if s["name"] == name), None)
+    def stage(self, name: str) -> dict | None:
+        return next((s for s in self.data["stages"] if s["name"] == name), None)
 
-    def record(self, name: str, status: str, seconds: float, notebook: Path, error: str | None = None):
+    def stage_status(self, name: str) -> str | None:
+        return (self.stage(name) or {}).get("status")
+
+    def record(self, name: str, status: str, seconds: float, notebook: Path, error: str | None = None,
+               inputs: dict | None = None):
         self.data["stages"] = [s for s in self.data["stages"] if s["name"] != name]
         self.data["stages"].append({"name": name, "status": status, "seconds": round(seconds, 1),
-                                    "notebook": str(notebook), "error": error})
+                                    "notebook": str(notebook), "error": error, "inputs": inputs})
         self.data["stages"].sort(key=lambda s: STAGES.index(s["name"]))
         self.collect()
         self.save()
 
     def collect(self):
         run = self.run
+        self.data["train"] = self.data["metrics"] = None
+        self.data["artifacts"] = {"adapter_dir": None}
+        self.data["data"] = None
+        if run.result_path("preprocess").is_file():
+            p = read_json(run.result_path("preprocess"))
+            self.data["data"] = {k: p.get(k) for k in ("format", "rows_read", "kept", "dropped", "max_seq_length")}
         if run.result_path("train").is_file():
             t = read_json(run.result_path("train"))
             self.data["train"] = {k: t.get(k) for k in ("backend", "steps", "epochs", "first_loss", "final_loss",
-                                                         "seconds", "seconds_per_step", "peak_memory_gb")}
+                                                         "train_loss", "seconds", "seconds_per_step",
+                                                         "warmup_steps", "peak_memory_gb")}
         if run.result_path("export").is_file():
             e = read_json(run.result_path("export"))
             self.data["artifacts"] = {"adapter_dir": e["adapter_dir"], "export_dir": e["export_dir"]}
@@ -98,21 +114,26 @@ class Summary:
         (self.run / "summary.md").write_text(readable(self.data))
 
 
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
 def readable(s: dict) -> str:
     lines = [f"# {s['run_id']}: {s['status']}", "", f"model: {s['model']}", ""]
     lines += ["| stage | status | seconds | notebook |", "|---|---|---|---|"]
     lines += [f"| {x['name']} | {x['status']} | {x['seconds']} | {Path(x['notebook']).name} |" for x in s["stages"]]
+    if s.get("data"):
+        d = s["data"]
+        dropped = ", ".join(f"{k} {v}" for k, v in (d["dropped"] or {}).items()) or "none"
+        lines += ["", f"data ({d['format']}): {d['rows_read']} rows read, kept {d['kept']}, dropped: {dropped}"]
     if s.get("train"):
         t = s["train"]
-        lines += ["", f"training ({t['backend']}): {t['steps']} steps, loss {t['first_loss']:.4f} -> "
-                  f"{t['final_loss']:.4f}, {t['seconds']} s, peak memory {t['peak_memory_gb']} GiB"]
+        lines += ["", f"training ({t['backend']}): {t['steps']} steps, loss {_num(t['first_loss'])} -> "
+                  f"{_num(t['final_loss'])}, {t['seconds']} s, peak memory {t['peak_memory_gb']} GiB"]
     if s.get("metrics"):
-        def fmt(v):
-            return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
         lines += ["", "| metric | base | fine-tuned |", "|---|---|---|"]
         for k in ("rouge1", "rouge2", "rougeL", "accuracy", "parse_rate", "n_freetext", "n_choice"):
-            lines.append(f"| {k} | {fmt(s['metrics']['base'].get(k))} | {fmt(s['metrics']['finetuned'].get(k))} |")
+            lines.append(f"| {k} | {_num(s['metrics']['base'].get(k))} | {_num(s['metrics']['finetuned'].get(k))} |")
     if s.get("error"):
         lines += ["", f"error: {s['error']}"]
     return "\n".join(lines) + "\n"
@@ -135,6 +156,32 @@ def run_stage(stage: str, run: RunDir) -> tuple[str, float, str | None]:
         return "failed", time.time() - t0, f"{type(e).__name__}: {e}"
 
 
+def stale_stage(summary: Summary, cfg: RunConfig) -> tuple[str, list[str]] | None:
+    """The first finished stage whose settings changed since it ran (its output is stale), and the changes."""
+    for stage in STAGES:
+        entry = summary.stage(stage)
+        if entry and entry["status"] == "ok" and entry.get("inputs"):
+            changes = changed_keys(entry["inputs"], stage_inputs(cfg, stage))
+            if changes:
+                return stage, changes
+    return None
+
+
+def set_aside(run: RunDir, summary: Summary, stages: list[str]) -> Path | None:
+    """Move the results and notebooks of stages about to be redone into superseded/<time>/: nothing is lost,
+    and nothing stale is read as this run's if a redone stage fails."""
+    moved = [p for s in stages for p in (run.result_path(s), run / NOTEBOOKS[s]) if p.is_file()]
+    if not moved:
+        return None
+    dest = run / "superseded" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in moved:
+        os.replace(p, dest / (f"{p.stem}.result.json" if p.parent.name == "results" else p.name))
+    summary.data["stages"] = [s for s in summary.data["stages"] if s["name"] not in stages]
+    summary.collect()
+    return dest
+
+
 def execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_file: str, resume: bool) -> int:
     summary = Summary(run, run_id, cfg, params_file)
     if resume:
@@ -143,24 +190,31 @@ def execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_
         last_ok = max(ok, default=-1)
         first = next((s for s in stages if summary.stage_status(s) != "ok"
                       and (summary.stage_status(s) is not None or STAGES.index(s) > last_ok)), None)
+        stale = stale_stage(summary, cfg)
+        if stale and (first is None or STAGES.index(stale[0]) < STAGES.index(first)):
+            first = stale[0]
+            print(f"{run_id}: settings changed since stage {first} ran ({'; '.join(stale[1])}): "
+                  f"redoing {first} and every stage after it")
         if first is None:
-            print(f"{run_id}: every stage already succeeded; nothing to resume")
+            print(f"{run_id}: every stage already succeeded with these settings; nothing to resume")
             summary.collect()
             summary.finish("ok")
             return EXIT_OK
         stages = [s for s in stages if STAGES.index(s) >= STAGES.index(first)]
-        print(f"{run_id}: resuming at stage {first}")
+        aside = set_aside(run, summary, [s for s in STAGES if STAGES.index(s) >= STAGES.index(first)])
+        print(f"{run_id}: resuming at stage {first}" + (f" (earlier outputs of redone stages in {aside})" if aside else ""))
     summary.save()
     for stage in stages:
         print(f"\n=== {run_id}: {stage} -> {run / NOTEBOOKS[stage]}", flush=True)
         status, seconds, error = run_stage(stage, run)
-        summary.record(stage, status, seconds, run / NOTEBOOKS[stage], error)
+        summary.record(stage, status, seconds, run / NOTEBOOKS[stage], error,
+                       stage_inputs(cfg, stage) if status == "ok" else None)
         print(f"=== {stage}: {status} in {seconds:.1f} s" + (f": {error}" if error else ""), flush=True)
         if status != "ok":
             summary.finish("failed", f"stage {stage} failed: {error}")
             print(f"\n{run_id}: stage {stage} failed; the executed notebook with the error is "
                   f"{run / NOTEBOOKS[stage]}.\nFix the cause, then: python runner.py --resume {run_id}"
-                  + (f" --reports-dir {run.path.parent}" if run.path.parent.name != "reports" else ""),
+                  + (f" --reports-dir {run.path.parent}" if run.path.parent != PROJECT / "reports" else ""),
                   file=sys.stderr)
             return EXIT_FAILED
     summary.finish("ok" if all(summary.stage_status(s) == "ok" for s in STAGES) else "partial")
@@ -173,7 +227,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     for noisy in ("traitlets", "papermill.translators", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    reports = Path(args.reports_dir)
+    # bitsandbytes asks for the hub-hosted 'kernels' CPU gemm, which offline machines cannot fetch; it falls back.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    reports = Path(args.reports_dir).resolve()  # papermill runs notebooks in the project folder: paths must be absolute
     try:
         stages = _stages(args.stages)
         if args.resume:
@@ -184,7 +240,7 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--resume {args.resume}: no run folder with config.yaml at {run_path}")
             jobs = [(validated(run_path / "config.yaml", args.overrides), str(run_path / "config.yaml"))]
         else:
-            files = args.params or ["params/default.yaml"]
+            files = args.params or [str(PROJECT / "params" / "default.yaml")]
             if args.run_id and len(files) > 1:
                 raise ConfigError("--run-id names one run; give one params file with it")
             jobs = [(validated(Path(f), args.overrides), f) for f in files]  # all validated before any runs

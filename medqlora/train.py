@@ -14,7 +14,7 @@ M.preload_unsloth()  # before transformers: Unsloth patches it on import
 from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 
-from .config import RunConfig
+from .config import RunConfig, changed_keys, stage_inputs
 from .rundir import RunDir
 from .system import memory_line, memory_snapshot, peak_memory_gb
 
@@ -25,43 +25,86 @@ def _clock(s: float) -> str:
 
 
 class ProgressPrinter(TrainerCallback):
-    """Plain-text progress with ETA (survives in a saved notebook, unlike a widget) and an epoch table."""
+    """Plain-text progress with ETA (survives in a saved notebook, unlike a widget).
+
+    It also stamps every loss entry of the trainer's log_history with the run's cumulative training
+    seconds and memory, so that the history restored from a checkpoint tells the whole story after a resume."""
 
     def __init__(self, print_fn=print):
         self.print = print_fn
-        self.t0 = self.t_step = None
-        self.rows: list[dict] = []  # one per epoch end
-        self.losses: list[tuple[int, float]] = []
-        self._epoch_losses: list[float] = []
+        self.t0 = None
+        self.start_step = 0
+        self.seconds_before = 0.0  # training seconds spent before the checkpoint this session resumed from
 
     def on_train_begin(self, args, state, control, **kw):
         self.t0 = time.time()
         self.start_step = state.global_step  # > 0 when resumed from a checkpoint
-        self.print(f"training {state.max_steps} steps ({args.num_train_epochs:g} epochs) | {memory_line()}")
+        self.seconds_before = seconds_at(state.log_history, state.global_step)
+        resumed = f", resumed at step {state.global_step}" if state.global_step else ""
+        self.print(f"training {state.max_steps} steps ({args.num_train_epochs:g} epochs{resumed}) | {memory_line()}")
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # the last step's loss is always logged, whatever logging_steps says
+        return control
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not logs or "loss" not in logs:
             return
-        loss = float(logs["loss"])
-        self.losses.append((state.global_step, loss))
-        self._epoch_losses.append(loss)
-        done = state.global_step - self.start_step
         elapsed = time.time() - self.t0
-        per_step = elapsed / max(done, 1)
-        eta = per_step * (state.max_steps - state.global_step)
-        self.print(f"step {state.global_step:>4}/{state.max_steps} | epoch {state.epoch:.2f} | loss {loss:.4f} | "
-                   f"lr {float(logs.get('learning_rate', 0)):.2e} | {per_step:.2f} s/step | "
-                   f"elapsed {_clock(elapsed)} | ETA {_clock(eta)} | {memory_line()}")
-
-    def on_epoch_end(self, args, state, control, **kw):
         snap = memory_snapshot()
-        lr = next((h["learning_rate"] for h in reversed(state.log_history) if "learning_rate" in h), None)
-        self.rows.append({"epoch": round(state.epoch or 0, 2), "step": state.global_step,
-                          "train_loss": sum(self._epoch_losses) / max(len(self._epoch_losses), 1),
-                          "learning_rate": lr, "elapsed_s": round(time.time() - self.t0, 1),
-                          "rss_gb": round(snap["rss_gb"], 2),
-                          "gpu_peak_gb": round(snap.get("gpu_peak_gb", float("nan")), 2)})
-        self._epoch_losses = []
+        entry = state.log_history[-1]  # the dict the trainer keeps (and saves with each checkpoint)
+        entry["elapsed_s"] = round(self.seconds_before + elapsed, 2)
+        entry["rss_gb"] = round(snap["rss_gb"], 3)
+        if "gpu_peak_gb" in snap:
+            entry["gpu_peak_gb"] = round(snap["gpu_peak_gb"], 3)
+        per_step = elapsed / max(state.global_step - self.start_step, 1)
+        eta = per_step * (state.max_steps - state.global_step)
+        self.print(f"step {state.global_step:>4}/{state.max_steps} | epoch {state.epoch:.2f} | "
+                   f"loss {float(logs['loss']):.4f} | lr {float(logs.get('learning_rate', 0)):.2e} | "
+                   f"{per_step:.2f} s/step | elapsed {_clock(entry['elapsed_s'])} | ETA {_clock(eta)} | "
+                   f"{memory_line(snap)}")
+
+
+def loss_entries(log_history: list[dict]) -> list[dict]:
+    """The trainer's per-logging-step entries that carry a training loss, in step order."""
+    return [h for h in log_history if "loss" in h and "step" in h]
+
+
+def seconds_at(log_history: list[dict], step: int) -> float:
+    """Training seconds spent up to `step`, from the stamped history (extrapolated past the last stamp)."""
+    stamped = [h for h in loss_entries(log_history) if "elapsed_s" in h and h["step"] <= step]
+    if not stamped:
+        return 0.0
+    last = stamped[-1]
+    per_step = last["elapsed_s"] / max(last["step"], 1)
+    return last["elapsed_s"] + per_step * (step - last["step"])
+
+
+def summarize_history(log_history: list[dict], total_steps: int) -> dict:
+    """Training figures rebuilt from the trainer's whole log history, the same for a resumed run as for one
+    that ran uninterrupted: losses, first and final loss, mean training loss, epoch table."""
+    entries = loss_entries(log_history)
+    losses = [(h["step"], float(h["loss"])) for h in entries]
+    # Each logged loss is the mean over the steps since the previous log: weight it by that span.
+    weighted, prev = 0.0, 0
+    for step, loss in losses:
+        weighted += loss * (step - prev)
+        prev = step
+    epochs: dict[int, list[dict]] = {}
+    for h in entries:
+        epochs.setdefault(max(1, math.ceil(round(h.get("epoch", 0), 6))), []).append(h)
+    table = []
+    for ep, hs in sorted(epochs.items()):
+        last = hs[-1]
+        table.append({"epoch": round(last.get("epoch", ep), 2), "step": last["step"],
+                      "train_loss": sum(float(h["loss"]) for h in hs) / len(hs),
+                      "learning_rate": last.get("learning_rate"), "elapsed_s": last.get("elapsed_s"),
+                      "rss_gb": last.get("rss_gb"), "gpu_peak_gb": last.get("gpu_peak_gb")})
+    return {"losses": losses, "first_loss": losses[0][1] if losses else None,
+            "final_loss": losses[-1][1] if losses else None,
+            "train_loss": weighted / prev if prev else None, "logged_steps": prev,
+            "seconds": round(seconds_at(log_history, total_steps), 1), "epochs_table": table}
 
 
 @dataclass
@@ -117,36 +160,40 @@ def _last_checkpoint(folder: Path) -> str | None:
 
 
 def _resumable_checkpoint(cfg: RunConfig, run: RunDir, print_fn) -> str | None:
-    """The newest checkpoint, if it was made from this model, LoRA setup and prepared data; else start over."""
+    """The newest checkpoint, if it was made from exactly what this run trains (model, data, LoRA and every
+    training setting that changes the result); else the checkpoints are removed and training starts over."""
     folder = run / "checkpoints"
-    made_from = {"model": cfg.model.model_dump(mode="json"), "lora": cfg.lora.model_dump(mode="json"),
-                 "data_fingerprint": run.result("preprocess")["fingerprint"]}
+    made_from = {**stage_inputs(cfg, "train"), "data_fingerprint": run.result("preprocess")["fingerprint"]}
     stamp = folder / "made_from.json"
     last = _last_checkpoint(folder)
-    if last and stamp.is_file() and json.loads(stamp.read_text()) == made_from:
-        print_fn(f"resuming from {last}")
-        return last
-    if last:
-        print_fn(f"checkpoints in {folder} were made from another model, LoRA setup or data: starting over")
+    if last and stamp.is_file():
+        old = json.loads(stamp.read_text())
+        if old == made_from:
+            print_fn(f"resuming from {last}")
+            return last
+        print_fn(f"checkpoints in {folder} were made with other settings ({', '.join(changed_keys(old, made_from))}): "
+                 "starting over")
+    elif last:
+        print_fn(f"checkpoints in {folder} have no record of what made them: starting over")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     stamp.write_text(json.dumps(made_from))
     return None
 
 
-def sft_config(cfg: RunConfig, run: RunDir, n_train: int):
+def sft_config(cfg: RunConfig, run: RunDir):
     import torch
     from trl import SFTConfig
 
     t = cfg.train
     dtype = M.compute_dtype(cfg.model)
-    steps_per_epoch = math.ceil(n_train / (t.micro_batch_size * t.gradient_accumulation))
     return SFTConfig(
         output_dir=str(run / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=t.learning_rate, lr_scheduler_type=t.scheduler, weight_decay=t.weight_decay,
-        warmup_steps=max(0, round(t.warmup_ratio * steps_per_epoch * t.epochs)), optim=t.optimizer, seed=t.seed,
-        logging_steps=t.logging_steps, save_strategy="steps" if t.save_steps else "epoch",
+        # a float below 1 is a share of the optimizer steps the trainer really runs (max_steps, packing included)
+        warmup_steps=t.warmup_ratio, optim=t.optimizer, seed=t.seed,
+        logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps" if t.save_steps else "epoch",
         save_steps=t.save_steps or 500, save_total_limit=t.save_total_limit,
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=t.gradient_checkpointing and not cfg.model.load_in_4bit,
@@ -155,32 +202,45 @@ def sft_config(cfg: RunConfig, run: RunDir, n_train: int):
         report_to=[], disable_tqdm=True, dataset_num_proc=None, remove_unused_columns=True)
 
 
-def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print) -> dict:
-    """Train; resume from the newest checkpoint in the run folder if a previous attempt left one."""
+def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks=()) -> dict:
+    """Train; resume from the newest checkpoint in the run folder if a previous attempt left one.
+
+    Every figure in the result comes from the trainer's log history, which a resumed trainer restores from
+    the checkpoint: a resumed run reports the same totals as one that ran through."""
     import datasets
     from trl import SFTTrainer
 
     ds = datasets.load_from_disk(str(run.train_data)).select_columns(["input_ids", "labels"])
-    args = sft_config(cfg, run, len(ds))
+    prepared_at = run.result("preprocess").get("max_seq_length")
+    if prepared_at is not None and prepared_at != cfg.model.max_seq_length:
+        raise ValueError(f"the data in {run.train_data} was prepared for model.max_seq_length {prepared_at}, this "
+                         f"config trains at {cfg.model.max_seq_length}; rerun the preprocess stage "
+                         "(runner.py --resume reruns it when the setting changed)")
+    args = sft_config(cfg, run)
     progress = ProgressPrinter(print_fn)
     trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=ds, processing_class=loaded.tokenizer,
-                         callbacks=[progress])
+                         callbacks=[progress, *callbacks])
     trainer.remove_callback(PrinterCallback)  # its raw log dicts repeat what ProgressPrinter shows
     resume = _resumable_checkpoint(cfg, run, print_fn)
     t0 = time.time()
-    out = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.time() - t0
+    trainer.train(resume_from_checkpoint=resume)
+    session_seconds = time.time() - t0
     trainer.save_model(str(run.adapter_dir))
     loaded.tokenizer.save_pretrained(str(run.adapter_dir))
-    losses = progress.losses
-    result = {"backend": loaded.backend, "base_model": loaded.ref, "steps": trainer.state.global_step,
-              "epochs": round(trainer.state.epoch or 0, 3), "examples": len(ds),
-              "first_loss": losses[0][1] if losses else None, "final_loss": losses[-1][1] if losses else None,
-              "train_loss": out.training_loss, "seconds": round(seconds, 1),
-              "seconds_per_step": round(seconds / max(trainer.state.global_step - progress.start_step, 1), 3),
+    state = trainer.state
+    history = summarize_history(state.log_history, state.global_step)
+    session_steps = state.global_step - progress.start_step
+    result = {"backend": loaded.backend, "base_model": loaded.ref, "steps": state.global_step,
+              "epochs": round(state.epoch or 0, 3), "examples": len(ds), **history,
+              "seconds_per_step": round(history["seconds"] / max(state.global_step, 1), 3),
+              "warmup_steps": args.get_warmup_steps(state.max_steps), "logging_steps": cfg.train.logging_steps,
               "peak_memory_gb": round(peak_memory_gb(), 2), "params": loaded.params,
-              "optimizations": loaded.optimizations, "resumed_from": resume, "losses": losses,
-              "epochs_table": progress.rows, "adapter_dir": str(run.adapter_dir)}
+              "optimizations": loaded.optimizations, "resumed_from": resume,
+              "sessions": {"this_session_steps": session_steps, "this_session_seconds": round(session_seconds, 1)},
+              "adapter_dir": str(run.adapter_dir)}
+    if not history["losses"]:
+        print_fn("no loss was logged: the run was already complete at the checkpoint it resumed from, "
+                 "and that checkpoint holds no history")
     budget = cfg.memory.gpu_budget_gb
     if budget is not None:
         result["memory_budget_gb"] = budget
@@ -192,10 +252,15 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print) -> dict:
     return result
 
 
+def fmt_loss(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def epoch_table(result: dict):
     import pandas as pd
 
-    return pd.DataFrame(result["epochs_table"]).set_index("epoch")
+    table = pd.DataFrame(result["epochs_table"])
+    return table.set_index("epoch") if len(table) else table
 
 
 def plot_loss(result: dict, path: Path):
@@ -208,7 +273,7 @@ def plot_loss(result: dict, path: Path):
         ax.axvline(row["step"], color="grey", ls=":", lw=0.8)
     ax.set_xlabel("optimizer step (dotted: epoch ends)")
     ax.set_ylabel("training loss (answer tokens)")
-    ax.set_title(f"{result['steps']} steps, loss {result['first_loss']:.3f} -> {result['final_loss']:.3f}")
+    ax.set_title(f"{result['steps']} steps, loss {fmt_loss(result['first_loss'])} -> {fmt_loss(result['final_loss'])}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return fig

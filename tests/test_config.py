@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medqlora.config import ConfigError, check_inputs, load_config, parse_override, resolve_paths
+from medqlora.config import ConfigError, check_inputs, load_config, parse_override
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = sorted((ROOT / "params").glob("*.yaml"))
@@ -29,7 +29,11 @@ def write(tmp_path, raw) -> Path:
 
 
 def base_raw():
-    return yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
+    """default.yaml with its data paths made absolute, so that a copy written elsewhere finds the data."""
+    raw = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
+    for key in ("source", "eval_source"):
+        raw["data"][key] = str((ROOT / "params" / raw["data"][key]).resolve())
+    return raw
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -83,18 +87,56 @@ def test_overrides_are_yaml_typed(tmp_path):
 
 
 def test_missing_data_file_is_an_input_problem(tmp_path):
-    cfg = resolve_paths(load_config(write(tmp_path, base_raw()), ["data.source=nowhere/missing.jsonl"]), ROOT)
+    cfg = load_config(write(tmp_path, base_raw()), ["data.source=nowhere/missing.jsonl"])
     problems = check_inputs(cfg)
-    assert any("data.source: file not found" in p and "missing.jsonl" in p for p in problems)
+    assert any("data.source: file not found" in p and "missing.jsonl" in p and "--set" in p for p in problems)
 
 
 def test_hub_names_are_not_checked_as_files(tmp_path):
-    cfg = resolve_paths(load_config(write(tmp_path, base_raw()),
-                                    ["data.source=FreedomIntelligence/medical-o1-reasoning-SFT"]), ROOT)
+    cfg = load_config(write(tmp_path, base_raw()), ["data.source=FreedomIntelligence/medical-o1-reasoning-SFT"])
     assert cfg.data.source == "FreedomIntelligence/medical-o1-reasoning-SFT"
     assert not [p for p in check_inputs(cfg) if "data.source" in p]
 
 
-def test_relative_paths_resolved_against_base(tmp_path):
-    cfg = resolve_paths(load_config(ROOT / "params" / "default.yaml"), ROOT)
-    assert Path(cfg.data.source).is_absolute() and Path(cfg.data.source).is_file()
+def test_paths_in_a_params_file_are_read_from_its_folder_and_set_paths_from_the_current_one(tmp_path, monkeypatch):
+    (tmp_path / "proj" / "params").mkdir(parents=True)
+    (tmp_path / "proj" / "data").mkdir()
+    (tmp_path / "proj" / "data" / "mine.jsonl").write_text('{"question": "q?", "answer": "a."}\n')
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "other.jsonl").write_text('{"question": "q?", "answer": "a."}\n')
+    raw = base_raw()
+    raw["data"] = {"source": "../data/mine.jsonl"}
+    raw["export"] = {"destination": "out/copy"}
+    params = tmp_path / "proj" / "params" / "mine.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = load_config(params)
+    assert cfg.data.source == str(tmp_path / "proj" / "data" / "mine.jsonl")
+    assert cfg.export.destination == str(tmp_path / "proj" / "params" / "out" / "copy")
+    assert not check_inputs(cfg)
+    cfg = load_config(params, ["data.source=other.jsonl"])
+    assert cfg.data.source == str(tmp_path / "elsewhere" / "other.jsonl")
+    # the shipped default works from any folder
+    cfg = load_config(ROOT / "params" / "default.yaml")
+    assert Path(cfg.data.source).is_file() and Path(cfg.data.eval_source).is_file()
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.optimizer=adamw8bit", r"train\.optimizer: unknown optimizer 'adamw8bit'; did you mean adamw_8bit"),
+    ("export.destination=gs://bucket/run", r"export\.destination: gs://bucket/run needs a package .*pip install gcsfs"),
+    ("data.source=nope://x/y.jsonl", r"data\.source: unknown protocol 'nope'"),
+])
+def test_settings_that_would_fail_late_are_input_problems(tmp_path, override, match):
+    import importlib.util
+    import re
+
+    if "gs://" in override and importlib.util.find_spec("gcsfs"):
+        pytest.skip("gcsfs is installed here")
+    problems = check_inputs(load_config(write(tmp_path, base_raw()), [override]))
+    assert any(re.search(match, p) for p in problems), problems
+
+
+def test_t4_params_fit_what_a_t4_reports():
+    # PyTorch reports a T4 as 14.74 GiB: a budget above that warns on every T4 run and can never flag a config.
+    for name in ("llama-3.1-8b-instruct", "llama-3.2-3b-instruct", "deepseek-r1-distill-llama-8b"):
+        assert load_config(ROOT / "params" / f"{name}.yaml").memory.gpu_budget_gb < 14.74

@@ -54,3 +54,41 @@ def test_unsloth_trains_exports_and_reloads(tmp_path, tokenizer_dir):
         again = model(input_ids=ids).logits.float()
     assert (tuned - base).abs().max() > 0.3, "the reloaded adapter must change the outputs"
     assert torch.allclose(tuned, again), "adapter back on after disable gives the same outputs"
+
+
+def test_unsloth_resume_reports_the_same_totals_as_an_uninterrupted_run(tmp_path, tokenizer_dir):
+    """Unsloth replaces the trainer's inner loop: the history-based figures must hold there too."""
+    from test_train import Crash
+
+    from medqlora import model as M
+    from medqlora import preprocess as P
+    from medqlora import train as T
+    from medqlora.config import load_config
+    from medqlora.rundir import RunDir
+    from medqlora.testing import make_tiny_llama
+
+    model_dir = make_tiny_llama(tmp_path / "m", tokenizer_dir, hidden=256, layers=2, heads=4, kv_heads=2,
+                                intermediate=512)
+    rows = [{"question": f"Which drug reverses overdose {i}?", "answer": f"Reversal agent {i}."} for i in range(8)]
+    train = write_jsonl(tmp_path / "t.jsonl", rows)
+    ev = write_jsonl(tmp_path / "e.jsonl", [{"question": "Which drug reverses overdose 99?", "answer": "Agent 99."}])
+    results = {}
+    for name, crash in (("whole", None), ("cut", 6)):
+        (tmp_path / name).mkdir()
+        cfg = load_config(tiny_params(tmp_path / name, model_dir, train, ev, model={"backend": "unsloth"},
+                                      train={"max_steps": 8, "save_steps": 4, "learning_rate": 1e-2,
+                                             "micro_batch_size": 2, "warmup_ratio": 0.25, "logging_steps": 3}))
+        run = RunDir(tmp_path / name / "run")
+        P.save_result(P.prepare(cfg, run, M.load_tokenizer(model_dir, cfg.model)), cfg, run)
+        if crash:
+            with pytest.raises(RuntimeError, match="simulated crash"):
+                T.train(cfg, run, T.load_for_training(cfg), print_fn=print, callbacks=[Crash(at=crash)])
+        results[name] = T.train(cfg, run, T.load_for_training(cfg), print_fn=print)
+    whole, resumed = results["whole"], results["cut"]
+    print({k: (whole[k], resumed[k]) for k in ("steps", "first_loss", "final_loss", "train_loss", "seconds",
+                                               "warmup_steps", "losses")})
+    assert resumed["resumed_from"].endswith("checkpoint-4")
+    assert [s for s, _ in resumed["losses"]] == [s for s, _ in whole["losses"]] == [1, 3, 6, 8]
+    assert whole["warmup_steps"] == 2
+    for key in ("first_loss", "final_loss", "train_loss"):
+        assert resumed[key] == pytest.approx(whole[key], rel=0.05), key

@@ -44,10 +44,11 @@ def test_overlong_duplicate_and_leaked_rows_are_counted_and_dropped(tmp_path, to
     ])
     ev = write_jsonl(tmp_path / "e.jsonl", [{"question": "What causes RICKETS? ", "answer": "Lack of vitamin D."}])
     run = RunDir(tmp_path / "run")
-    p = P.prepare(config(tokenizer_dir, source=str(train), eval_source=str(ev)), run, tokenizer)
+    p = P.prepare(config(tokenizer_dir, source=str(train), eval_source=str(ev), min_train_examples=1,
+                         max_drop_fraction=0.8), run, tokenizer)
     assert p.checks.dropped == {"duplicate": 1, "leak": 1, "over-long": 1}
     assert p.checks.kept == {"eval": 1, "train": 2}
-    reasons = P.dropped_table(p)["why dropped"].tolist()
+    reasons = P.dropped_table(p).iloc[:, 0].tolist()
     assert any(r.startswith("over-long: ") and "> model.max_seq_length 256" in r for r in reasons)
     assert len(datasets.load_from_disk(str(run.train_data))) == 2
     assert [json.loads(x)["question"] for x in run.eval_items.read_text().splitlines()] == ["What causes RICKETS?"]
@@ -67,6 +68,6 @@ def test_fsspec_url_source(tmp_path, tokenizer, tokenizer_dir):
 def test_nothing_left_is_a_clear_error_and_writes_nothing(tmp_path, tokenizer, tokenizer_dir):
     bad = write_jsonl(tmp_path / "t.jsonl", [{"question": "", "answer": "x"}, {"question": "Q?", "answer": ""}])
     run = RunDir(tmp_path / "run")
-    with pytest.raises(DataError, match=r"no training rows left after validation \(2 read"):
+    with pytest.raises(DataError, match=r"2 of 2 rows dropped .*0 training examples left.*empty question 1"):
         P.prepare(config(tokenizer_dir, source=str(bad)), run, tokenizer)
     assert not run.train_data.exists() and not run.eval_items.exists()

@@ -15,13 +15,15 @@ from conftest import ROOT, tiny_params, write_jsonl
 from test_data import CASES
 
 
-def runner(*args, timeout=900):
-    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *map(str, args)], cwd=ROOT,
+def runner(*args, timeout=900, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def bad_params(tmp_path, mutate) -> Path:
     raw = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
+    for key in ("source", "eval_source"):  # the copy lives elsewhere: keep it pointing at the bundled data
+        raw["data"][key] = str((ROOT / "params" / raw["data"][key]).resolve())
     mutate(raw)
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(raw))
@@ -32,7 +34,11 @@ def bad_params(tmp_path, mutate) -> Path:
     (lambda r: r["lora"].update(rank=8), "lora.rank: unknown key"),
     (lambda r: r["train"].update(micro_batch_size="eight"), "train.micro_batch_size"),
     (lambda r: r["data"].update(source="data/no_such_file.jsonl"), "data.source: file not found"),
-], ids=["unknown-key", "wrong-type", "missing-data-file"])
+    (lambda r: r["train"].update(optimizer="adamw8bit"), "train.optimizer: unknown optimizer 'adamw8bit'; did you "
+     "mean adamw_8bit"),
+    (lambda r: r.update(export={"destination": "gs://my-bucket/runs"}), "export.destination: gs://my-bucket/runs needs a "
+     "package that is not installed"),
+], ids=["unknown-key", "wrong-type", "missing-data-file", "optimizer-typo", "gs-without-gcsfs"])
 def test_invalid_params_exit_2_fast_and_run_nothing(tmp_path, mutate, message):
     t0 = time.time()
     r = runner(bad_params(tmp_path, mutate), "--reports-dir", tmp_path / "reports")
@@ -117,6 +123,56 @@ def test_failed_stage_exits_1_keeps_notebook_and_resumes(tmp_path, tiny_model_di
     s = json.loads((run / "summary.json").read_text())
     assert [(x["name"], x["status"]) for x in s["stages"]] == [("preprocess", "ok"), ("train", "ok"), ("export", "ok")]
     assert s["artifacts"]["adapter_dir"] and s["status"] == "partial"
+    trained_with = json.loads((run / "results" / "train.json").read_text())
+
+    # A changed training setting on --resume redoes train and what follows, never reuses the old checkpoints
+    r = runner("--resume", "fail", "--reports-dir", reports, "--set", "train.learning_rate=5e-4",
+               "--stages", "preprocess,train,export")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "settings changed since stage train ran (train.learning_rate 0.001 -> 0.0005)" in r.stdout
+    assert "resuming at stage train" in r.stdout
+    redone = json.loads((run / "results" / "train.json").read_text())
+    assert redone["resumed_from"] is None and redone["losses"] != trained_with["losses"]
+    assert list((run / "superseded").glob("*/03_train.ipynb")), "the superseded report is kept, not lost"
+    meta = json.loads((run / "export" / "training_metadata.json").read_text())
+    assert meta["config"]["train"]["learning_rate"] == 5e-4, "the export describes what was really trained"
+
+
+def test_resume_with_a_changed_sequence_length_redoes_preprocessing(tmp_path, tiny_model_dir, sample_data):
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
+    reports = tmp_path / "reports"
+    assert runner(params, "--reports-dir", reports, "--run-id", "seq", "--stages", "setup,preprocess").returncode == 0
+    r = runner("--resume", "seq", "--reports-dir", reports, "--set", "model.max_seq_length=256",
+               "--stages", "setup,preprocess")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "settings changed since stage preprocess ran (model.max_seq_length 512 -> 256)" in r.stdout
+    prep = json.loads((reports / "seq" / "results" / "preprocess.json").read_text())
+    assert prep["max_seq_length"] == 256
+    r = runner("--resume", "seq", "--reports-dir", reports, "--stages", "setup,preprocess")
+    assert r.returncode == 0 and "nothing to resume" in r.stdout
+
+
+def test_runner_works_from_another_folder(tmp_path, tiny_model_dir, sample_data):
+    import shutil
+
+    proj = tmp_path / "study"
+    (proj / "params").mkdir(parents=True)
+    (proj / "data").mkdir()
+    for f in sample_data:
+        shutil.copy(f, proj / "data" / f.name)
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
+    raw = yaml.safe_load(params.read_text())
+    raw["data"].update(source="../data/train.jsonl", eval_source="../data/eval.jsonl")
+    (proj / "params" / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = runner(proj / "params" / "tiny.yaml", "--reports-dir", "my-reports", "--run-id", "away",
+               "--stages", "setup,preprocess", cwd=elsewhere)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    run = elsewhere / "my-reports" / "away"
+    prep = json.loads((run / "results" / "preprocess.json").read_text())
+    assert prep["kept"] == {"eval": 6, "train": 16}
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["source"] == str(proj / "data" / "train.jsonl")
 
 
 @pytest.mark.parametrize("case", ["qa", "alpaca", "chat", "chat-sharegpt", "reasoning", "mcq", "pubmedqa"])

@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from conftest import tiny_params, write_jsonl
 from medqlora import export as E
@@ -22,7 +23,8 @@ def trained(tmp_path, tiny_model_dir):
     ev = write_jsonl(tmp_path / "e.jsonl", [{"question": "What is the antidote for poison 9?", "answer": "Antidote 9."}])
     cfg = load_config(tiny_params(tmp_path, tiny_model_dir, train, ev,
                                   train={"max_steps": 24, "learning_rate": 1e-2, "micro_batch_size": 4,
-                                         "group_by_length": False}, data={"eval_fraction": 0.2}))
+                                         "group_by_length": False},
+                                  data={"eval_fraction": 0.2, "max_drop_fraction": 0.8}))  # 12 of 16 are repeats
     run = RunDir(tmp_path / "run")
     tok = M.load_tokenizer(M.resolve_model(cfg.model)[0], cfg.model)
     P.save_result(P.prepare(cfg, run, tok), cfg, run)
@@ -90,15 +92,106 @@ def test_saved_adapter_reloads_to_the_same_outputs(trained):
         assert torch.equal(again(input_ids=ids).logits, got), "reloading is deterministic"
 
 
-def test_resume_continues_from_the_last_checkpoint(trained, tiny_model_dir):
-    cfg, run, _, _, first = trained
-    assert list((run / "checkpoints").glob("checkpoint-24"))
+class Crash(TrainerCallback):
+    """Stands in for a killed kernel: training stops with an error after step `at`."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.at:
+            raise RuntimeError(f"simulated crash after step {self.at}")
+
+
+def prepared_run(tmp_path, tiny_model_dir, name, **train):
+    rows = [{"question": f"Which drug reverses overdose {i}?", "answer": f"Reversal agent {i}, given slowly."}
+            for i in range(8)]
+    src = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    ev = write_jsonl(tmp_path / f"{name}-eval.jsonl", [{"question": "Which drug reverses overdose 99?",
+                                                         "answer": "Reversal agent 99."}])
+    settings = {"max_steps": 8, "save_steps": 4, "learning_rate": 1e-2, "micro_batch_size": 2,
+                "group_by_length": False, **train}
+    (tmp_path / name).mkdir()
+    cfg = load_config(tiny_params(tmp_path / name, tiny_model_dir, src, ev, train=settings))
+    run = RunDir(tmp_path / name / "run")
+    tok = M.load_tokenizer(M.resolve_model(cfg.model)[0], cfg.model)
+    P.save_result(P.prepare(cfg, run, tok), cfg, run)
+    return cfg, run
+
+
+def quiet(*a):
+    pass
+
+
+def test_interrupted_and_resumed_run_reports_the_same_totals(tmp_path, tiny_model_dir):
+    cfg, whole_run = prepared_run(tmp_path, tiny_model_dir, "whole")
+    whole = T.train(cfg, whole_run, T.load_for_training(cfg), print_fn=quiet)
+
+    cfg, cut_run = prepared_run(tmp_path, tiny_model_dir, "cut")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        T.train(cfg, cut_run, T.load_for_training(cfg), print_fn=quiet, callbacks=[Crash(at=6)])
+    resumed = T.train(cfg, cut_run, T.load_for_training(cfg), print_fn=quiet)
+
+    assert resumed["resumed_from"].endswith("checkpoint-4") and resumed["sessions"]["this_session_steps"] == 4
+    assert resumed["steps"] == whole["steps"] == 8
+    assert [s for s, _ in resumed["losses"]] == [s for s, _ in whole["losses"]] == list(range(1, 9))
+    # The resumed trainer restores data order and RNG from the checkpoint; CPU kernels differ only in noise.
+    for key in ("first_loss", "final_loss", "train_loss"):
+        assert resumed[key] == pytest.approx(whole[key], rel=0.02), key
+    # Before the fix: first_loss was step 5's and train_loss this session's sum over all 8 steps (about half).
+    assert resumed["train_loss"] == pytest.approx(sum(v for _, v in whole["losses"]) / 8, rel=0.02)
+    assert [r["step"] for r in resumed["epochs_table"]] == [r["step"] for r in whole["epochs_table"]] == [4, 8]
+    # seconds cover both sessions (the crashed one up to its checkpoint), not only the last one
+    # (the first epoch's time comes from the crashed session's history, restored with the checkpoint)
+    first_epoch_s = resumed["epochs_table"][0]["elapsed_s"]
+    assert first_epoch_s > 0 and resumed["seconds"] > 1.5 * first_epoch_s
+    assert 0.4 < resumed["seconds"] / whole["seconds"] < 2.5, (resumed["seconds"], whole["seconds"])
+
+
+def test_resume_at_the_final_step_finishes_with_the_whole_history(tmp_path, tiny_model_dir):
+    cfg, run = prepared_run(tmp_path, tiny_model_dir, "done")
+    first = T.train(cfg, run, T.load_for_training(cfg), print_fn=quiet)
+    assert (run / "checkpoints" / "checkpoint-8").is_dir()
+    # a later cell failed; the rerun finds the checkpoint at the last step and trains nothing
+    again = T.train(cfg, run, T.load_for_training(cfg), print_fn=quiet)
+    assert again["resumed_from"].endswith("checkpoint-8") and again["sessions"]["this_session_steps"] == 0
+    assert again["losses"] == first["losses"] and again["first_loss"] == first["first_loss"]
+    assert again["train_loss"] == pytest.approx(first["train_loss"])
+    T.plot_loss(again, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_smoke_run_shorter_than_logging_steps_logs_first_and_last_loss_and_warms_up_on_max_steps(
+        tmp_path, tiny_model_dir):
+    # The real-model params log every 10 steps; a smoke test runs 5. Epochs say 50: warmup must follow max_steps.
+    cfg, run = prepared_run(tmp_path, tiny_model_dir, "smoke", max_steps=5, logging_steps=10, epochs=50,
+                            warmup_ratio=0.2, save_steps=None, scheduler="linear")
+    result = T.train(cfg, run, T.load_for_training(cfg), print_fn=quiet)
+    assert result["steps"] == 5 and [s for s, _ in result["losses"]] == [1, 5]
+    assert result["first_loss"] > 0 and result["final_loss"] > 0
+    assert result["warmup_steps"] == 1, "0.2 x 5 real steps, not 0.2 x 50 epochs' worth"
+    run.save_result("train", result)
+    T.plot_loss(result, tmp_path / "loss.png")
+    card = E.model_card(cfg, result, json.loads(run.result_path("preprocess").read_text()))
+    assert f"{result['first_loss']:.4f} -> {result['final_loss']:.4f}" in card
+
+
+def test_changed_training_settings_start_over_and_a_changed_sequence_length_is_refused(tmp_path, tiny_model_dir):
+    cfg, run = prepared_run(tmp_path, tiny_model_dir, "changed")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        T.train(cfg, run, T.load_for_training(cfg), print_fn=quiet, callbacks=[Crash(at=5)])
     cfg2 = cfg.model_copy(deep=True)
-    cfg2.train.max_steps = 26
-    cfg2.train.save_steps = 1
-    again = T.train(cfg2, run, T.load_for_training(cfg2), print_fn=lambda *a: None)
-    assert again["resumed_from"].endswith("checkpoint-24") and again["steps"] == 26
-    assert [s for s, _ in again["losses"]] == [25, 26]
+    cfg2.train.micro_batch_size, cfg2.train.gradient_accumulation, cfg2.train.learning_rate = 1, 2, 5e-5
+    lines = []
+    again = T.train(cfg2, run, T.load_for_training(cfg2), print_fn=lines.append)
+    said = " ".join(lines)
+    assert again["resumed_from"] is None and again["sessions"]["this_session_steps"] == 8
+    assert "starting over" in said and "train.learning_rate 0.01 -> 5e-05" in said
+    assert "train.micro_batch_size 2 -> 1" in said
+    cfg3 = cfg2.model_copy(deep=True)
+    cfg3.model.max_seq_length = 48
+    with pytest.raises(ValueError, match="prepared for model.max_seq_length 512.*rerun the preprocess stage"):
+        T.train(cfg3, run, T.load_for_training(cfg3), print_fn=quiet)
 
 
 def test_checkpoints_from_another_lora_setup_are_not_resumed(trained):
@@ -110,3 +203,19 @@ def test_checkpoints_from_another_lora_setup_are_not_resumed(trained):
     again = T.train(cfg2, run, T.load_for_training(cfg2), print_fn=lines.append)
     assert any("starting over" in line for line in lines)
     assert again["resumed_from"] is None and again["steps"] == 2
+
+
+def test_a_nan_adapter_is_never_published(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file, save_file
+
+    cfg, run = prepared_run(tmp_path, tiny_model_dir, "nan", max_steps=2, save_steps=None)
+    run.save_result("train", T.train(cfg, run, T.load_for_training(cfg), print_fn=quiet))
+    weights = run.adapter_dir / "adapter_model.safetensors"
+    w = load_file(str(weights))
+    next(t for k, t in w.items() if "lora_B" in k)[0, 0] = float("nan")
+    save_file(w, str(weights))
+    cfg.export.destination = str(tmp_path / "published")
+    with pytest.raises(RuntimeError, match="non-finite weights"):
+        E.export(cfg, run)
+    assert not run.export_dir.exists() and not (tmp_path / "published").exists()
+    assert not list(run.path.glob("export*")), "no half-made export folder is left behind"
