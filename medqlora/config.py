@@ -124,9 +124,35 @@ class EvalConfig(_Section):
 
 
 class MemoryConfig(_Section):
-    gpu_budget_gb: float | None = Field(
-        None, gt=0, description="GPU memory the run must fit (e.g. 14.0 for a Colab T4, which reports 14.74 GiB): setup warns on a smaller "
-        "card, training warns when its peak exceeds it.")
+    budget_gb: float | None = Field(
+        None, gt=0, description="Memory the run must fit, in GiB (a Colab T4 reports 14.74). Default: the card's "
+        "free memory when training starts (the available RAM on a CPU).")
+    max_fraction: float = Field(
+        0.8, gt=0, le=1, description="Optimize before training when the estimated peak passes this share of the "
+        "budget: gradient checkpointing, 8-bit optimizer, smaller micro-batch (same effective batch), then (if "
+        "allowed) a shorter max_seq_length.")
+    allow_shorter_seq: bool = Field(
+        False, description="Let the automatic optimization shorten model.max_seq_length (never below the prepared "
+        "data's p99 length; rows longer than the new length are dropped and counted).")
+    auto_optimize: bool = Field(True, description="Apply the optimizations above; false: only estimate and warn.")
+    oom_retries: int = Field(
+        3, ge=0, description="On a CUDA out-of-memory error, halve the micro-batch (double the accumulation) and go on "
+        "from the newest checkpoint, up to this many times; generation halves eval.batch_size the same way.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_budget(cls, data):
+        if isinstance(data, dict) and "gpu_budget_gb" in data:
+            import warnings
+
+            data = dict(data)
+            old = data.pop("gpu_budget_gb")
+            if data.get("budget_gb") is not None and old is not None:
+                raise ValueError("memory.gpu_budget_gb was renamed memory.budget_gb; give only budget_gb")
+            data["budget_gb"] = old
+            warnings.warn("memory.gpu_budget_gb was renamed memory.budget_gb; read as budget_gb (rename it in your "
+                          "params file)", UserWarning, stacklevel=2)
+        return data
 
 
 class RunConfig(_Section):
@@ -158,7 +184,8 @@ class RunConfig(_Section):
 # ---------------------------------------------------------------- what each stage's output depends on
 
 # Settings that change no stage's output: display, logging and checkpoint bookkeeping.
-_NO_EFFECT = {"train": {"logging_steps", "save_steps", "save_total_limit"}, "eval": {"show_examples"}}
+_NO_EFFECT = {"train": {"logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing"},
+              "eval": {"show_examples"}}
 _SETUP_KEYS = {"name_or_path", "gguf_file", "backend", "load_in_4bit", "cache_dir"}
 # Sections each stage reads, cumulatively: a stage's output also depends on everything before it.
 _STAGE_SECTIONS = {"setup": ["model"], "preprocess": ["model", "data"], "train": ["model", "data", "lora", "train"],
@@ -172,6 +199,9 @@ def stage_inputs(cfg: "RunConfig", stage: str) -> dict:
     dumped = cfg.model_dump(mode="json")
     out = {sec: {k: v for k, v in dumped[sec].items() if k not in _NO_EFFECT.get(sec, ())}
            for sec in _STAGE_SECTIONS[stage]}
+    if "train" in out:  # how a batch is split into micro-batches changes memory, not what is learnt
+        t = out["train"]
+        t["effective_batch"] = t.pop("micro_batch_size") * t.pop("gradient_accumulation")
     if stage == "setup":  # setup checks the machine and resolves the base model: only which model matters
         out["model"] = {k: v for k, v in out["model"].items() if k in _SETUP_KEYS}
     return out

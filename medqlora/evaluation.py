@@ -10,6 +10,7 @@ import re
 import time
 from pathlib import Path
 
+from . import memory
 from .prompts import strip_reasoning
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
@@ -111,13 +112,17 @@ def select_items(path: Path, max_samples: int | None) -> list[dict]:
 
 
 def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_tokens_choice: int,
-             batch_size: int, label: str, print_fn=print) -> list[str]:
-    """Greedy answers for every item, batched with left padding; progress printed per batch."""
+             batch_size: int, label: str, print_fn=print, oom_retries: int = 3, oom_log: list | None = None) -> list[str]:
+    """Greedy answers for every item, batched with left padding; progress printed per batch. Out of GPU memory,
+    the batch is halved and the same prompts are tried again (up to oom_retries times, logged in oom_log)."""
     import torch
+
+    from .train import _free_memory, _is_oom
 
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     answers: list[str | None] = [None] * len(items)
+    oom_log = oom_log if oom_log is not None else []
     # Short-answer items get a short budget; within a group, similar lengths share a batch.
     groups = {}
     for i, it in enumerate(items):
@@ -126,17 +131,28 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
     for is_free, idx in groups.items():
         idx.sort(key=lambda i: len(items[i]["prompt"]))
         budget = max_new_tokens if is_free else max_new_tokens_choice
-        for b in range(0, len(idx), batch_size):
-            chunk = idx[b:b + batch_size]
-            enc = tokenizer([items[i]["prompt"] for i in chunk], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=budget, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        pos = 0
+        while pos < len(idx):
+            chunk = idx[pos:pos + batch_size]
+            try:
+                enc = tokenizer([items[i]["prompt"] for i in chunk], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
+                with torch.no_grad():
+                    out = model.generate(**enc, max_new_tokens=budget, do_sample=False,
+                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            except Exception as e:
+                if not _is_oom(e) or batch_size == 1 or len(oom_log) >= oom_retries:
+                    raise
+                _free_memory()
+                oom_log.append({"label": label, "batch_size": [batch_size, batch_size // 2]})
+                print_fn(f"{label}: out of memory at batch {batch_size}; going on at batch {batch_size // 2}")
+                batch_size //= 2
+                continue
             gen = out[:, enc["input_ids"].shape[1]:]
             for i, g in zip(chunk, gen):
                 answers[i] = tokenizer.decode(g, skip_special_tokens=True).strip()
                 new_tokens += int((g != tokenizer.pad_token_id).sum())
+            pos += len(chunk)
             done += len(chunk)
             el = time.time() - t0
             print_fn(f"{label}: {done}/{len(items)} answered | {new_tokens / el:.1f} new tokens/s | "
@@ -155,20 +171,25 @@ def compare(cfg, run, print_fn=print) -> dict:
     t0 = time.time()
     model, tok = M.load_with_adapter(ref, export["adapter_dir"], cfg.model, backend)
     load_s = time.time() - t0
+    memory.record(run, "evaluate", "model loaded")
     e = cfg.eval
-    args = (tok, items, e.max_new_tokens, e.max_new_tokens_choice, e.batch_size)
+    oom_log: list[dict] = []
+    kw = {"print_fn": print_fn, "oom_retries": cfg.memory.oom_retries, "oom_log": oom_log}
     t1 = time.time()
     with model.disable_adapter():
-        base = generate(model, *args, label="base", print_fn=print_fn)
+        base = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, e.batch_size, "base", **kw)
+    memory.record(run, "evaluate", "base answers")
     t2 = time.time()
-    tuned = generate(model, *args, label="fine-tuned", print_fn=print_fn)
+    batch = oom_log[-1]["batch_size"][1] if oom_log else e.batch_size  # keep what fitted
+    tuned = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, batch, "fine-tuned", **kw)
+    memory.record(run, "evaluate", "fine-tuned answers")
     t3 = time.time()
     rows = [{"id": it["id"], "kind": it["kind"], "category": it.get("category"), "question": it["question"],
              "reference": it["reference"] if it["kind"] == "freetext" else it["answer"],
              "base": b, "finetuned": f} for it, b, f in zip(items, base, tuned)]
     (run / "eval").mkdir(exist_ok=True)
     (run / "eval" / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return {"backend": backend, "n_items": len(items), "load_seconds": round(load_s, 1),
+    return {"backend": backend, "n_items": len(items), "load_seconds": round(load_s, 1), "oom_halvings": oom_log,
             "generate_seconds": {"base": round(t2 - t1, 1), "finetuned": round(t3 - t2, 1)},
             "metrics": {"base": score(items, base), "finetuned": score(items, tuned)},
             "changes": {k: paired_bootstrap(b, f) for (k, b), f in

@@ -72,6 +72,16 @@ def _end_of_turn_fix(tokenizer, generation_config) -> list[str]:
     return fixes
 
 
+def converted_folder(cfg: ModelConfig) -> tuple[Path, Path]:
+    """The GGUF file and the safetensors folder it is (or will be) converted into, keyed on the file's identity."""
+    src = model_folder(cfg.name_or_path) / cfg.gguf_file
+    if not src.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {src}")
+    st = src.stat()
+    key = hashlib.sha1(f"{src.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return src, Path(cfg.cache_dir).expanduser() / f"{src.stem}-{key}"
+
+
 def resolve_model(cfg: ModelConfig) -> tuple[str, dict]:
     """A loadable model reference (hub id or local folder) and notes on what was done to get it.
 
@@ -80,12 +90,7 @@ def resolve_model(cfg: ModelConfig) -> tuple[str, dict]:
     if not cfg.gguf_file:
         ref = str(model_folder(cfg.name_or_path)) if cfg.name_or_path.startswith("pkg://") else cfg.name_or_path
         return ref, {"source": cfg.name_or_path, "converted": False}
-    src = model_folder(cfg.name_or_path) / cfg.gguf_file
-    if not src.is_file():
-        raise FileNotFoundError(f"GGUF file not found: {src}")
-    st = src.stat()
-    key = hashlib.sha1(f"{src.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
-    out = Path(cfg.cache_dir).expanduser() / f"{src.stem}-{key}"
+    src, out = converted_folder(cfg)
     notes = {"source": str(src), "converted_to": str(out), "converted": True}
     if (out / "config.json").is_file():
         notes["conversion"] = "reused"
@@ -154,6 +159,18 @@ def load_base(ref: str, cfg: ModelConfig, backend: str, for_training: bool):
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     return model, tok
+
+
+def load_hint(ref: str, e: BaseException) -> str:
+    """What to do when a model cannot be loaded: gated, missing, or offline."""
+    msg = str(e)
+    if "gated" in msg.lower() or "401" in msg or "403" in msg:
+        why = "it is a gated hub model: accept its license on the hub and put a token in HF_TOKEN (environment only)"
+    elif "404" in msg or "is not a local folder and is not a valid model identifier" in msg:
+        why = "no such model on the hub or on disk: check model.name_or_path"
+    else:
+        why = "the hub could not be reached (offline?) and it is not cached: give a local folder as model.name_or_path"
+    return f"could not load model {ref!r}: {why}. ({type(e).__name__}: {msg.splitlines()[0][:200]})"
 
 
 def add_lora(model, cfg: RunConfig, backend: str):

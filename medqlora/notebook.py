@@ -42,8 +42,17 @@ def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+    cap = os.environ.get("MEDQLORA_GPU_CAP_GB")  # act as a smaller card (e.g. 15 for a T4) on a big one
+    if cap:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(float(cap) * 1024**3 / torch.cuda.mem_get_info()[1])
     cfg = load_config(config_path)
     run = RunDir(run_dir)
+    from .memory import record
+
+    record(run, stage, "start")
     print(f"stage {stage} | run {run.path.resolve()} | config {Path(config_path).resolve()}")
     print(f"model {cfg.model.name_or_path}" + (f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else "")
           + f" | backend {cfg.model.backend} | data {cfg.data.source}")

@@ -54,6 +54,10 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         prompt = build_prompt(ex, tokenizer, dc.template, dc.system_prompt)
         completion = build_completion(ex, prompt, tokenizer, dc.template)
         tok = tokenize_example(prompt, completion, tokenizer, dc.template)
+        if not prompt_only and tok["n_tokens"] == tok["n_prompt_tokens"]:
+            checks.drop("no trained tokens: the answer tokenizes to nothing after the prompt (check the chat "
+                        "template and data.template)", ex.question)
+            return None
         n = tok["n_prompt_tokens"] if prompt_only else tok["n_tokens"]
         all_lengths.append(n)
         if n > max_len:
@@ -145,7 +149,10 @@ def refuse_meaningless(checks: D.Checks, dc, max_len: int, lengths: list[int], k
         fixes.append(f"{checks.dropped['duplicate']} rows repeat an earlier question and answer")
     if checks.dropped.get("leak"):
         fixes.append(f"{checks.dropped['leak']} training questions are also in the eval set")
-    if set(checks.dropped) - {"over-long", "duplicate", "leak"}:
+    if checks.dropped.get("no trained tokens"):
+        fixes.append("every dropped 'no trained tokens' example had its whole answer masked: the prompt template "
+                     "does not leave the answer after the prompt")
+    if set(checks.dropped) - {"over-long", "duplicate", "leak", "no trained tokens"}:
         fixes.append("see the data checks table (or run with data.on_bad_rows: fail) for the rows and lines")
     problems = []
     if checks.read and dropped / checks.read > dc.max_drop_fraction:
@@ -232,10 +239,14 @@ def marked_example(p: Prepared, tokenizer) -> str:
 
 
 def save_result(p: Prepared, cfg: RunConfig, run: RunDir) -> dict:
+    import numpy as np
+
     result = {"format": p.source_format, "columns": p.columns, "rows_read": p.checks.read,
               "dropped": p.checks.dropped, "kept": p.checks.kept, "kinds": p.checks.kinds,
               "train_tokens": sum(p.train_lengths), "max_tokens": max(p.train_lengths + p.eval_lengths),
-              "max_seq_length": cfg.model.max_seq_length, "fingerprint": p.fingerprint, "train_data": str(run.train_data), "eval_items": str(run.eval_items),
+              "max_seq_length": cfg.model.max_seq_length,
+              "p99_tokens": int(np.percentile(p.train_lengths, 99)) if p.train_lengths else None,
+              "fingerprint": p.fingerprint, "train_data": str(run.train_data), "eval_items": str(run.eval_items),
               "seconds": round(p.seconds, 2), "notes": p.notes}
     run.save_result("preprocess", result)
     return result

@@ -73,6 +73,9 @@ class RunDir:
 
     def save_result(self, stage: str, result: dict) -> None:
         write_json(self.result_path(stage), result)
+        from .memory import record
+
+        record(self, stage, "end")
 
     def result(self, stage: str) -> dict:
         """An earlier stage's result, or a clear error naming the stage to run first."""

@@ -54,6 +54,10 @@ def validated(path: Path, overrides: list[str]) -> RunConfig:
         from .sources import preflight
 
         problems = preflight(cfg.data)
+    if not problems:
+        from .memory import preflight as memory_preflight
+
+        problems = memory_preflight(cfg)
     if problems:
         raise ConfigError(f"invalid inputs in {path}:\n" + "\n".join(f"  - {p}" for p in problems))
     return cfg
@@ -99,6 +103,12 @@ class Summary:
             self.data["train"] = {k: t.get(k) for k in ("backend", "steps", "epochs", "first_loss", "final_loss",
                                                          "train_loss", "seconds", "seconds_per_step",
                                                          "warmup_steps", "peak_memory_gb")}
+            self.data["train"]["effective_settings"] = t.get("effective_settings")
+            self.data["train"]["memory_plan_steps"] = ((t.get("memory") or {}).get("plan") or {}).get("steps")
+            self.data["train"]["oom_retries"] = (t.get("memory") or {}).get("oom_retries")
+        from .memory import peaks_by_stage
+
+        self.data["memory_peaks_gb"] = peaks_by_stage(run)
         if run.result_path("export").is_file():
             e = read_json(run.result_path("export"))
             self.data["artifacts"] = {"adapter_dir": e["adapter_dir"], "export_dir": e["export_dir"]}

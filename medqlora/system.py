@@ -165,9 +165,9 @@ def setup_check(cfg, installed: dict) -> dict:
     if not hw["gpu"]:
         notes.append("no CUDA GPU: training runs on the CPU with transformers + PEFT + bitsandbytes (real "
                      "4-bit QLoRA, slower); fine for small models such as the offline default")
-    budget = cfg.memory.gpu_budget_gb
+    budget = cfg.memory.budget_gb
     if hw["gpu"] and budget and hw["gpu"]["total_gb"] < budget:
-        notes.append(f"this GPU has {hw['gpu']['total_gb']} GiB, less than memory.gpu_budget_gb {budget}: "
-                     "expect out-of-memory errors; lower train.micro_batch_size or model.max_seq_length")
+        notes.append(f"this GPU has {hw['gpu']['total_gb']} GiB, less than memory.budget_gb {budget}: the memory plan "
+                     "is made for a bigger card than this one; lower memory.budget_gb to what this card has")
     return {"hardware": hw, "backend": backend, "versions": versions(), "notes": notes,
             "installed_now": installed["installed"]}

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import memory
 from . import model as M
 
 M.preload_unsloth()  # before transformers: Unsloth patches it on import
@@ -124,7 +125,10 @@ def load_for_training(cfg: RunConfig) -> Loaded:
     t0 = time.time()
     backend = M.resolve_backend(cfg.model)
     ref, notes = M.resolve_model(cfg.model)
-    model, tok = M.load_base(ref, cfg.model, backend, for_training=True)
+    try:
+        model, tok = M.load_base(ref, cfg.model, backend, for_training=True)
+    except OSError as e:
+        raise RuntimeError(M.load_hint(ref, e)) from e
     model = M.add_lora(model, cfg, backend)
     opts = [f"backend: {backend}" + (" (FastLanguageModel)" if backend == "unsloth" else " (transformers + PEFT)"),
             "4-bit NF4 base weights, double quantization" if cfg.model.load_in_4bit else "16/32-bit base weights",
@@ -202,53 +206,149 @@ def sft_config(cfg: RunConfig, run: RunDir):
         report_to=[], disable_tqdm=True, dataset_num_proc=None, remove_unused_columns=True)
 
 
-def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks=()) -> dict:
+class StopOnNonFiniteLoss(TrainerCallback):
+    """A NaN or infinite loss ends training at once, with the step and what to change."""
+
+    def __init__(self, learning_rate: float):
+        self.lr = learning_rate
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} at step {state.global_step}: the run diverged. Lower "
+                f"train.learning_rate (now {self.lr:g}; try {self.lr / 4:g}), keep warmup on (train.warmup_ratio), "
+                "and on a card without bf16 check for fp16 overflow (model.dtype)")
+
+
+class MemoryRecorder(TrainerCallback):
+    """Memory at each logged step and each epoch end, into the run's memory.jsonl."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            memory.record(self.run, "train", f"step {state.global_step}")
+
+    def on_epoch_end(self, args, state, control, **kw):
+        memory.record(self.run, "train", f"epoch {round(state.epoch or 0, 2)} end")
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks=(), plan=None) -> dict:
     """Train; resume from the newest checkpoint in the run folder if a previous attempt left one.
 
-    Every figure in the result comes from the trainer's log history, which a resumed trainer restores from
-    the checkpoint: a resumed run reports the same totals as one that ran through."""
+    `plan` (memory.plan_training) gives the settings fitted to the memory budget; a CUDA out-of-memory error
+    halves the micro-batch (doubling accumulation, so the effective batch stays) and goes on from the newest
+    checkpoint, up to memory.oom_retries times. Every figure in the result comes from the trainer's log history,
+    which a resumed trainer restores from the checkpoint: a resumed run reports the same totals as one that ran
+    through."""
     import datasets
+    import torch
     from trl import SFTTrainer
 
-    ds = datasets.load_from_disk(str(run.train_data)).select_columns(["input_ids", "labels"])
+    user_cfg = cfg
+    cfg = plan.cfg if plan is not None else cfg
+    ds = datasets.load_from_disk(str(run.train_data))
     prepared_at = run.result("preprocess").get("max_seq_length")
-    if prepared_at is not None and prepared_at != cfg.model.max_seq_length:
+    if prepared_at is not None and prepared_at != user_cfg.model.max_seq_length:
         raise ValueError(f"the data in {run.train_data} was prepared for model.max_seq_length {prepared_at}, this "
-                         f"config trains at {cfg.model.max_seq_length}; rerun the preprocess stage "
+                         f"config trains at {user_cfg.model.max_seq_length}; rerun the preprocess stage "
                          "(runner.py --resume reruns it when the setting changed)")
-    args = sft_config(cfg, run)
-    progress = ProgressPrinter(print_fn)
-    trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=ds, processing_class=loaded.tokenizer,
-                         callbacks=[progress, *callbacks])
-    trainer.remove_callback(PrinterCallback)  # its raw log dicts repeat what ProgressPrinter shows
-    resume = _resumable_checkpoint(cfg, run, print_fn)
+    dropped_for_length = 0
+    if cfg.model.max_seq_length < user_cfg.model.max_seq_length:  # shortened by the memory plan
+        n = len(ds)
+        ds = ds.filter(lambda r: r["n_tokens"] <= cfg.model.max_seq_length)
+        dropped_for_length = n - len(ds)
+        print_fn(f"memory: max_seq_length {cfg.model.max_seq_length}: {dropped_for_length} of {n} training examples "
+                 "are longer and are left out")
+    ds = ds.select_columns(["input_ids", "labels"])
+    initial_lora = {k: v.detach().clone() for k, v in loaded.model.named_parameters() if v.requires_grad}
+    memory.record(run, "train", "before training")
+    oom_log: list[dict] = []
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=resume)
+    while True:
+        args = sft_config(cfg, run)
+        progress = ProgressPrinter(print_fn)
+        trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=ds, processing_class=loaded.tokenizer,
+                             callbacks=[progress, StopOnNonFiniteLoss(cfg.train.learning_rate), MemoryRecorder(run),
+                                        *callbacks])
+        trainer.remove_callback(PrinterCallback)  # its raw log dicts repeat what ProgressPrinter shows
+        resume = _resumable_checkpoint(cfg, run, print_fn)
+        if resume is None:  # from the start: undo whatever a failed attempt did to the LoRA weights
+            with torch.no_grad():
+                for k, v in loaded.model.named_parameters():
+                    if k in initial_lora:
+                        v.copy_(initial_lora[k])
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+            break
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            step = trainer.state.global_step
+            mb, acc = cfg.train.micro_batch_size, cfg.train.gradient_accumulation
+            del trainer
+            _free_memory()
+            if mb == 1 or len(oom_log) >= cfg.memory.oom_retries:
+                raise memory.MemoryFitError(
+                    f"out of GPU memory at step {step} with micro-batch {mb} after {len(oom_log)} retries: lower "
+                    f"model.max_seq_length (now {cfg.model.max_seq_length}) or set memory.allow_shorter_seq: true, "
+                    "keep train.gradient_checkpointing on, use train.optimizer: adamw_8bit, lower lora.r, or use a "
+                    "card with more memory") from e
+            cfg = cfg.model_copy(deep=True)
+            cfg.train.micro_batch_size, cfg.train.gradient_accumulation = mb // 2, acc * 2
+            oom_log.append({"at_step": step, "micro_batch": [mb, mb // 2], "accumulation": [acc, acc * 2],
+                            "error": str(e).splitlines()[0][:200]})
+            memory.record(run, "train", f"out of memory at step {step}: micro-batch {mb} -> {mb // 2}")
+            print_fn(f"memory: out of memory at step {step}; retrying with micro-batch {mb // 2} and accumulation "
+                     f"{acc * 2} (effective batch {mb * acc}) from the newest checkpoint")
     session_seconds = time.time() - t0
     trainer.save_model(str(run.adapter_dir))
     loaded.tokenizer.save_pretrained(str(run.adapter_dir))
+    memory.record(run, "train", "adapter saved")
     state = trainer.state
     history = summarize_history(state.log_history, state.global_step)
     session_steps = state.global_step - progress.start_step
+    peak = round(peak_memory_gb(), 2)
     result = {"backend": loaded.backend, "base_model": loaded.ref, "steps": state.global_step,
               "epochs": round(state.epoch or 0, 3), "examples": len(ds), **history,
               "seconds_per_step": round(history["seconds"] / max(state.global_step, 1), 3),
               "warmup_steps": args.get_warmup_steps(state.max_steps), "logging_steps": cfg.train.logging_steps,
-              "peak_memory_gb": round(peak_memory_gb(), 2), "params": loaded.params,
+              "peak_memory_gb": peak, "params": loaded.params,
               "optimizations": loaded.optimizations, "resumed_from": resume,
               "sessions": {"this_session_steps": session_steps, "this_session_seconds": round(session_seconds, 1)},
+              "effective_settings": {"micro_batch_size": cfg.train.micro_batch_size,
+                                     "gradient_accumulation": cfg.train.gradient_accumulation,
+                                     "gradient_checkpointing": cfg.train.gradient_checkpointing,
+                                     "optimizer": cfg.train.optimizer, "max_seq_length": cfg.model.max_seq_length},
+              "memory": {"plan": plan.to_dict() if plan is not None else None, "oom_retries": oom_log,
+                         "measured_peak_gb": peak, "dropped_for_length": dropped_for_length},
               "adapter_dir": str(run.adapter_dir)}
+    if plan is not None:
+        result["memory"]["estimate_vs_measured"] = round(plan.estimate_gb - plan.context_gb, 2), peak
+        print_fn(f"memory: estimated peak {plan.estimate_gb - plan.context_gb:.2f} GiB (without the "
+                 f"{plan.context_gb} GiB context), measured {peak} GiB")
     if not history["losses"]:
         print_fn("no loss was logged: the run was already complete at the checkpoint it resumed from, "
                  "and that checkpoint holds no history")
-    budget = cfg.memory.gpu_budget_gb
-    if budget is not None:
-        result["memory_budget_gb"] = budget
-        result["within_memory_budget"] = result["peak_memory_gb"] <= budget
-        if not result["within_memory_budget"]:
-            print_fn(f"WARNING: peak memory {result['peak_memory_gb']} GiB exceeded memory.gpu_budget_gb {budget}: "
-                     "this config will not fit a card of that size; lower train.micro_batch_size or "
-                     "model.max_seq_length")
     return result
 
 

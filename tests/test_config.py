@@ -139,4 +139,4 @@ def test_settings_that_would_fail_late_are_input_problems(tmp_path, override, ma
 def test_t4_params_fit_what_a_t4_reports():
     # PyTorch reports a T4 as 14.74 GiB: a budget above that warns on every T4 run and can never flag a config.
     for name in ("llama-3.1-8b-instruct", "llama-3.2-3b-instruct", "deepseek-r1-distill-llama-8b"):
-        assert load_config(ROOT / "params" / f"{name}.yaml").memory.gpu_budget_gb < 14.74
+        assert load_config(ROOT / "params" / f"{name}.yaml").memory.budget_gb < 14.74

@@ -181,13 +181,13 @@ def test_changed_training_settings_start_over_and_a_changed_sequence_length_is_r
     with pytest.raises(RuntimeError, match="simulated crash"):
         T.train(cfg, run, T.load_for_training(cfg), print_fn=quiet, callbacks=[Crash(at=5)])
     cfg2 = cfg.model_copy(deep=True)
-    cfg2.train.micro_batch_size, cfg2.train.gradient_accumulation, cfg2.train.learning_rate = 1, 2, 5e-5
+    cfg2.train.micro_batch_size, cfg2.train.gradient_accumulation, cfg2.train.learning_rate = 1, 8, 5e-5
     lines = []
     again = T.train(cfg2, run, T.load_for_training(cfg2), print_fn=lines.append)
     said = " ".join(lines)
     assert again["resumed_from"] is None and again["sessions"]["this_session_steps"] == 8
     assert "starting over" in said and "train.learning_rate 0.01 -> 5e-05" in said
-    assert "train.micro_batch_size 2 -> 1" in said
+    assert "train.effective_batch 2 -> 8" in said
     cfg3 = cfg2.model_copy(deep=True)
     cfg3.model.max_seq_length = 48
     with pytest.raises(ValueError, match="prepared for model.max_seq_length 512.*rerun the preprocess stage"):

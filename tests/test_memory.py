@@ -1,0 +1,191 @@
+"""Memory that manages itself: the estimate's arithmetic against real models, the optimization order, runs that
+cannot fit refused up front, out-of-memory recovery in real training and in generation, memory.jsonl."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import ROOT, tiny_params, write_jsonl
+from medqlora import memory as MEM
+from medqlora import model as M
+from medqlora import preprocess as P
+from medqlora import train as T
+from medqlora.config import load_config
+from medqlora.rundir import RunDir
+
+# Llama 3.1 8B's real shape (config.json values), for planning arithmetic without any weights
+LLAMA_8B = MEM.ModelShape(hidden=4096, layers=32, intermediate=14336, heads=32, kv_heads=8, vocab=128256, tied=False,
+                          head_dim=128)
+
+
+def test_shape_counts_what_the_real_model_and_peft_count(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    shape = MEM.model_shape(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    linear = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and ".layers." in n)
+    assert shape.linear_params() == linear
+    targets = ["q_proj", "v_proj", "down_proj"]
+    peft = get_peft_model(model, LoraConfig(r=8, target_modules=targets))
+    assert shape.lora_params(8, targets) == peft.get_nb_trainable_parameters()[0]
+    # 8B: 6.98 B parameters in the decoder's linear layers (the published 8.03 B minus 1.05 B of embeddings)
+    assert LLAMA_8B.linear_params() == pytest.approx(6.98e9, rel=0.01)
+
+
+def test_estimate_parts_move_the_way_the_settings_say():
+    s = MEM.Settings(micro_batch_size=4, gradient_accumulation=1, max_seq_length=2048, gradient_checkpointing=False,
+                     optimizer="adamw_torch")
+    full = MEM.estimate_training(LLAMA_8B, s, 16, ["q_proj", "v_proj"])
+    assert full["base weights (4-bit NF4, double quantization)"] == pytest.approx(6.98e9 * MEM.NF4_BYTES / 2**30,
+                                                                                 rel=0.01)
+    ckpt = MEM.estimate_training(LLAMA_8B, MEM.Settings(**{**s.__dict__, "gradient_checkpointing": True}), 16,
+                                 ["q_proj", "v_proj"])
+    assert ckpt["activations (checkpointed)"] < full["activations"] / 10
+    half = MEM.estimate_training(LLAMA_8B, MEM.Settings(**{**s.__dict__, "micro_batch_size": 2}), 16,
+                                 ["q_proj", "v_proj"])
+    assert half["activations"] == pytest.approx(full["activations"] / 2)
+    assert half["logits and loss"] == pytest.approx(full["logits and loss"] / 2)
+    gen = MEM.estimate_generation(LLAMA_8B, batch=8, total_tokens=1024)
+    assert gen["KV cache"] == pytest.approx(2 * 32 * 8 * 128 * 2 * 8 * 1024 / 2**30)  # 1 GiB: K and V, bf16
+
+
+def test_optimizations_apply_in_order_and_keep_the_effective_batch():
+    start = MEM.Settings(micro_batch_size=16, gradient_accumulation=2, max_seq_length=4096,
+                         gradient_checkpointing=False, optimizer="adamw_torch")
+    p = MEM.plan(LLAMA_8B, start, 16, ["q_proj", "k_proj", "v_proj", "o_proj"], budget=15.0, source="test",
+                 max_fraction=0.8)
+    names = [s["step"] for s in p.steps]
+    assert names[0].startswith("gradient checkpointing on") and names[1] == "optimizer adamw_torch -> adamw_8bit"
+    assert all(n.startswith("micro-batch") for n in names[2:]) and len(names) > 2
+    assert all(s["saving_gb"] > 0 for s in p.steps)
+    assert p.settings.effective_batch == 32 and p.settings.micro_batch_size < 16
+    assert p.estimate_gb <= p.limit_gb == 12.0
+    assert p.settings.max_seq_length == 4096, "the sequence is never shortened unless allowed"
+
+
+def test_a_run_that_cannot_fit_says_what_would():
+    start = MEM.Settings(micro_batch_size=1, gradient_accumulation=8, max_seq_length=16384,
+                         gradient_checkpointing=True, optimizer="adamw_8bit")
+    with pytest.raises(MEM.MemoryFitError, match=r"model.max_seq_length \d+ would fit .*allow_shorter_seq.*"
+                                                 r"a card with at least \d+ GiB"):
+        MEM.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8)
+    p = MEM.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8,
+                 allow_shorter_seq=True, min_seq=300)
+    assert p.settings.max_seq_length == 8192 and p.steps[-1]["step"] == "max_seq_length 16384 -> 8192"
+    with pytest.raises(MEM.MemoryFitError):  # never below the data's p99 length
+        MEM.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8,
+                 allow_shorter_seq=True, min_seq=12000)
+
+
+def test_runner_refuses_a_config_that_cannot_fit_its_budget_with_exit_2(tmp_path, tiny_model_dir, sample_data, capsys):
+    from medqlora import runner as R
+
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data, memory={"budget_gb": 1.0})
+    assert R.main([str(params), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "memory: the run needs about" in err and "1.0 GiB budget (memory.budget_gb)" in err
+    assert not (tmp_path / "reports").exists()
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data, memory={"budget_gb": 20.0})
+    assert R.main([str(params), "--check"]) == 0
+
+
+def test_old_budget_key_still_works_with_a_message(tmp_path, tiny_model_dir, sample_data):
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data, memory={"gpu_budget_gb": 14.7})
+    with pytest.warns(UserWarning, match="renamed memory.budget_gb"):
+        assert load_config(params).memory.budget_gb == 14.7
+
+
+class InjectOOM(T.TrainerCallback):
+    """Raises the error CUDA raises, once, at step `at`: the recovery path runs as it would on a full GPU."""
+
+    def __init__(self, at: int):
+        self.at, self.fired = at, False
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.at and not self.fired:
+            self.fired = True
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+
+def test_out_of_memory_in_real_training_halves_the_micro_batch_and_finishes(tmp_path, tiny_model_dir):
+    rows = [{"question": f"Which drug reverses overdose {i}?", "answer": f"Reversal agent {i}, given slowly."}
+            for i in range(16)]
+    src = write_jsonl(tmp_path / "t.jsonl", rows)
+    ev = write_jsonl(tmp_path / "e.jsonl", [{"question": "Which drug reverses overdose 99?", "answer": "Agent 99."}])
+    cfg = load_config(tiny_params(tmp_path, tiny_model_dir, src, ev,
+                                  train={"max_steps": 8, "save_steps": 2, "micro_batch_size": 4,
+                                         "gradient_accumulation": 1, "learning_rate": 1e-2, "group_by_length": False}))
+    run = RunDir(tmp_path / "run")
+    P.save_result(P.prepare(cfg, run, M.load_tokenizer(tiny_model_dir, cfg.model)), cfg, run)
+    plan = MEM.plan_training(cfg, run, print_fn=lambda *a: None)
+    lines = []
+    result = T.train(cfg, run, T.load_for_training(plan.cfg), print_fn=lines.append, callbacks=[InjectOOM(at=5)],
+                     plan=plan)
+    assert result["steps"] == 8 and [s for s, _ in result["losses"]] == list(range(1, 9))
+    assert result["memory"]["oom_retries"] == [{"at_step": 5, "micro_batch": [4, 2], "accumulation": [1, 2],
+                                                "error": "CUDA out of memory. Tried to allocate 2.00 GiB (injected)"}]
+    assert result["effective_settings"]["micro_batch_size"] == 2
+    assert result["effective_settings"]["gradient_accumulation"] == 2, "the effective batch stays 4"
+    assert result["resumed_from"].endswith("checkpoint-4")
+    assert any("out of memory at step 5; retrying with micro-batch 2" in x for x in lines)
+    events = [r["event"] for r in MEM.read_records(run) if r["stage"] == "train"]
+    assert "step 1" in events and "out of memory at step 5: micro-batch 4 -> 2" in events and "adapter saved" in events
+    assert MEM.peaks_by_stage(run)["train"] > 0
+
+
+def test_out_of_memory_at_micro_batch_1_stops_with_advice(tmp_path, tiny_model_dir):
+    rows = [{"question": f"What treats condition {i}?", "answer": f"Drug {i}."} for i in range(6)]
+    src = write_jsonl(tmp_path / "t.jsonl", rows)
+    ev = write_jsonl(tmp_path / "e.jsonl", [{"question": "What treats condition 99?", "answer": "Drug 99."}])
+    cfg = load_config(tiny_params(tmp_path, tiny_model_dir, src, ev,
+                                  train={"max_steps": 3, "micro_batch_size": 1}))
+    run = RunDir(tmp_path / "run")
+    P.save_result(P.prepare(cfg, run, M.load_tokenizer(tiny_model_dir, cfg.model)), cfg, run)
+    with pytest.raises(MEM.MemoryFitError, match=r"out of GPU memory at step 2 with micro-batch 1.*max_seq_length"):
+        T.train(cfg, run, T.load_for_training(cfg), print_fn=lambda *a: None, callbacks=[InjectOOM(at=2)])
+
+
+def test_generation_halves_its_batch_when_out_of_memory(tiny_model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from medqlora.evaluation import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    real = model.generate
+    seen = []
+
+    def generate_that_fits_two(**kw):
+        seen.append(kw["input_ids"].shape[0])
+        if kw["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(**kw)
+
+    model.generate = generate_that_fits_two
+    items = [{"kind": "freetext", "prompt": f"Question {i}?"} for i in range(7)]
+    log = []
+    answers = generate(model, tokenizer, items, 4, 4, batch_size=8, label="base", print_fn=lambda *a: None,
+                       oom_log=log)
+    assert len(answers) == 7 and all(a is not None for a in answers)
+    assert [x["batch_size"] for x in log] == [[8, 4], [4, 2]] and seen[:2] == [7, 4] and max(seen[2:]) == 2
+
+
+def test_a_diverging_loss_stops_with_the_step_and_what_to_change():
+    cb = T.StopOnNonFiniteLoss(learning_rate=2e-4)
+
+    class S:
+        global_step = 7
+
+    cb.on_log(None, S, None, logs={"loss": 1.5})
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 7.*train.learning_rate \(now 0.0002; "
+                                                 r"try 5e-05\)"):
+        cb.on_log(None, S, None, logs={"loss": math.nan})
+
+
+def test_a_model_that_cannot_be_found_says_so(tmp_path):
+    with pytest.raises(RuntimeError, match="could not read the config of .*HF_TOKEN"):
+        MEM.model_shape(str(tmp_path / "no-model-here"))
+    hint = M.load_hint("meta-llama/Llama-3.1-8B", OSError("401 Client Error. You are trying to access a gated repo."))
+    assert "gated hub model" in hint and "HF_TOKEN" in hint
