@@ -178,13 +178,14 @@ class Plan:
     context_gb: float = CUDA_CONTEXT_GIB
     over_without_changes: bool = False  # auto_optimize is off and the estimate passes the limit
     cfg: object = None  # the config training uses: the user's, with the plan's settings
+    shape: ModelShape | None = None
 
     @property
     def changed(self) -> bool:
         return bool(self.steps)
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k != "cfg"}
+        d = {k: v for k, v in asdict(self).items() if k not in ("cfg", "shape")}
         d["settings"] = asdict(self.settings)
         return d
 
@@ -280,7 +281,7 @@ def plan_training(cfg, run=None, print_fn=print) -> Plan:
     else:
         p = plan(shape, start, cfg.lora.r, cfg.lora.target_modules, budget, source, m.max_fraction,
                  m.allow_shorter_seq, min_seq, context)
-    p.cfg = apply_plan(cfg, p)
+    p.cfg, p.shape = apply_plan(cfg, p), shape
     for st in p.steps:
         print_fn(f"memory: {st['step']}: estimated peak {st['estimate_before_gb']} -> {st['estimate_after_gb']} GiB "
                  f"(saves {st['saving_gb']} GiB)")

@@ -303,23 +303,24 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
         except Exception as e:
             if not _is_oom(e):
                 raise
-            step = trainer.state.global_step
-            mb, acc = cfg.train.micro_batch_size, cfg.train.gradient_accumulation
-            del trainer
-            _free_memory()
-            if mb == 1 or len(oom_log) >= cfg.memory.oom_retries:
-                raise memory.MemoryFitError(
-                    f"out of GPU memory at step {step} with micro-batch {mb} after {len(oom_log)} retries: lower "
-                    f"model.max_seq_length (now {cfg.model.max_seq_length}) or set memory.allow_shorter_seq: true, "
-                    "keep train.gradient_checkpointing on, use train.optimizer: adamw_8bit, lower lora.r, or use a "
-                    "card with more memory") from e
-            cfg = cfg.model_copy(deep=True)
-            cfg.train.micro_batch_size, cfg.train.gradient_accumulation = mb // 2, acc * 2
-            oom_log.append({"at_step": step, "micro_batch": [mb, mb // 2], "accumulation": [acc, acc * 2],
-                            "error": str(e).splitlines()[0][:200]})
-            memory.record(run, "train", f"out of memory at step {step}: micro-batch {mb} -> {mb // 2}")
-            print_fn(f"memory: out of memory at step {step}; retrying with micro-batch {mb // 2} and accumulation "
-                     f"{acc * 2} (effective batch {mb * acc}) from the newest checkpoint")
+            step, error = trainer.state.global_step, str(e).splitlines()[0][:200]
+        # Out of memory. Freed here, outside the except block: the exception's frames hold the failed step's tensors.
+        mb, acc = cfg.train.micro_batch_size, cfg.train.gradient_accumulation
+        del trainer
+        _free_memory()
+        if mb == 1 or len(oom_log) >= cfg.memory.oom_retries:
+            raise memory.MemoryFitError(
+                f"out of GPU memory at step {step} with micro-batch {mb} after {len(oom_log)} retries: lower "
+                f"model.max_seq_length (now {cfg.model.max_seq_length}) or set memory.allow_shorter_seq: true, "
+                "keep train.gradient_checkpointing on, use train.optimizer: adamw_8bit, lower lora.r, or use a "
+                f"card with more memory ({error})")
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.micro_batch_size, cfg.train.gradient_accumulation = mb // 2, acc * 2
+        oom_log.append({"at_step": step, "micro_batch": [mb, mb // 2], "accumulation": [acc, acc * 2],
+                        "error": error})
+        memory.record(run, "train", f"out of memory at step {step}: micro-batch {mb} -> {mb // 2}")
+        print_fn(f"memory: out of memory at step {step}; retrying with micro-batch {mb // 2} and accumulation "
+                 f"{acc * 2} (effective batch {mb * acc}) from the newest checkpoint")
     session_seconds = time.time() - t0
     trainer.save_model(str(run.adapter_dir))
     loaded.tokenizer.save_pretrained(str(run.adapter_dir))
@@ -342,10 +343,13 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
               "memory": {"plan": plan.to_dict() if plan is not None else None, "oom_retries": oom_log,
                          "measured_peak_gb": peak, "dropped_for_length": dropped_for_length},
               "adapter_dir": str(run.adapter_dir)}
-    if plan is not None:
-        result["memory"]["estimate_vs_measured"] = round(plan.estimate_gb - plan.context_gb, 2), peak
-        print_fn(f"memory: estimated peak {plan.estimate_gb - plan.context_gb:.2f} GiB (without the "
-                 f"{plan.context_gb} GiB context), measured {peak} GiB")
+    if plan is not None and plan.shape is not None:  # the estimate for the settings that really trained
+        est = memory.total(memory.estimate_training(plan.shape, memory.settings_from(cfg, loaded.backend),
+                                                    cfg.lora.r, cfg.lora.target_modules))
+        result["memory"]["estimate_vs_measured"] = round(est, 2), peak
+        print_fn(f"memory: estimated peak {est:.2f} GiB (without the {plan.context_gb} GiB context) at micro-batch "
+                 f"{cfg.train.micro_batch_size} x {cfg.model.max_seq_length} tokens (the worst case), measured {peak} "
+                 "GiB")
     if not history["losses"]:
         print_fn("no loss was logged: the run was already complete at the checkpoint it resumed from, "
                  "and that checkpoint holds no history")
