@@ -287,7 +287,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     with --set against the current folder (where the user typed them)."""
     path = Path(path)
     raw = _absolute_paths(read_params(path), path.resolve().parent)
+    file_eval = (raw.get("data") or {}).get("eval_source") if isinstance(raw.get("data"), dict) else None
     raw = _absolute_paths(apply_overrides(raw, overrides or []), Path.cwd())
+    keys = {".".join(parse_override(o)[0]) for o in overrides or []}
+    if file_eval and "data.source" in keys and "data.eval_source" not in keys:
+        # The params file's eval set belongs to its own training data: a new source gets its own held-out split.
+        import warnings
+
+        raw["data"]["eval_source"] = None
+        warnings.warn(f"data.source was changed with --set, so the held-out items now come from a hash split of it "
+                      f"(data.eval_fraction), not from the params file's data.eval_source {file_eval}; give "
+                      "--set data.eval_source=FILE to evaluate on a file of your own", UserWarning, stacklevel=2)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:

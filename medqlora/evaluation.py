@@ -6,102 +6,12 @@ and the same greedy decoding, so the only difference is the adapter.
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
 from . import memory
-from .prompts import strip_reasoning
-
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
-
-
-# ---------------------------------------------------------------- answer extraction and metrics
-
-
-def extract_choice(text: str, options: dict[str, str]) -> str | None:
-    """The option letter a generated answer commits to, or None when it cannot be read."""
-    t = strip_reasoning(text)
-    letters = "".join(options)
-    pats = [rf"^\s*\(?([{letters}])\s*[.):\]]", rf"^\s*\(?([{letters}])\s*$", rf"^\s*\(?([{letters}])\b",
-            rf"answer\s*(?:is|:)?\s*(?:option\s*)?\(?([{letters}])\b", rf"\boption\s*\(?([{letters}])\b"]
-    for p in pats:
-        m = re.search(p, t, flags=re.IGNORECASE if "answer" in p or "option" in p else 0)
-        if m:
-            return m.group(1).upper()
-    low = t.lower()
-    hits = [k for k, v in options.items() if v and v.lower() in low]
-    return hits[0] if len(hits) == 1 else None
-
-
-def extract_decision(text: str) -> str | None:
-    t = strip_reasoning(text).lower()
-    m = re.search(r"\b(yes|no|maybe)\b", t)
-    return m.group(1) if m else None
-
-
-def closed_answer(item: dict, text: str) -> str | None:
-    """The letter (choice) or yes/no/maybe (yesno) that a generated answer commits to, or None."""
-    return extract_choice(text, item["options"]) if item["kind"] == "choice" else extract_decision(text)
-
-
-def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_KEYS, 0.0)
-    for p, r in zip(predictions, references):
-        s = scorer.score(r, p)
-        for k in ROUGE_KEYS:
-            totals[k] += s[k].fmeasure
-    n = max(len(predictions), 1)
-    return {k: v / n for k, v in totals.items()}
-
-
-def score(items: list[dict], answers: list[str]) -> dict:
-    """ROUGE-1/2/L (F1) over free-text items; accuracy and parse rate over choice and yes/no items."""
-    free = [(a, it["reference"]) for it, a in zip(items, answers) if it["kind"] == "freetext"]
-    closed = [(it, a) for it, a in zip(items, answers) if it["kind"] in ("choice", "yesno")]
-    out = {"n_freetext": len(free), "n_choice": len(closed)}
-    if free:
-        out.update(rouge_scores([strip_reasoning(a) for a, _ in free], [r for _, r in free]))
-    else:
-        out.update(dict.fromkeys(ROUGE_KEYS))
-    if closed:
-        parsed = [closed_answer(it, a) for it, a in closed]
-        out["accuracy"] = sum(p == it["answer"] for p, (it, _) in zip(parsed, closed)) / len(closed)
-        out["parse_rate"] = sum(p is not None for p in parsed) / len(closed)
-    else:
-        out["accuracy"] = out["parse_rate"] = None
-    return out
-
-
-def item_scores(items: list[dict], answers: list[str]) -> dict[str, list[float]]:
-    """Per-item ROUGE-L (free text) and correctness (closed-form), for paired comparisons."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    out = {"rougeL": [], "accuracy": []}
-    for it, a in zip(items, answers):
-        if it["kind"] == "freetext":
-            out["rougeL"].append(scorer.score(it["reference"], strip_reasoning(a))["rougeL"].fmeasure)
-        else:
-            out["accuracy"].append(float(closed_answer(it, a) == it["answer"]))
-    return out
-
-
-def paired_bootstrap(base: list[float], tuned: list[float], n: int = 2000, seed: int = 0) -> dict | None:
-    """Change in the mean (fine-tuned - base) with a 95% interval from resampling items in pairs."""
-    import numpy as np
-
-    if not base:
-        return None
-    b, t = np.asarray(base), np.asarray(tuned)
-    idx = np.random.default_rng(seed).integers(0, len(b), size=(n, len(b)))
-    deltas = (t[idx] - b[idx]).mean(axis=1)
-    lo, hi = np.percentile(deltas, [2.5, 97.5])
-    return {"change": float(t.mean() - b.mean()), "ci95": [float(lo), float(hi)], "n": len(b)}
-
+from .prompts import THINK_OPEN, adds_special_tokens
+from .scoring import ROUGE_KEYS, intervals, score, split_reasoning
 
 # ---------------------------------------------------------------- generation
 
@@ -112,16 +22,18 @@ def select_items(path: Path, max_samples: int | None) -> list[dict]:
 
 
 def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_tokens_choice: int,
-             batch_size: int, label: str, print_fn=print, oom_retries: int = 3, oom_log: list | None = None) -> list[str]:
-    """Greedy answers for every item, batched with left padding; progress printed per batch. Out of GPU memory,
-    the batch is halved and the same prompts are tried again (up to oom_retries times, logged in oom_log)."""
+             batch_size: int, label: str, print_fn=print, oom_retries: int = 3, oom_log: list | None = None,
+             template: str = "chat") -> list[dict]:
+    """Greedy answers for every item ({text, new_tokens, hit_limit}), batched with left padding, the prompt
+    tokenized exactly as in training; progress printed per batch. Out of GPU memory, the batch is halved and the
+    same prompts are tried again (up to oom_retries times, logged in oom_log)."""
     import torch
 
     from .train import _free_memory, _is_oom
 
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
-    answers: list[str | None] = [None] * len(items)
+    answers: list[dict | None] = [None] * len(items)
     oom_log = oom_log if oom_log is not None else []
     # Short-answer items get a short budget; within a group, similar lengths share a batch.
     groups = {}
@@ -136,7 +48,7 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
             chunk = idx[pos:pos + batch_size]
             try:
                 enc = tokenizer([items[i]["prompt"] for i in chunk], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(device)
+                                add_special_tokens=adds_special_tokens(template)).to(device)
                 with torch.no_grad():
                     out = model.generate(**enc, max_new_tokens=budget, do_sample=False,
                                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -150,8 +62,11 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
                 continue
             gen = out[:, enc["input_ids"].shape[1]:]
             for i, g in zip(chunk, gen):
-                answers[i] = tokenizer.decode(g, skip_special_tokens=True).strip()
-                new_tokens += int((g != tokenizer.pad_token_id).sum())
+                n = int((g != tokenizer.pad_token_id).sum())
+                ended = tokenizer.eos_token_id in g.tolist()
+                answers[i] = {"text": tokenizer.decode(g, skip_special_tokens=True).strip(), "new_tokens": n,
+                              "hit_limit": not ended and n >= budget}
+                new_tokens += n
             pos += len(chunk)
             done += len(chunk)
             el = time.time() - t0
@@ -173,8 +88,15 @@ def compare(cfg, run, print_fn=print) -> dict:
     load_s = time.time() - t0
     memory.record(run, "evaluate", "model loaded")
     e = cfg.eval
+    longest = max(len(tok(it["prompt"], add_special_tokens=adds_special_tokens(cfg.data.template))["input_ids"])
+                  for it in items)
+    gen_estimate = memory.estimate_generation(memory.model_shape(ref), e.batch_size, longest + e.max_new_tokens,
+                                              cfg.model.load_in_4bit)
+    print_fn(f"generation memory estimate at batch {e.batch_size} x ({longest} prompt + {e.max_new_tokens} new tokens): "
+             + ", ".join(f"{k} {v:.2f} GiB" for k, v in gen_estimate.items()))
     oom_log: list[dict] = []
-    kw = {"print_fn": print_fn, "oom_retries": cfg.memory.oom_retries, "oom_log": oom_log}
+    kw = {"print_fn": print_fn, "oom_retries": cfg.memory.oom_retries, "oom_log": oom_log,
+          "template": cfg.data.template}
     t1 = time.time()
     with model.disable_adapter():
         base = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, e.batch_size, "base", **kw)
@@ -184,45 +106,116 @@ def compare(cfg, run, print_fn=print) -> dict:
     tuned = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, batch, "fine-tuned", **kw)
     memory.record(run, "evaluate", "fine-tuned answers")
     t3 = time.time()
-    rows = [{"id": it["id"], "kind": it["kind"], "category": it.get("category"), "question": it["question"],
-             "reference": it["reference"] if it["kind"] == "freetext" else it["answer"],
-             "base": b, "finetuned": f} for it, b, f in zip(items, base, tuned)]
+    opened = any(it["prompt"].rstrip().endswith(THINK_OPEN) for it in items)  # R1 templates open the thought
+    rows = []
+    for it, b, f in zip(items, base, tuned):
+        row = {"id": it["id"], "kind": it["kind"], "category": it.get("category"), "question": it["question"],
+               "reference": it["reference"] if it["kind"] == "freetext" else it["answer"]}
+        for name, a in (("base", b), ("finetuned", f)):
+            thought, answer, finished = split_reasoning(a["text"], opened)
+            row[name] = a["text"]
+            row[f"{name}_answer"] = answer
+            row[f"{name}_thought_finished"] = finished
+            row[f"{name}_hit_limit"] = a["hit_limit"]
+        rows.append(row)
     (run / "eval").mkdir(exist_ok=True)
     (run / "eval" / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return {"backend": backend, "n_items": len(items), "load_seconds": round(load_s, 1), "oom_halvings": oom_log,
+            "memory_estimate_gb": {k: round(v, 3) for k, v in gen_estimate.items()},
+            "eval_source": run.result("preprocess").get("eval_from"), "reasoning_opened_in_prompt": opened,
             "generate_seconds": {"base": round(t2 - t1, 1), "finetuned": round(t3 - t2, 1)},
-            "metrics": {"base": score(items, base), "finetuned": score(items, tuned)},
-            "changes": {k: paired_bootstrap(b, f) for (k, b), f in
-                        zip(item_scores(items, base).items(), item_scores(items, tuned).values())},
+            "metrics": {"base": score(items, base, opened), "finetuned": score(items, tuned, opened)},
+            "changes": intervals(items, base, tuned, opened),
             "answers": str(run / "eval" / "answers.jsonl")}
 
 
 # ---------------------------------------------------------------- what the notebook shows
 
 
+METRIC_ROWS = (*ROUGE_KEYS, "accuracy", "parse_rate", "looping", "hit_token_limit", "answer_words_mean")
+
+
 def metrics_table(result: dict):
+    """One row a metric: base and fine-tuned with 95% intervals, the change with its paired interval."""
+    import pandas as pd
+
+    m, ch = result["metrics"], result.get("changes", {})
+
+    def cell(v, ci=None):
+        if v is None:
+            return "n/a"
+        return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    rows = []
+    for k in METRIC_ROWS:
+        b, f = m["base"].get(k), m["finetuned"].get(k)
+        if b is None and f is None:
+            continue
+        c = ch.get(k) or {}
+        change = c.get("change")
+        rows.append({"metric": k, "base [95% CI]": cell(b, c.get("base_ci95")),
+                     "fine-tuned [95% CI]": cell(f, c.get("finetuned_ci95")),
+                     "change [95% CI, paired]": (f"{change['change']:+.3f} [{change['ci95'][0]:+.3f}, "
+                                                 f"{change['ci95'][1]:+.3f}]") if change else
+                     (f"{f - b:+.3f}" if b is not None and f is not None else "")})
+    rows.append({"metric": "items (free text / closed)", "base [95% CI]": f"{m['base']['n_freetext']} / "
+                 f"{m['base']['n_choice']}", "fine-tuned [95% CI]": "", "change [95% CI, paired]": ""})
+    return pd.DataFrame(rows).set_index("metric")
+
+
+def closed_table(result: dict):
+    """Closed-form answers: what each model predicted against the references, with the baselines an accuracy
+    must beat, and a warning when one answer dominates."""
     import pandas as pd
 
     m = result["metrics"]
-    df = pd.DataFrame({"base": m["base"], "fine-tuned": m["finetuned"]})
-    keys = [*ROUGE_KEYS, "accuracy", "parse_rate"]
-    df.loc[keys, "change"] = [None if b is None or f is None else f - b
-                              for b, f in zip(df.loc[keys, "base"], df.loc[keys, "fine-tuned"])]
-    df["95% CI of change (paired bootstrap)"] = ""
-    for k, c in result.get("changes", {}).items():
-        if c:
-            df.loc[k, "95% CI of change (paired bootstrap)"] = f"{c['ci95'][0]:+.3f} .. {c['ci95'][1]:+.3f}"
-    return df
+    if not m["base"].get("closed"):
+        return pd.DataFrame({"closed-form items": ["none in this eval set"]})
+    rows = {}
+    for name in ("base", "finetuned"):
+        d = m[name]["closed"]
+        for ans, n in sorted(d["predicted"].items()):
+            rows.setdefault(f"predicted {ans}", {})[name] = n
+        rows.setdefault("accuracy", {})[name] = round(m[name]["accuracy"], 3)
+        rows.setdefault("majority-class baseline", {})[name] = round(d["majority_baseline"], 3)
+        rows.setdefault("chance baseline", {})[name] = round(d["chance_baseline"], 3)
+        rows.setdefault("warning", {})[name] = (f"answers {d['dominant']} to {d['dominant_share']:.0%} of items"
+                                                if d["dominant"] else "")
+    for ans, n in sorted(m["base"]["closed"]["reference"].items()):
+        rows.setdefault(f"predicted {ans}", {})["reference"] = n
+    return pd.DataFrame(rows).T.fillna("")
 
 
-def side_by_side(run, n: int):
+def side_by_side(run, n: int, cfg=None):
+    """The same held-out question, the reference and both answers, with per-item scores and whether the
+    fine-tuned answer improved, regressed or stayed; worst regressions first. Wrapped, left-aligned text."""
     import pandas as pd
 
+    from .scoring import closed_answer, rouge_items
+
     rows = [json.loads(line) for line in (run / "eval" / "answers.jsonl").read_text().splitlines()]
-    pd.set_option("display.max_colwidth", 400)
-    picked = [r for r in rows if r["kind"] == "freetext"][: max(n - n // 3, 1)]
-    picked += [r for r in rows if r["kind"] != "freetext"][: n // 3]
-    return pd.DataFrame(picked)[["kind", "question", "reference", "base", "finetuned"]]
+    items = {it["id"]: it for it in (json.loads(x) for x in run.eval_items.read_text().splitlines() if x.strip())}
+    for r in rows:
+        it = items.get(r["id"], {})
+        for name in ("base", "finetuned"):
+            if r["kind"] == "freetext":
+                r[f"{name} score"] = rouge_items([r[f"{name}_answer"]], [r["reference"]])["rougeL"][0]
+            else:
+                r[f"{name} score"] = float(closed_answer({**it, "kind": r["kind"]}, r[f"{name}_answer"]) == r["reference"])
+        d = r["finetuned score"] - r["base score"]
+        r["change"] = "improved" if d > 0.05 else "regressed" if d < -0.05 else "unchanged"
+        r["delta"] = d
+    picked = sorted(rows, key=lambda r: r["delta"])[:n]
+    df = pd.DataFrame(picked)[["change", "kind", "question", "reference", "base_answer", "base score",
+                               "finetuned_answer", "finetuned score"]]
+    df = df.rename(columns={"base_answer": "base", "finetuned_answer": "fine-tuned", "base score": "base score "
+                            "(ROUGE-L or correct)", "finetuned score": "fine-tuned score"})
+    counts = pd.Series([r["change"] for r in rows]).value_counts().to_dict()
+    caption = (f"{len(rows)} items: {counts.get('improved', 0)} improved, {counts.get('regressed', 0)} regressed, "
+               f"{counts.get('unchanged', 0)} unchanged (ROUGE-L change over 0.05, or correctness); "
+               f"the {len(picked)} shown are the worst changes first")
+    return (df.style.format(precision=3).set_caption(caption).hide(axis="index")
+            .set_properties(**{"text-align": "left", "white-space": "pre-wrap", "vertical-align": "top"}))
 
 
 def plot_metrics(result: dict, path: Path):
@@ -234,12 +227,14 @@ def plot_metrics(result: dict, path: Path):
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for off, name, label in ((-0.2, "base", "base"), (0.2, "finetuned", "fine-tuned")):
         vals = [result["metrics"][name][k] for k in keys]
-        bars = ax.bar(x + off, vals, 0.4, label=label)
+        cis = [(result.get("changes", {}).get(k) or {}).get(f"{name}_ci95") or [v, v] for k, v in zip(keys, vals)]
+        err = [[v - lo for v, (lo, _) in zip(vals, cis)], [hi - v for v, (_, hi) in zip(vals, cis)]]
+        bars = ax.bar(x + off, vals, 0.4, label=label, yerr=err, capsize=3)
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_xticks(x, keys)
     ax.set_ylim(0, 1)
     ax.set_title(f"held-out: {result['metrics']['base']['n_freetext']} free-text, "
-                 f"{result['metrics']['base']['n_choice']} closed-form items")
+                 f"{result['metrics']['base']['n_choice']} closed-form items (bars: 95% bootstrap intervals)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -245,6 +245,9 @@ def save_result(p: Prepared, cfg: RunConfig, run: RunDir) -> dict:
               "dropped": p.checks.dropped, "kept": p.checks.kept, "kinds": p.checks.kinds,
               "train_tokens": sum(p.train_lengths), "max_tokens": max(p.train_lengths + p.eval_lengths),
               "max_seq_length": cfg.model.max_seq_length,
+              "eval_from": (f"data.eval_source {cfg.data.eval_source}" if cfg.data.eval_source else
+                            f"a hash split of data.source {cfg.data.source}: {cfg.data.eval_fraction:.0%} of its "
+                            f"questions (seed {cfg.data.seed})"),
               "p99_tokens": int(np.percentile(p.train_lengths, 99)) if p.train_lengths else None,
               "fingerprint": p.fingerprint, "train_data": str(run.train_data), "eval_items": str(run.eval_items),
               "seconds": round(p.seconds, 2), "notes": p.notes}

@@ -73,19 +73,15 @@ def build_completion(ex: Example, prompt: str, tokenizer, template: str) -> str:
     return body + eos
 
 
+def adds_special_tokens(template: str) -> bool:
+    """Chat templates already contain the begin-of-text token; the plain template needs the tokenizer's. Training
+    and evaluation both tokenize prompts with this, so each model is asked as it was taught."""
+    return template == "plain"
+
+
 def tokenize_example(prompt: str, completion: str, tokenizer, template: str) -> dict:
     """input_ids of prompt+completion and labels with the prompt masked (-100): only answers are trained."""
-    # Chat templates already contain the begin-of-text token; the plain template needs the tokenizer's.
-    p_ids = tokenizer(prompt, add_special_tokens=(template == "plain"))["input_ids"]
+    p_ids = tokenizer(prompt, add_special_tokens=adds_special_tokens(template))["input_ids"]
     c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     return {"input_ids": p_ids + c_ids, "labels": [-100] * len(p_ids) + c_ids,
             "n_prompt_tokens": len(p_ids), "n_tokens": len(p_ids) + len(c_ids)}
-
-
-def strip_reasoning(text: str) -> str:
-    """The answer part of a generated text: after the last </think> when there is one."""
-    if THINK_CLOSE in text:
-        return text.rsplit(THINK_CLOSE, 1)[1].strip()
-    if text.lstrip().startswith(THINK_OPEN):  # thought never closed: no answer given
-        return ""
-    return text.strip()

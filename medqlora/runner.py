@@ -142,7 +142,8 @@ def readable(s: dict) -> str:
                   f"{_num(t['final_loss'])}, {t['seconds']} s, peak memory {t['peak_memory_gb']} GiB"]
     if s.get("metrics"):
         lines += ["", "| metric | base | fine-tuned |", "|---|---|---|"]
-        for k in ("rouge1", "rouge2", "rougeL", "accuracy", "parse_rate", "n_freetext", "n_choice"):
+        for k in ("rouge1", "rouge2", "rougeL", "accuracy", "parse_rate", "looping", "hit_token_limit", "n_freetext",
+                  "n_choice"):
             lines.append(f"| {k} | {_num(s['metrics']['base'].get(k))} | {_num(s['metrics']['finetuned'].get(k))} |")
     if s.get("error"):
         lines += ["", f"error: {s['error']}"]

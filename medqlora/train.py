@@ -121,7 +121,7 @@ class Loaded:
     optimizations: list[str] = field(default_factory=list)
 
 
-def load_for_training(cfg: RunConfig) -> Loaded:
+def load_for_training(cfg: RunConfig, run: RunDir | None = None) -> Loaded:
     t0 = time.time()
     backend = M.resolve_backend(cfg.model)
     ref, notes = M.resolve_model(cfg.model)
@@ -129,7 +129,11 @@ def load_for_training(cfg: RunConfig) -> Loaded:
         model, tok = M.load_base(ref, cfg.model, backend, for_training=True)
     except OSError as e:
         raise RuntimeError(M.load_hint(ref, e)) from e
+    if run is not None:
+        memory.record(run, "train", "base model loaded")
     model = M.add_lora(model, cfg, backend)
+    if run is not None:
+        memory.record(run, "train", "LoRA added")
     opts = [f"backend: {backend}" + (" (FastLanguageModel)" if backend == "unsloth" else " (transformers + PEFT)"),
             "4-bit NF4 base weights, double quantization" if cfg.model.load_in_4bit else "16/32-bit base weights",
             f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} on {', '.join(cfg.lora.target_modules)}"

@@ -140,3 +140,15 @@ def test_t4_params_fit_what_a_t4_reports():
     # PyTorch reports a T4 as 14.74 GiB: a budget above that warns on every T4 run and can never flag a config.
     for name in ("llama-3.1-8b-instruct", "llama-3.2-3b-instruct", "deepseek-r1-distill-llama-8b"):
         assert load_config(ROOT / "params" / f"{name}.yaml").memory.budget_gb < 14.74
+
+
+def test_a_new_training_source_brings_its_own_eval_split(tmp_path):
+    other = tmp_path / "mine.jsonl"
+    other.write_text('{"question": "q?", "answer": "a."}\n')
+    default = ROOT / "params" / "default.yaml"
+    assert load_config(default).data.eval_source.endswith("medqa_eval.jsonl")
+    with pytest.warns(UserWarning, match="held-out items now come from a hash split of it"):
+        cfg = load_config(default, [f"data.source={other}"])
+    assert cfg.data.eval_source is None, "the bundled eval set must not be picked up for another source"
+    cfg = load_config(default, [f"data.source={other}", f"data.eval_source={other}"])
+    assert cfg.data.eval_source == str(other)

@@ -1,21 +1,48 @@
 import pytest
 
-from medqlora.evaluation import extract_choice, extract_decision, rouge_scores, score
+from medqlora.scoring import (closed_distribution, extract_choice, extract_decision, intervals, loops,
+                              paired_bootstrap, rouge_scores, score, split_reasoning)
 
 OPTS = {"A": "Vitamin A", "B": "Vitamin C", "C": "Iron", "D": "Zinc"}
+CDIFF = {"A": "Clindamycin", "B": "Oral vancomycin", "C": "Metronidazole IV", "D": "Fecal transplant",
+         "E": "Observation"}
+TEN = {k: f"Drug {k.lower()}" for k in "ABCDEFGHIJ"}
 
 
-@pytest.mark.parametrize("text,want", [
-    ("B. Vitamin C", "B"), ("B", "B"), ("(C) Iron", "C"), ("The answer is D.", "D"), ("Answer: a", "A"),
-    ("It is caused by a lack of vitamin c.", "B"), ("<think>A or B?</think>\nC. Iron", "C"),
-    ("I am not sure.", None), ("Vitamin A or vitamin C", None),
+@pytest.mark.parametrize("text,options,want", [
+    ("B. Vitamin C", OPTS, "B"), ("B", OPTS, "B"), ("(C) Iron", OPTS, "C"), ("The answer is D.", OPTS, "D"),
+    ("Answer: a", OPTS, "A"), ("It is caused by a lack of vitamin c.", OPTS, "B"),
+    ("<think>A or B?</think>\nC. Iron", OPTS, "C"), ("I am not sure.", OPTS, None), ("Vitamin A or vitamin C", OPTS, None),
+    # the phrasings that were misread (issue: evaluation a researcher can trust)
+    ("A recent course of clindamycin points to B.", OPTS, "B"),
+    ("The answer is a course of oral vancomycin (B).", CDIFF, "B"),
+    ("The correct answer is **B**.", OPTS, "B"),
+    ("**Answer:** B", OPTS, "B"),
+    ("C. difficile infection is likely after antibiotics; the answer is B.", CDIFF, "B"),
+    ("I think the answer is C.", TEN, "C"),
+    ("The answer is B or C.", OPTS, None),
+    ("Answer: (D)", OPTS, "D"),
+    ("C. difficile infection is likely.", CDIFF, None),
 ])
-def test_extract_choice(text, want):
-    assert extract_choice(text, OPTS) == want
+def test_extract_choice(text, options, want):
+    assert extract_choice(text, options) == want
+
+
+def test_an_unfinished_thought_in_an_r1_prompt_is_no_answer():
+    # the R1 template opens <think> in the prompt: the generation starts inside the thought
+    assert split_reasoning("Let me weigh A against B, the answer is B", prompt_opened_think=True) == (
+        "Let me weigh A against B, the answer is B", "", False)
+    assert extract_choice("Let me weigh A against B, the answer is B", OPTS, prompt_opened_think=True) is None
+    assert extract_choice("B seems right.\n</think>\nThe answer is C.", OPTS, prompt_opened_think=True) == "C"
+    s = score([{"kind": "freetext", "reference": "vitamin c deficiency"}], ["vitamin c deficiency is the thought"],
+              opened=True)
+    assert s["rougeL"] == 0.0 and s["unfinished_thought"] == 1, "a bare thought is not scored as the answer"
 
 
 @pytest.mark.parametrize("text,want", [("Yes. Citrus prevents it.", "yes"), ("no", "no"),
-                                       ("Maybe, the evidence is mixed.", "maybe"), ("Unclear.", None)])
+                                       ("Maybe, the evidence is mixed.", "maybe"), ("Unclear.", None),
+                                       ("There is no clear evidence either way, so the answer is maybe.", "maybe"),
+                                       ("**Answer:** no", "no"), ("Yes or no: hard to say.", "yes")])
 def test_extract_decision(text, want):
     assert extract_decision(text) == want
 
@@ -38,16 +65,31 @@ def test_score_splits_free_text_and_closed_items():
     assert s["rougeL"] == pytest.approx(1.0)
     assert s["accuracy"] == pytest.approx(1 / 3)  # unparsed counts as wrong
     assert s["parse_rate"] == pytest.approx(2 / 3)
+    assert s["closed"]["unparsed"] == ["no idea"]
 
 
 def test_score_without_closed_items_gives_null_accuracy():
     s = score([{"kind": "freetext", "reference": "x y"}], ["x y"])
-    assert s["accuracy"] is None and s["parse_rate"] is None and s["n_choice"] == 0
+    assert s["accuracy"] is None and s["parse_rate"] is None and s["n_choice"] == 0 and s["closed"] is None
+
+
+def test_a_model_that_always_answers_a_is_flagged_against_the_majority_baseline():
+    items = [{"kind": "choice", "answer": a, "options": OPTS} for a in "AAAABBBCCCDDDDDD"]
+    d = closed_distribution(items, ["A"] * 16)
+    assert d["dominant"] == "A" and d["dominant_share"] == 1.0
+    assert d["majority_baseline"] == 6 / 16 and d["chance_baseline"] == 0.25
+    assert d["predicted"] == {"A": 16} and d["reference"] == {"A": 4, "B": 3, "C": 3, "D": 6}
+
+
+def test_degeneration_is_measured():
+    assert loops("of the murmur of the murmur of the murmur of the murmur")
+    assert not loops("Aortic stenosis causes a crescendo-decrescendo systolic murmur at the right sternal border.")
+    items = [{"kind": "freetext", "reference": "x"}] * 2
+    s = score(items, [{"text": "a b c a b c a b c", "hit_limit": True}, {"text": "fine answer", "hit_limit": False}])
+    assert s["looping"] == 0.5 and s["hit_token_limit"] == 0.5
 
 
 def test_paired_bootstrap_interval_brackets_the_change():
-    from medqlora.evaluation import paired_bootstrap
-
     base = [0.0] * 10 + [1.0] * 10
     tuned = [1.0] * 15 + [0.0] * 5
     c = paired_bootstrap(base, tuned)
@@ -58,9 +100,12 @@ def test_paired_bootstrap_interval_brackets_the_change():
     assert paired_bootstrap([], []) is None
 
 
-def test_item_scores_are_per_item():
-    from medqlora.evaluation import item_scores
-
-    items = [{"kind": "freetext", "reference": "a b c"}, {"kind": "choice", "answer": "B", "options": OPTS}]
-    s = item_scores(items, ["a b c", "A. Vitamin A"])
-    assert s == {"rougeL": [1.0], "accuracy": [0.0]}
+def test_every_metric_gets_intervals_for_both_models_and_the_change():
+    items = [{"kind": "freetext", "reference": "a b c"}] * 10 + [{"kind": "choice", "answer": "B", "options": OPTS}] * 10
+    base = ["a x y"] * 10 + ["A"] * 5 + ["B"] * 5
+    tuned = ["a b c"] * 10 + ["B"] * 10
+    iv = intervals(items, base, tuned)
+    assert set(iv) == {"rouge1", "rouge2", "rougeL", "accuracy", "parse_rate"}
+    assert iv["accuracy"]["base_ci95"][0] < 0.5 < iv["accuracy"]["base_ci95"][1]
+    assert iv["accuracy"]["finetuned_ci95"] == [1.0, 1.0] and iv["accuracy"]["change"]["change"] == 0.5
+    assert iv["rougeL"]["change"]["ci95"][0] > 0

@@ -1,5 +1,7 @@
+import pytest
 from medqlora.data import Example
-from medqlora.prompts import build_completion, build_prompt, strip_reasoning, tokenize_example, user_text
+from medqlora.prompts import build_completion, build_prompt, tokenize_example, user_text
+from medqlora.scoring import answer_part
 
 FREE = Example("1", "freetext", "What causes scurvy?", "Vitamin C deficiency.")
 MCQ = Example("2", "choice", "Scurvy is caused by lack of?", "B", options={"A": "Vitamin A", "B": "Vitamin C"})
@@ -47,7 +49,19 @@ def test_plain_template_for_models_without_chat_template(tokenizer):
     assert prompt == "### Question:\nWhat causes scurvy?\n\n### Answer:\n"
 
 
-def test_strip_reasoning():
-    assert strip_reasoning("<think>\nhmm\n</think>\n\nB. Vitamin C") == "B. Vitamin C"
-    assert strip_reasoning("<think>\nstill thinking") == ""
-    assert strip_reasoning("  plain answer ") == "plain answer"
+def test_reasoning_answer_is_after_the_thought():
+    assert answer_part("<think>\nhmm\n</think>\n\nB. Vitamin C") == "B. Vitamin C"
+    assert answer_part("<think>\nstill thinking") == ""
+    assert answer_part("  plain answer ") == "plain answer"
+
+
+@pytest.mark.parametrize("template", ["chat", "reasoning", "plain"])
+def test_evaluation_feeds_the_prompt_tokens_training_saw(tokenizer, template):
+    from medqlora.prompts import adds_special_tokens
+
+    ex = Example("1", "freetext", "What causes scurvy?", "Vitamin C deficiency.")
+    prompt = build_prompt(ex, tokenizer, template)
+    trained = tokenize_example(prompt, build_completion(ex, prompt, tokenizer, template), tokenizer, template)
+    # evaluation batches prompts through the tokenizer with the same flag (medqlora.evaluation.generate)
+    asked = tokenizer([prompt], add_special_tokens=adds_special_tokens(template))["input_ids"][0]
+    assert asked == trained["input_ids"][:trained["n_prompt_tokens"]]
