@@ -175,15 +175,17 @@ def closed_table(result: dict):
     for name in ("base", "finetuned"):
         d = m[name]["closed"]
         for ans, n in sorted(d["predicted"].items()):
-            rows.setdefault(f"predicted {ans}", {})[name] = n
+            rows.setdefault(f"predicted {ans}", {})[name] = str(n)
         rows.setdefault("accuracy", {})[name] = round(m[name]["accuracy"], 3)
         rows.setdefault("majority-class baseline", {})[name] = round(d["majority_baseline"], 3)
         rows.setdefault("chance baseline", {})[name] = round(d["chance_baseline"], 3)
         rows.setdefault("warning", {})[name] = (f"answers {d['dominant']} to {d['dominant_share']:.0%} of items"
                                                 if d["dominant"] else "")
     for ans, n in sorted(m["base"]["closed"]["reference"].items()):
-        rows.setdefault(f"predicted {ans}", {})["reference"] = n
-    return pd.DataFrame(rows).T.fillna("")
+        rows.setdefault(f"predicted {ans}", {})["reference"] = str(n)
+    df = pd.DataFrame(rows).T.reindex(columns=["reference", "base", "finetuned"])
+    return df.astype(object).where(df.notna(), "").rename(columns={"reference": "references",
+                                                                  "finetuned": "fine-tuned"})
 
 
 def side_by_side(run, n: int, cfg=None):
