@@ -115,12 +115,38 @@ class ExportConfig(_Section):
         None, description="Also copy the exported adapter to this folder or fsspec URL (gs://bucket/path).")
 
 
+class EvalSetConfig(_Section):
+    name: str = Field(description="Short name, shown in the report (e.g. pubmedqa, medmcqa).")
+    source: str = Field(description="Local file, fsspec URL or hub dataset, in any supported format.")
+    config_name: str | None = Field(None, description="Hub dataset configuration.")
+    split: str = Field("test", description="Split of the source to read.")
+    format: Literal["auto", "qa", "alpaca", "chat", "reasoning", "mcq", "pubmedqa"] = Field("auto")
+    columns: dict[str, str] = Field(default_factory=dict, description="As data.columns.")
+    max_items: int | None = Field(200, ge=1, description="Items scored from this set (None: all).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,40}", v) or v == "held-out":
+            raise ValueError("use letters, digits, '_' and '-' (it names a file); 'held-out' is taken")
+        return v
+
+
 class EvalConfig(_Section):
     max_samples: int | None = Field(60, ge=1, description="Held-out items to generate for (None: all).")
     max_new_tokens: int = Field(128, ge=1, description="Answer length for free-text items.")
     max_new_tokens_choice: int = Field(16, ge=1, description="Answer length for multiple-choice and yes/no items.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together.")
     show_examples: int = Field(8, ge=0, description="Side-by-side answers shown in the report.")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0: greedy decoding (reproducible); above 0: sampling.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling share (with temperature > 0).")
+    repetition_penalty: float = Field(1.0, ge=1.0, le=3.0, description="Above 1 discourages repeating tokens.")
+    queries: list[str] = Field(
+        default_factory=list, description="Your own questions, with no reference: answered by the base and the "
+        "fine-tuned model side by side in the report.")
+    sets: list[EvalSetConfig] = Field(
+        default_factory=list, description="Benchmark sets scored besides the held-out split, each reported apart; "
+        "training questions found in any of them are dropped as leaks.")
 
 
 class MemoryConfig(_Section):
@@ -319,6 +345,11 @@ def _looks_local(section: str, key: str, v: str, base: Path) -> bool:
 
 
 def _absolute_paths(raw: dict, base: Path) -> dict:
+    sets = (raw.get("eval") or {}).get("sets") if isinstance(raw.get("eval"), dict) else None
+    for item in sets if isinstance(sets, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("source"), str) and _looks_local("data", "source",
+                                                                                             item["source"], base):
+            item["source"] = str((base / Path(item["source"]).expanduser()).resolve())
     for section, key in (("data", "source"), ("data", "eval_source"), ("model", "name_or_path"),
                          ("model", "cache_dir"), ("export", "destination")):
         node = raw.get(section)
@@ -355,6 +386,12 @@ def check_inputs(cfg: RunConfig) -> list[str]:
                             "or a hub dataset name")
         if v and "://" in v and v.startswith("file://") and not Path(v[7:]).exists():
             problems.append(f"data.{field}: file not found: {v}")
+    for i, es in enumerate(cfg.eval.sets):
+        if is_local_path(es.source) and not Path(es.source).expanduser().exists():
+            problems.append(f"eval.sets[{i}] ({es.name}).source: file not found: {es.source} ({PATH_HELP})")
+    names = [es.name for es in cfg.eval.sets]
+    if len(set(names)) < len(names):
+        problems.append(f"eval.sets: names must differ, got {names}")
     m = cfg.model
     if m.name_or_path.startswith("pkg://"):
         pkg = m.name_or_path[len("pkg://"):]

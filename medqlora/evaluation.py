@@ -21,9 +21,18 @@ def select_items(path: Path, max_samples: int | None) -> list[dict]:
     return items[:max_samples] if max_samples else items
 
 
+def sampling(cfg) -> dict:
+    """generate() keyword arguments from eval.temperature / top_p / repetition_penalty (greedy at 0)."""
+    e = cfg.eval
+    kw = {"do_sample": e.temperature > 0, "repetition_penalty": e.repetition_penalty}
+    if e.temperature > 0:
+        kw.update(temperature=e.temperature, top_p=e.top_p)
+    return kw
+
+
 def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_tokens_choice: int,
              batch_size: int, label: str, print_fn=print, oom_retries: int = 3, oom_log: list | None = None,
-             template: str = "chat") -> list[dict]:
+             template: str = "chat", sampling_kw: dict | None = None) -> list[dict]:
     """Greedy answers for every item ({text, new_tokens, hit_limit}), batched with left padding, the prompt
     tokenized exactly as in training; progress printed per batch. Out of GPU memory, the batch is halved and the
     same prompts are tried again (up to oom_retries times, logged in oom_log)."""
@@ -50,7 +59,7 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
                 enc = tokenizer([items[i]["prompt"] for i in chunk], return_tensors="pt", padding=True,
                                 add_special_tokens=adds_special_tokens(template)).to(device)
                 with torch.no_grad():
-                    out = model.generate(**enc, max_new_tokens=budget, do_sample=False,
+                    out = model.generate(**enc, max_new_tokens=budget, **(sampling_kw or {"do_sample": False}),
                                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             except Exception as e:
                 if not _is_oom(e) or batch_size == 1 or len(oom_log) >= oom_retries:
@@ -75,11 +84,20 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
     return answers
 
 
+def eval_sets(cfg, run) -> list[tuple[str, Path, int | None, str]]:
+    """(name, items file, item cap, where the items came from): the held-out split, then each eval.sets entry."""
+    prep = run.result("preprocess")
+    sets = [("held-out", run.eval_items, cfg.eval.max_samples, prep.get("eval_from"))]
+    for name, info in (prep.get("eval_sets") or {}).items():
+        sets.append((name, Path(info["path"]), None, f"eval set {name}: {info['source']}"))
+    return sets
+
+
 def compare(cfg, run, print_fn=print) -> dict:
-    """Load base + adapter once; answer with the adapter off (base) and on (fine-tuned); score both."""
+    """Load base + adapter once; for every eval set answer with the adapter off (base) and on (fine-tuned),
+    and score both. The held-out set's figures are also the result's top-level metrics."""
     from . import model as M
 
-    items = select_items(run.eval_items, cfg.eval.max_samples)
     export = run.result("export")
     backend = M.resolve_backend(cfg.model)
     ref, _ = M.resolve_model(cfg.model)
@@ -88,45 +106,95 @@ def compare(cfg, run, print_fn=print) -> dict:
     load_s = time.time() - t0
     memory.record(run, "evaluate", "model loaded")
     e = cfg.eval
-    longest = max(len(tok(it["prompt"], add_special_tokens=adds_special_tokens(cfg.data.template))["input_ids"])
-                  for it in items)
-    gen_estimate = memory.estimate_generation(memory.model_shape(ref), e.batch_size, longest + e.max_new_tokens,
-                                              cfg.model.load_in_4bit)
-    print_fn(f"generation memory estimate at batch {e.batch_size} x ({longest} prompt + {e.max_new_tokens} new tokens): "
-             + ", ".join(f"{k} {v:.2f} GiB" for k, v in gen_estimate.items()))
     oom_log: list[dict] = []
     kw = {"print_fn": print_fn, "oom_retries": cfg.memory.oom_retries, "oom_log": oom_log,
-          "template": cfg.data.template}
-    t1 = time.time()
+          "template": cfg.data.template, "sampling_kw": sampling(cfg)}
+    if e.temperature > 0:
+        import torch
+
+        torch.manual_seed(cfg.train.seed)  # sampled answers: reproducible for this seed, not across seeds
+    sets, seconds, gen_estimate = {}, {"base": 0.0, "finetuned": 0.0}, None
+    for name, path, cap, source in eval_sets(cfg, run):
+        items = select_items(path, cap)
+        if gen_estimate is None:
+            longest = max(len(tok(it["prompt"], add_special_tokens=adds_special_tokens(cfg.data.template))["input_ids"])
+                          for it in items)
+            gen_estimate = memory.estimate_generation(memory.model_shape(ref), e.batch_size,
+                                                      longest + e.max_new_tokens, cfg.model.load_in_4bit)
+            print_fn(f"generation memory estimate at batch {e.batch_size} x ({longest} prompt + {e.max_new_tokens} "
+                     "new tokens): " + ", ".join(f"{k} {v:.2f} GiB" for k, v in gen_estimate.items()))
+        print_fn(f"== {name}: {len(items)} items ({source})")
+        batch = oom_log[-1]["batch_size"][1] if oom_log else e.batch_size  # keep what fitted
+        t1 = time.time()
+        with model.disable_adapter():
+            base = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, batch, "base", **kw)
+        memory.record(run, "evaluate", f"base answers: {name}")
+        t2 = time.time()
+        batch = oom_log[-1]["batch_size"][1] if oom_log else batch
+        tuned = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, batch, "fine-tuned", **kw)
+        memory.record(run, "evaluate", f"fine-tuned answers: {name}")
+        seconds["base"] += t2 - t1
+        seconds["finetuned"] += time.time() - t2
+        sets[name] = score_set(run, name, items, base, tuned, source)
+    queries = answer_queries(cfg, model, tok, e.queries, kw) if e.queries else []
+    held = sets["held-out"]
+    return {"generation": {"max_new_tokens": e.max_new_tokens, "max_new_tokens_choice": e.max_new_tokens_choice,
+                           **sampling(cfg)}, "queries": queries,"backend": backend, "n_items": held["n_items"], "load_seconds": round(load_s, 1), "oom_halvings": oom_log,
+            "memory_estimate_gb": {k: round(v, 3) for k, v in gen_estimate.items()},
+            "eval_source": held["eval_source"], "reasoning_opened_in_prompt": held["reasoning_opened_in_prompt"],
+            "generate_seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "metrics": held["metrics"], "changes": held["changes"], "answers": held["answers"], "sets": sets}
+
+
+def answer_queries(cfg, model, tok, questions: list[str], kw: dict, print_fn=print) -> list[dict]:
+    """The researcher's own questions (no reference), answered by both models with the run's prompt template."""
+    from .data import Example
+    from .prompts import build_prompt
+
+    items = [{"kind": "freetext", "prompt": build_prompt(Example(f"q{i}", "freetext", q, ""), tok, cfg.data.template,
+                                                          cfg.data.system_prompt)} for i, q in enumerate(questions)]
+    e = cfg.eval
+    kw = {**kw, "print_fn": lambda *a: None}
     with model.disable_adapter():
         base = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, e.batch_size, "base", **kw)
-    memory.record(run, "evaluate", "base answers")
-    t2 = time.time()
-    batch = oom_log[-1]["batch_size"][1] if oom_log else e.batch_size  # keep what fitted
-    tuned = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, batch, "fine-tuned", **kw)
-    memory.record(run, "evaluate", "fine-tuned answers")
-    t3 = time.time()
+    tuned = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, e.batch_size, "fine-tuned", **kw)
+    opened = any(it["prompt"].rstrip().endswith(THINK_OPEN) for it in items)
+    return [{"question": q, "base": split_reasoning(b["text"], opened)[1] or b["text"],
+             "finetuned": split_reasoning(f["text"], opened)[1] or f["text"]} for q, b, f in zip(questions, base, tuned)]
+
+
+def queries_table(result: dict):
+    import pandas as pd
+
+    g = result.get("generation", {})
+    caption = "generation: " + ", ".join(f"{k}={v}" for k, v in g.items())
+    if not result.get("queries"):
+        return pd.DataFrame({"eval.queries": ["none given"]}).style.set_caption(caption)
+    df = pd.DataFrame(result["queries"]).rename(columns={"finetuned": "fine-tuned"})
+    return (df.style.set_caption(caption).hide(axis="index")
+            .set_properties(**{"text-align": "left", "white-space": "pre-wrap", "vertical-align": "top"}))
+
+
+def score_set(run, name: str, items: list[dict], base: list[dict], tuned: list[dict], source: str) -> dict:
+    """Both models' answers to one eval set saved to eval/answers[_<name>].jsonl, scored with intervals."""
     opened = any(it["prompt"].rstrip().endswith(THINK_OPEN) for it in items)  # R1 templates open the thought
     rows = []
     for it, b, f in zip(items, base, tuned):
         row = {"id": it["id"], "kind": it["kind"], "category": it.get("category"), "question": it["question"],
                "reference": it["reference"] if it["kind"] == "freetext" else it["answer"]}
-        for name, a in (("base", b), ("finetuned", f)):
+        for who, a in (("base", b), ("finetuned", f)):
             thought, answer, finished = split_reasoning(a["text"], opened)
-            row[name] = a["text"]
-            row[f"{name}_answer"] = answer
-            row[f"{name}_thought_finished"] = finished
-            row[f"{name}_hit_limit"] = a["hit_limit"]
+            row[who] = a["text"]
+            row[f"{who}_answer"] = answer
+            row[f"{who}_thought_finished"] = finished
+            row[f"{who}_hit_limit"] = a["hit_limit"]
         rows.append(row)
     (run / "eval").mkdir(exist_ok=True)
-    (run / "eval" / "answers.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return {"backend": backend, "n_items": len(items), "load_seconds": round(load_s, 1), "oom_halvings": oom_log,
-            "memory_estimate_gb": {k: round(v, 3) for k, v in gen_estimate.items()},
-            "eval_source": run.result("preprocess").get("eval_from"), "reasoning_opened_in_prompt": opened,
-            "generate_seconds": {"base": round(t2 - t1, 1), "finetuned": round(t3 - t2, 1)},
+    path = run / "eval" / ("answers.jsonl" if name == "held-out" else f"answers_{name}.jsonl")
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return {"n_items": len(items), "eval_source": source, "reasoning_opened_in_prompt": opened,
             "metrics": {"base": score(items, base, opened), "finetuned": score(items, tuned, opened)},
-            "changes": intervals(items, base, tuned, opened),
-            "answers": str(run / "eval" / "answers.jsonl")}
+            "changes": intervals(items, base, tuned, opened), "answers": str(path)}
 
 
 # ---------------------------------------------------------------- what the notebook shows
@@ -161,6 +229,25 @@ def metrics_table(result: dict):
     rows.append({"metric": "items (free text / closed)", "base [95% CI]": f"{m['base']['n_freetext']} / "
                  f"{m['base']['n_choice']}", "fine-tuned [95% CI]": "", "change [95% CI, paired]": ""})
     return pd.DataFrame(rows).set_index("metric")
+
+
+def sets_table(result: dict):
+    """One row per eval set: items, and each headline metric base -> fine-tuned with the paired change and its
+    interval; a change whose interval crosses zero is marked as not shown to differ."""
+    import pandas as pd
+
+    rows = []
+    for name, st in result.get("sets", {}).items():
+        for k in ("rougeL", "accuracy"):
+            b, f = st["metrics"]["base"].get(k), st["metrics"]["finetuned"].get(k)
+            c = (st["changes"].get(k) or {}).get("change")
+            if b is None or c is None:
+                continue
+            lo, hi = c["ci95"]
+            rows.append({"eval set": name, "items": st["n_items"], "metric": k, "base": round(b, 3),
+                         "fine-tuned": round(f, 3), "change [95% CI]": f"{c['change']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+                         "verdict": "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"})
+    return pd.DataFrame(rows).set_index(["eval set", "metric"]) if rows else pd.DataFrame()
 
 
 def closed_table(result: dict):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as D
+from .data import Example
 from .config import RunConfig
 from .prompts import build_completion, build_prompt, tokenize_example
 from .rundir import RunDir
@@ -27,6 +28,7 @@ class Prepared:
     fingerprint: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    benchmarks: dict = field(default_factory=dict)  # eval set name -> {source, read, kept, dropped, path}
 
 
 def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
@@ -44,6 +46,8 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         efmt, emap = D.resolve_format(ecols, dc)
         eval_examples = list(D.iter_examples(erows, efmt, emap, checks, seen, dc.on_bad_rows, dc.eval_source))
     eval_questions = {D.question_key(e) for e in eval_examples}
+    benchmarks = {es.name: read_benchmark(es, cfg, tokenizer) for es in cfg.eval.sets}
+    in_benchmark = {k: name for name, b in benchmarks.items() for k in b["keys"]}
 
     max_len = cfg.model.max_seq_length
     train_lengths, eval_lengths, all_lengths, first = [], [], [], {}
@@ -87,6 +91,9 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
             if D.question_key(ex) in eval_questions:
                 checks.drop("leak: question is also in the eval set", ex.question)
                 continue
+            if D.question_key(ex) in in_benchmark:
+                checks.drop(f"leak: question is also in eval set {in_benchmark[D.question_key(ex)]}", ex.question)
+                continue
             tok = tokenized(ex)
             if tok is None:
                 continue
@@ -124,6 +131,11 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         tmp.rename(out)
     eval_text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept_eval)
     run.eval_items.write_text(eval_text)
+    for name, b in benchmarks.items():
+        text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in b.pop("items"))
+        run.eval_set_path(name).write_text(text)
+        eval_text += text
+        b.pop("keys")
     h = hashlib.sha256()
     for f in sorted(out.glob("*.arrow")):
         h.update(f.read_bytes())
@@ -131,7 +143,31 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
     if any(k.startswith("eval/") for k in checks.kinds) and dc.eval_source is None:
         notes.append(f"eval split: {dc.eval_fraction:.0%} of questions by hash (seed {dc.seed})")
     return Prepared(fmt, mapping, checks, train_lengths, eval_lengths, kept_eval, first, h.hexdigest(),
-                    time.time() - t0, notes)
+                    time.time() - t0, notes, benchmarks)
+
+
+def read_benchmark(es, cfg: RunConfig, tokenizer) -> dict:
+    """A benchmark eval set: read, normalized and checked like the training data (its own counts), prompts built
+    with the run's template; items whose prompt is longer than max_seq_length are dropped and counted."""
+    from .sources import set_config
+
+    dc = set_config(cfg.data, es)
+    rows, columns = D.open_rows(dc.source, dc, dc.split)
+    fmt, mapping = D.resolve_format(columns, dc)
+    checks, items = D.Checks(), []
+    for ex in D.iter_examples(rows, fmt, mapping, checks, set(), dc.on_bad_rows, dc.source):
+        prompt = build_prompt(ex, tokenizer, cfg.data.template, cfg.data.system_prompt)
+        n = tokenize_example(prompt, "", tokenizer, cfg.data.template)["n_prompt_tokens"]
+        if n > cfg.model.max_seq_length:
+            checks.drop(f"over-long: {n} prompt tokens > model.max_seq_length {cfg.model.max_seq_length}", ex.question)
+            continue
+        checks.keep(es.name, ex.kind)
+        items.append({**ex.to_dict(), "prompt": prompt, "reference": reference_text(ex)})
+    if not items:
+        raise D.DataError(f"eval set {es.name} ({es.source}): no usable items ({checks.read} read, dropped "
+                          f"{checks.dropped})")
+    return {"source": es.source, "format": fmt, "read": checks.read, "kept": len(items), "dropped": checks.dropped,
+            "items": items, "keys": {D.question_key(Example.from_dict(i)) for i in items}}
 
 
 def refuse_meaningless(checks: D.Checks, dc, max_len: int, lengths: list[int], kept_eval: list) -> None:
@@ -250,6 +286,7 @@ def save_result(p: Prepared, cfg: RunConfig, run: RunDir) -> dict:
                             f"questions (seed {cfg.data.seed})"),
               "p99_tokens": int(np.percentile(p.train_lengths, 99)) if p.train_lengths else None,
               "fingerprint": p.fingerprint, "train_data": str(run.train_data), "eval_items": str(run.eval_items),
-              "seconds": round(p.seconds, 2), "notes": p.notes}
+              "seconds": round(p.seconds, 2), "notes": p.notes,
+              "eval_sets": {name: {**b, "path": str(run.eval_set_path(name))} for name, b in p.benchmarks.items()}}
     run.save_result("preprocess", result)
     return result

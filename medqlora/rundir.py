@@ -56,6 +56,10 @@ class RunDir:
     def eval_items(self) -> Path:
         return self.path / "data" / "eval.jsonl"
 
+    def eval_set_path(self, name: str) -> Path:
+        """Items of a benchmark eval set (eval.sets), prepared like the held-out ones."""
+        return self.path / "data" / f"eval_{name}.jsonl"
+
     @property
     def adapter_dir(self) -> Path:
         return self.path / "adapter"

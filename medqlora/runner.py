@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def validated(path: Path, overrides: list[str]) -> RunConfig:
     if not problems:  # the data check at the door: the first rows of each file, read as the stage will
         from .sources import preflight
 
-        problems = preflight(cfg.data)
+        problems = preflight(cfg.data, cfg.eval.sets)
     if not problems:
         from .memory import preflight as memory_preflight
 
@@ -240,6 +241,8 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # bitsandbytes asks for the hub-hosted 'kernels' CPU gemm, which offline machines cannot fetch; it falls back.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # Notes from validation (a renamed key, an eval set replaced) read as notes, not as Python warnings
+    warnings.showwarning = lambda message, *a, **k: print(f"note: {message}", file=sys.stderr)
     reports = Path(args.reports_dir).resolve()  # papermill runs notebooks in the project folder: paths must be absolute
     try:
         stages = _stages(args.stages)

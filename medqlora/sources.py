@@ -212,21 +212,29 @@ def literal(value: str):
 # ---------------------------------------------------------------- the check at the door
 
 
-def preflight(cfg: DataConfig) -> list[str]:
+def preflight(cfg: DataConfig, eval_sets=()) -> list[str]:
     """Problems with data.source and data.eval_source found by reading their first rows: an empty or
     unreadable file, a file that is not what its suffix says, columns that match no format, or first
     rows none of which can be used. Hub names are not fetched here: the preprocess stage loads them."""
     from . import data as D
 
     problems = []
-    for key, source in (("data.source", cfg.source), ("data.eval_source", cfg.eval_source)):
+    for key, source, c in [("data.source", cfg.source, cfg), ("data.eval_source", cfg.eval_source, cfg),
+                           *((f"eval.sets ({es.name})", es.source, set_config(cfg, es)) for es in eval_sets)]:
         if not source or kind_of_safe(source) == "hub":
             continue
         try:
-            problems += _preflight_one(key, source, cfg, D)
+            problems += _preflight_one(key, source, c, D)
         except DataError as e:
             problems.append(f"{key}: {e}")
     return problems
+
+
+def set_config(cfg: DataConfig, es) -> DataConfig:
+    """A benchmark set read with the data settings, its own source, format and columns."""
+    return cfg.model_copy(update={"source": es.source, "config_name": es.config_name, "split": es.split,
+                                  "format": es.format, "columns": es.columns, "max_samples": es.max_items,
+                                  "streaming": False, "eval_source": None})
 
 
 def kind_of_safe(source: str) -> str | None:

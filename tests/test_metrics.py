@@ -109,3 +109,36 @@ def test_every_metric_gets_intervals_for_both_models_and_the_change():
     assert iv["accuracy"]["base_ci95"][0] < 0.5 < iv["accuracy"]["base_ci95"][1]
     assert iv["accuracy"]["finetuned_ci95"] == [1.0, 1.0] and iv["accuracy"]["change"]["change"] == 0.5
     assert iv["rougeL"]["change"]["ci95"][0] > 0
+
+
+def test_sampling_settings_reach_generate():
+    from medqlora.config import RunConfig
+    from medqlora.evaluation import sampling
+
+    cfg = RunConfig.model_validate({"run_name": "t", "model": {"name_or_path": "m"}, "data": {"source": "x.jsonl"}})
+    assert sampling(cfg) == {"do_sample": False, "repetition_penalty": 1.0}
+    cfg.eval.temperature, cfg.eval.top_p = 0.7, 0.9
+    assert sampling(cfg) == {"do_sample": True, "repetition_penalty": 1.0, "temperature": 0.7, "top_p": 0.9}
+
+
+def test_the_shipped_evaluate_metrics_give_the_pipelines_numbers():
+    from pathlib import Path
+
+    import evaluate
+
+    import medqlora
+
+    root = Path(medqlora.__file__).parent / "metrics"
+    preds, refs = ["<think>hmm</think>vitamin c deficiency", "iron overload"], ["vitamin c deficiency", "iron lack"]
+    rouge = evaluate.load(str(root / "medqa_rouge")).compute(predictions=preds, references=refs)
+    pipeline = score([{"kind": "freetext", "reference": r} for r in refs], preds)
+    assert rouge == pytest.approx({k: pipeline[k] for k in ("rouge1", "rouge2", "rougeL")})
+    assert rouge["rouge1"] == pytest.approx((1.0 + 0.5) / 2)
+    items = [{"kind": "choice", "answer": "B", "options": OPTS}, {"kind": "choice", "answer": "C", "options": OPTS},
+             {"kind": "yesno", "answer": "maybe"}]
+    answers = ["The correct answer is **B**.", "A recent finding, no idea", "so the answer is maybe."]
+    acc = evaluate.load(str(root / "medqa_closed_accuracy")).compute(
+        predictions=answers, references=[it["answer"] for it in items], options=[OPTS, OPTS, None])
+    s = score(items, answers)
+    assert acc == pytest.approx({"accuracy": s["accuracy"], "parse_rate": s["parse_rate"]})
+    assert acc["accuracy"] == pytest.approx(2 / 3)

@@ -69,7 +69,16 @@ def notebook_errors(path: Path) -> list[str]:
 
 
 def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_data):
-    params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
+    leaked = json.loads(sample_data[0].read_text().splitlines()[0])["question"]
+    bench = write_jsonl(tmp_path / "bench.jsonl", [
+        {"question": q, "context": "A cohort study of adults.", "long_answer": "It does.", "final_decision": d}
+        for q, d in [("Does smoking raise the risk of lung cancer?", "yes"), ("Does vitamin C cure scurvy?", "yes"),
+                     ("Do antibiotics treat viral colds?", "no"), ("Does coffee prevent dementia?", "maybe"),
+                     (leaked, "yes")]])
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data,
+                         eval={"sets": [{"name": "bench", "source": str(bench), "max_items": 10}],
+                               "queries": ["What is the first-line treatment of anaphylaxis?"],
+                               "repetition_penalty": 1.1})
     reports = tmp_path / "reports"
     r = runner(params, "--reports-dir", reports, "--run-id", "e2e")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -89,6 +98,22 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     assert Path(s["artifacts"]["adapter_dir"], "adapter_model.safetensors").is_file()
     answers = [json.loads(line) for line in (run / "eval" / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 6 and all("base" in a and "finetuned" in a for a in answers)
+    # a benchmark set is scored apart, and a training question found in it is dropped as a leak
+    prep = json.loads((run / "results" / "preprocess.json").read_text())
+    assert prep["dropped"].get("leak") == 1 and prep["eval_sets"]["bench"]["kept"] == 5
+    ev = json.loads((run / "results" / "evaluate.json").read_text())
+    assert list(ev["sets"]) == ["held-out", "bench"] and ev["sets"]["bench"]["n_items"] == 5
+    assert ev["sets"]["bench"]["metrics"]["base"]["n_choice"] == 5 and ev["metrics"] == ev["sets"]["held-out"]["metrics"]
+    assert (run / "eval" / "answers_bench.jsonl").is_file()
+    # the researcher's own questions, answered side by side with the generation settings shown
+    assert [q["question"] for q in ev["queries"]] == ["What is the first-line treatment of anaphylaxis?"]
+    assert ev["generation"]["repetition_penalty"] == 1.1 and ev["generation"]["do_sample"] is False
+    asked = subprocess.run([sys.executable, "-m", "medqlora.ask", str(run), "What causes scurvy?", "--max-new-tokens",
+                            "6"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert "Q: What causes scurvy?" in asked.stdout and "fine-tuned:" in asked.stdout
+    assert "no clear difference" in (run / "05_evaluate.ipynb").read_text() or "better" in (
+        run / "05_evaluate.ipynb").read_text()
     # the executed notebooks show their work: progress with ETA, the loss table, a chart
     train_nb = (run / "03_train.ipynb").read_text()
     assert "ETA" in train_nb and "image/png" in train_nb and "trainable (LoRA)" in train_nb
