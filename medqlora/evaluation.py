@@ -250,6 +250,23 @@ def sets_table(result: dict):
     return pd.DataFrame(rows).set_index(["eval set", "metric"]) if rows else pd.DataFrame()
 
 
+def category_table(run, name: str = "held-out"):
+    """Each category of the eval set (specialty, question type, topic: the data's category column), with its
+    items and both models' mean score (ROUGE-L for free text, correctness for closed-form items)."""
+    import pandas as pd
+
+    rows = item_table(run, name)
+    if not rows or not any(r.get("category") for r in rows):
+        return pd.DataFrame({"categories": ["the eval set has no category column"]})
+    df = pd.DataFrame([{"category": r.get("category") or "(none)", "items": 1, "base": r["base score"],
+                        "fine-tuned": r["finetuned score"], "improved": r["change"] == "improved",
+                        "regressed": r["change"] == "regressed"} for r in rows])
+    out = df.groupby("category").agg(items=("items", "sum"), base=("base", "mean"), finetuned=("fine-tuned", "mean"),
+                                     improved=("improved", "sum"), regressed=("regressed", "sum"))
+    out["change"] = out["finetuned"] - out["base"]  # scores: ROUGE-L for free text, 1/0 for closed-form
+    return out.rename(columns={"base": "base score", "finetuned": "fine-tuned score"}).sort_values("change").round(3)
+
+
 def closed_table(result: dict):
     """Closed-form answers: what each model predicted against the references, with the baselines an accuracy
     must beat, and a warning when one answer dominates."""
@@ -275,25 +292,34 @@ def closed_table(result: dict):
                                                                   "finetuned": "fine-tuned"})
 
 
-def side_by_side(run, n: int, cfg=None):
+def item_table(run, name: str = "held-out") -> list[dict]:
+    """Every answered item of an eval set with both models' scores (ROUGE-L, or correct) and improved /
+    regressed / unchanged (a ROUGE-L change over 0.05, or a change in correctness)."""
+    from .scoring import closed_answer, rouge_items
+
+    path = run / "eval" / ("answers.jsonl" if name == "held-out" else f"answers_{name}.jsonl")
+    items_path = run.eval_items if name == "held-out" else run.eval_set_path(name)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    items = {it["id"]: it for it in (json.loads(x) for x in items_path.read_text().splitlines() if x.strip())}
+    for r in rows:
+        it = items.get(r["id"], {})
+        for who in ("base", "finetuned"):
+            if r["kind"] == "freetext":
+                r[f"{who} score"] = rouge_items([r[f"{who}_answer"]], [r["reference"]])["rougeL"][0]
+            else:
+                r[f"{who} score"] = float(closed_answer({**it, "kind": r["kind"]}, r[f"{who}_answer"]) == r["reference"])
+        d = r["finetuned score"] - r["base score"]
+        r["change"] = "improved" if d > 0.05 else "regressed" if d < -0.05 else "unchanged"
+        r["delta"] = d
+    return rows
+
+
+def side_by_side(run, n: int, name: str = "held-out"):
     """The same held-out question, the reference and both answers, with per-item scores and whether the
     fine-tuned answer improved, regressed or stayed; worst regressions first. Wrapped, left-aligned text."""
     import pandas as pd
 
-    from .scoring import closed_answer, rouge_items
-
-    rows = [json.loads(line) for line in (run / "eval" / "answers.jsonl").read_text().splitlines()]
-    items = {it["id"]: it for it in (json.loads(x) for x in run.eval_items.read_text().splitlines() if x.strip())}
-    for r in rows:
-        it = items.get(r["id"], {})
-        for name in ("base", "finetuned"):
-            if r["kind"] == "freetext":
-                r[f"{name} score"] = rouge_items([r[f"{name}_answer"]], [r["reference"]])["rougeL"][0]
-            else:
-                r[f"{name} score"] = float(closed_answer({**it, "kind": r["kind"]}, r[f"{name}_answer"]) == r["reference"])
-        d = r["finetuned score"] - r["base score"]
-        r["change"] = "improved" if d > 0.05 else "regressed" if d < -0.05 else "unchanged"
-        r["delta"] = d
+    rows = item_table(run, name)
     picked = sorted(rows, key=lambda r: r["delta"])[:n]
     df = pd.DataFrame(picked)[["change", "kind", "question", "reference", "base_answer", "base score",
                                "finetuned_answer", "finetuned score"]]

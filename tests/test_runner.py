@@ -105,6 +105,11 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     assert list(ev["sets"]) == ["held-out", "bench"] and ev["sets"]["bench"]["n_items"] == 5
     assert ev["sets"]["bench"]["metrics"]["base"]["n_choice"] == 5 and ev["metrics"] == ev["sets"]["held-out"]["metrics"]
     assert (run / "eval" / "answers_bench.jsonl").is_file()
+    from medqlora.evaluation import category_table
+    from medqlora.rundir import RunDir
+
+    by_category = category_table(RunDir(run))  # the bundled data's specialty column
+    assert by_category["items"].sum() == 6 and len(by_category) >= 2
     # the researcher's own questions, answered side by side with the generation settings shown
     assert [q["question"] for q in ev["queries"]] == ["What is the first-line treatment of anaphylaxis?"]
     assert ev["generation"]["repetition_penalty"] == 1.1 and ev["generation"]["do_sample"] is False
