@@ -244,7 +244,8 @@ def sets_table(result: dict):
             if b is None or c is None:
                 continue
             lo, hi = c["ci95"]
-            rows.append({"eval set": name, "items": st["n_items"], "metric": k, "base": round(b, 3),
+            n = st["metrics"]["base"]["n_freetext" if k == "rougeL" else "n_choice"]
+            rows.append({"eval set": name, "items": n, "metric": k, "base": round(b, 3),
                          "fine-tuned": round(f, 3), "change [95% CI]": f"{c['change']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
                          "verdict": "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"})
     return pd.DataFrame(rows).set_index(["eval set", "metric"]) if rows else pd.DataFrame()
