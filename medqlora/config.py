@@ -113,6 +113,8 @@ class TrainConfig(_Section):
 class ExportConfig(_Section):
     destination: str | None = Field(
         None, description="Also copy the exported adapter to this folder or fsspec URL (gs://bucket/path).")
+    zip: bool = Field(False, description="Also write export.zip (the export folder, manifest inside) for a download; "
+                      "on Colab the export notebook offers it.")
 
 
 class EvalSetConfig(_Section):

@@ -5,6 +5,7 @@ Verify any exported folder later with:  python -m medqlora.export verify reports
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -30,21 +31,36 @@ def build_manifest(folder: Path) -> dict:
                       for p in files}}
 
 
-def verify(folder: str | Path) -> list[str]:
-    """Re-read every file of the manifest; the problems found (empty list: verified)."""
-    folder = Path(folder)
-    mpath = folder / MANIFEST
-    if not mpath.is_file():
-        return [f"no {MANIFEST} in {folder}"]
+def _sha256_remote(fs, path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(location: str | Path) -> list[str]:
+    """Re-read an export against its manifest, in a local folder or at any fsspec URL: every missing, resized,
+    changed and extra file is a problem (empty list: verified)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(str(location))
+    root = root.rstrip("/")
+    if not fs.isfile(f"{root}/{MANIFEST}"):
+        return [f"no {MANIFEST} in {location}"]
+    with fs.open(f"{root}/{MANIFEST}", "rb") as f:
+        manifest = json.load(f)["files"]
+    present = {p[len(root) + 1:]: p for p in fs.find(root)}
+    present.pop(MANIFEST, None)
     problems = []
-    for rel, meta in read_json(mpath)["files"].items():
-        p = folder / rel
-        if not p.is_file():
+    for rel, meta in manifest.items():
+        if rel not in present:
             problems.append(f"missing: {rel}")
-        elif p.stat().st_size != meta["bytes"]:
-            problems.append(f"size differs: {rel} ({p.stat().st_size} != {meta['bytes']})")
-        elif sha256_file(p) != meta["sha256"]:
+        elif fs.size(present[rel]) != meta["bytes"]:
+            problems.append(f"size differs: {rel} ({fs.size(present[rel])} != {meta['bytes']})")
+        elif _sha256_remote(fs, present[rel]) != meta["sha256"]:
             problems.append(f"checksum differs: {rel}")
+    problems += [f"extra: {rel} (not in the manifest)" for rel in sorted(set(present) - set(manifest))]
     return problems
 
 
@@ -108,7 +124,7 @@ def export(cfg: RunConfig, run: RunDir) -> dict:
     save_config(cfg, tmp / "config.yaml")
     write_json(tmp / "training_metadata.json", {
         "run_name": cfg.run_name, "run_dir": str(run.path), "config": cfg.model_dump(mode="json"),
-        "versions": versions(), "python": sys.version.split()[0],
+        "versions": versions(), "python": sys.version.split()[0], "git_commit": git_commit(),
         "base_model": {"reference": train["base_model"], "config": base_model_config(train["base_model"])},
         "data": {k: prep[k] for k in ("format", "fingerprint", "kept", "dropped", "train_tokens")},
         "training": {k: v for k, v in train.items() if k != "losses"}})
@@ -128,6 +144,8 @@ def export(cfg: RunConfig, run: RunDir) -> dict:
     result = {"export_dir": str(out), "adapter_dir": str(out / "adapter"), "files": len(manifest["files"]),
               "bytes": sum(f["bytes"] for f in manifest["files"].values()), "verified": not verify(out),
               "adapter": adapter}
+    if cfg.export.zip:
+        result["zip"] = make_zip(run)
     if cfg.export.destination:
         result["destination"] = copy_to(out, cfg.export.destination)
     return result
@@ -157,23 +175,81 @@ def inspect_adapter(adapter_dir: Path, cfg: RunConfig) -> dict:
 
 
 def copy_to(folder: Path, destination: str) -> dict:
-    """Copy the export to a folder or fsspec URL, then read every file back and check its checksum."""
+    """Copy the export to a folder or fsspec URL (gs://, s3://, hf://, memory://; credentials from the
+    environment). The manifest goes last, after every file was read back and checked: an interrupted upload
+    never looks complete. A destination holding files of another export is refused."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(destination)
+    root = root.rstrip("/")
     manifest = read_json(folder / MANIFEST)["files"]
-    for rel in [*manifest, MANIFEST]:
-        target = f"{root.rstrip('/')}/{rel}"
+    if fs.exists(root):
+        stale = sorted({p[len(root) + 1:] for p in fs.find(root)} - set(manifest) - {MANIFEST})
+        if stale:
+            raise RuntimeError(f"{destination} holds files that are not part of this export ({stale[:5]}); give an "
+                               "empty or new export.destination")
+        if fs.exists(f"{root}/{MANIFEST}"):
+            fs.rm(f"{root}/{MANIFEST}")  # until the new manifest is written, the copy does not look complete
+    for rel in manifest:
+        target = f"{root}/{rel}"
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         fs.put_file(str(folder / rel), target)
-    bad = []
-    for rel, meta in manifest.items():
-        with fs.open(f"{root.rstrip('/')}/{rel}", "rb") as f:
-            if hashlib.sha256(f.read()).hexdigest() != meta["sha256"]:
-                bad.append(rel)
+    bad = [rel for rel, meta in manifest.items() if _sha256_remote(fs, f"{root}/{rel}") != meta["sha256"]]
     if bad:
-        raise RuntimeError(f"copy to {destination} failed verification for {bad}")
+        raise RuntimeError(f"copy to {destination} failed verification for {bad}; its manifest was not written")
+    fs.put_file(str(folder / MANIFEST), f"{root}/{MANIFEST}")
+    problems = verify(destination)
+    if problems:
+        raise RuntimeError(f"copy to {destination} does not verify: {problems}")
     return {"url": destination, "files": len(manifest), "verified": True}
+
+
+def make_zip(run: RunDir) -> dict:
+    """One zip of the export folder (manifest inside), beside it in the run folder, for a download."""
+    out = shutil.make_archive(str(run / "export"), "zip", root_dir=str(run.path), base_dir="export")
+    return {"path": out, "bytes": Path(out).stat().st_size, "sha256": sha256_file(Path(out))}
+
+
+def offer_download(result: dict) -> str:
+    """On Colab, start the browser download of the zip; elsewhere, say where it is."""
+    z = result.get("zip")
+    if not z:
+        return "no zip (set export.zip: true)"
+    from .system import in_colab
+
+    if in_colab():
+        from google.colab import files  # noqa: PLC0415  (exists on Colab only)
+
+        files.download(z["path"])
+        return f"download of {z['path']} started"
+    return f"zip: {z['path']} ({z['bytes'] / 1024**2:.2f} MiB, sha256 {z['sha256'][:16]})"
+
+
+def git_commit() -> str | None:
+    """The project's git commit, when it runs from a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def add_evaluation(run: RunDir, result: dict) -> list[str]:
+    """Append the evaluation's metrics to the export's metadata, rewrite the manifest and verify again."""
+    meta_path = run.export_dir / "training_metadata.json"
+    if not meta_path.is_file():
+        return [f"no export in {run.export_dir}"]
+    meta = read_json(meta_path)
+    meta["evaluation"] = {name: {"n_items": st["n_items"], "eval_source": st["eval_source"],
+                                 "metrics": {who: {k: v for k, v in m.items() if not isinstance(v, dict)}
+                                             for who, m in st["metrics"].items()}}
+                          for name, st in result.get("sets", {}).items()}
+    write_json(meta_path, meta)
+    write_json(run.export_dir / MANIFEST, build_manifest(run.export_dir))
+    return verify(run.export_dir)
 
 
 def files_table(folder: Path):

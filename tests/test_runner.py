@@ -78,7 +78,8 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     params = tiny_params(tmp_path, tiny_model_dir, *sample_data,
                          eval={"sets": [{"name": "bench", "source": str(bench), "max_items": 10}],
                                "queries": ["What is the first-line treatment of anaphylaxis?"],
-                               "repetition_penalty": 1.1})
+                               "repetition_penalty": 1.1},
+                         export={"zip": True})
     reports = tmp_path / "reports"
     r = runner(params, "--reports-dir", reports, "--run-id", "e2e")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -110,6 +111,14 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
 
     by_category = category_table(RunDir(run))  # the bundled data's specialty column
     assert by_category["items"].sum() == 6 and len(by_category) >= 2
+    # the export carries the evaluation and the project's commit, and still verifies; the zip is beside it
+    from medqlora.export import verify
+
+    meta = json.loads((run / "export" / "training_metadata.json").read_text())
+    assert set(meta["evaluation"]) == {"held-out", "bench"} and meta["evaluation"]["bench"]["n_items"] == 5
+    assert meta["git_commit"] and len(meta["git_commit"]) == 40
+    assert meta["training"]["effective_settings"]["micro_batch_size"] == 4
+    assert verify(run / "export") == [] and (run / "export.zip").is_file()
     # the researcher's own questions, answered side by side with the generation settings shown
     assert [q["question"] for q in ev["queries"]] == ["What is the first-line treatment of anaphylaxis?"]
     assert ev["generation"]["repetition_penalty"] == 1.1 and ev["generation"]["do_sample"] is False
