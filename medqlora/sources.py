@@ -75,7 +75,7 @@ def _json_line(i: int, line: bytes) -> Row:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        return Row(i, None, f"line {i}: invalid JSON ({e.msg} at column {e.colno})", _short(text))
+        return Row(i, None, f"line {i}: invalid JSON ({e.msg}; column {e.colno})", _short(text))
     except RecursionError:
         return Row(i, None, f"line {i}: JSON nested too deeply to read", _short(text))
     if not isinstance(obj, dict):
