@@ -15,11 +15,10 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .config import CANONICAL_FIELDS, DataConfig
-from .sources import DataError, Row, literal, open_rows  # noqa: F401  (open_rows: the loader, re-exported)
+from .sources import DataError, Row, open_rows, structured  # noqa: F401  (open_rows: the loader, re-exported)
 
 LETTERS = "ABCDEFGHIJ"
 DECISIONS = ("yes", "no", "maybe")
@@ -174,10 +173,7 @@ def _options(v: Any) -> tuple[dict[str, str] | None, str | None]:
             return None, None
         parsed = None
         if text[0] in "{[":
-            try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError:
-                parsed = literal(text)
+            parsed = structured(text)
         if parsed is None:
             lines = [_OPTION_LINE.match(x) for x in text.splitlines() if x.strip()]
             if lines and all(lines):
@@ -235,7 +231,7 @@ def normalize(row: dict, fmt: str, m: dict[str, str], index: int) -> tuple[Examp
     if fmt == "chat":
         turns = get("messages")
         if isinstance(turns, str):  # a CSV cell or a double-encoded JSON field
-            turns = json.loads(turns) if turns.strip().startswith("[") and _is_json(turns) else literal(turns)
+            turns = structured(turns)
         if not isinstance(turns, list) or not turns:
             return None, "malformed chat: messages is not a non-empty list"
         msgs = []
@@ -315,14 +311,6 @@ def _wrong_type(v: Any, text_only: bool) -> bool:
     if isinstance(v, (list, tuple)):
         return any(isinstance(x, (dict, list, tuple, bool)) for x in v)
     return text_only and isinstance(v, (int, float)) and v == v  # NaN is an empty CSV cell
-
-
-def _is_json(s: str) -> bool:
-    try:
-        json.loads(s)
-        return True
-    except json.JSONDecodeError:
-        return False
 
 
 def _fold(text: str) -> str:

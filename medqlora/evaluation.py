@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 from . import memory
-from .prompts import THINK_OPEN, adds_special_tokens
-from .scoring import ROUGE_KEYS, intervals, score, split_reasoning
+from .prompts import adds_special_tokens
+from .scoring import (ROUGE_KEYS, headline_per_item, intervals, item_scores, prompt_opens_think, score,
+                      split_reasoning)
 
 # ---------------------------------------------------------------- generation
 
@@ -158,7 +159,7 @@ def answer_queries(cfg, model, tok, questions: list[str], kw: dict, print_fn=pri
     with model.disable_adapter():
         base = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, e.batch_size, "base", **kw)
     tuned = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, e.batch_size, "fine-tuned", **kw)
-    opened = any(it["prompt"].rstrip().endswith(THINK_OPEN) for it in items)
+    opened = prompt_opens_think(items)
     return [{"question": q, "base": split_reasoning(b["text"], opened)[1] or b["text"],
              "finetuned": split_reasoning(f["text"], opened)[1] or f["text"]} for q, b, f in zip(questions, base, tuned)]
 
@@ -177,24 +178,27 @@ def queries_table(result: dict):
 
 def score_set(run, name: str, items: list[dict], base: list[dict], tuned: list[dict], source: str) -> dict:
     """Both models' answers to one eval set saved to eval/answers[_<name>].jsonl, scored with intervals."""
-    opened = any(it["prompt"].rstrip().endswith(THINK_OPEN) for it in items)  # R1 templates open the thought
+    opened = prompt_opens_think(items)
+    per = item_scores(items, base, opened), item_scores(items, tuned, opened)  # scored once, used three ways
+    headline = [headline_per_item(items, p) for p in per]
     rows = []
-    for it, b, f in zip(items, base, tuned):
+    for it, b, f, b_score, f_score in zip(items, base, tuned, *headline):
         row = {"id": it["id"], "kind": it["kind"], "category": it.get("category"), "question": it["question"],
                "reference": it["reference"] if it["kind"] == "freetext" else it["answer"]}
-        for who, a in (("base", b), ("finetuned", f)):
+        for who, a, sc in (("base", b, b_score), ("finetuned", f, f_score)):
             thought, answer, finished = split_reasoning(a["text"], opened)
             row[who] = a["text"]
             row[f"{who}_answer"] = answer
             row[f"{who}_thought_finished"] = finished
             row[f"{who}_hit_limit"] = a["hit_limit"]
+            row[f"{who} score"] = sc  # ROUGE-L for free text, 1/0 for closed-form
         rows.append(row)
     (run / "eval").mkdir(exist_ok=True)
     path = run / "eval" / ("answers.jsonl" if name == "held-out" else f"answers_{name}.jsonl")
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return {"n_items": len(items), "eval_source": source, "reasoning_opened_in_prompt": opened,
-            "metrics": {"base": score(items, base, opened), "finetuned": score(items, tuned, opened)},
-            "changes": intervals(items, base, tuned, opened), "answers": str(path)}
+            "metrics": {"base": score(items, base, opened, per[0]), "finetuned": score(items, tuned, opened, per[1])},
+            "changes": intervals(items, base, tuned, opened, per), "answers": str(path)}
 
 
 # ---------------------------------------------------------------- what the notebook shows
@@ -294,21 +298,11 @@ def closed_table(result: dict):
 
 
 def item_table(run, name: str = "held-out") -> list[dict]:
-    """Every answered item of an eval set with both models' scores (ROUGE-L, or correct) and improved /
-    regressed / unchanged (a ROUGE-L change over 0.05, or a change in correctness)."""
-    from .scoring import closed_answer, rouge_items
-
+    """Every answered item of an eval set with both models' scores (saved when it was scored: ROUGE-L, or correct)
+    and improved / regressed / unchanged (a ROUGE-L change over 0.05, or a change in correctness)."""
     path = run / "eval" / ("answers.jsonl" if name == "held-out" else f"answers_{name}.jsonl")
-    items_path = run.eval_items if name == "held-out" else run.eval_set_path(name)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    items = {it["id"]: it for it in (json.loads(x) for x in items_path.read_text().splitlines() if x.strip())}
     for r in rows:
-        it = items.get(r["id"], {})
-        for who in ("base", "finetuned"):
-            if r["kind"] == "freetext":
-                r[f"{who} score"] = rouge_items([r[f"{who}_answer"]], [r["reference"]])["rougeL"][0]
-            else:
-                r[f"{who} score"] = float(closed_answer({**it, "kind": r["kind"]}, r[f"{who}_answer"]) == r["reference"])
         d = r["finetuned score"] - r["base score"]
         r["change"] = "improved" if d > 0.05 else "regressed" if d < -0.05 else "unchanged"
         r["delta"] = d

@@ -400,19 +400,6 @@ def plan_steps_table(p: Plan):
     return pd.DataFrame(p.steps).set_index("step")
 
 
-def breakdown_table(parts: dict[str, float], capacity_gb: float | None, context_gb: float = CUDA_CONTEXT_GIB):
-    import pandas as pd
-
-    rows = dict(parts)
-    if context_gb:
-        rows["CUDA context (outside PyTorch's count)"] = context_gb
-    rows["total"] = sum(rows.values())
-    df = pd.DataFrame({"GiB": rows}).round(3)
-    if capacity_gb:
-        df["share of capacity"] = (df["GiB"] / capacity_gb).map("{:.1%}".format)
-    return df
-
-
 def plot_run(run, path: Path):
     import matplotlib.pyplot as plt
 

@@ -17,6 +17,11 @@ DOMINANT_SHARE = 0.6  # one predicted answer in more than this share of items ge
 # ---------------------------------------------------------------- reasoning
 
 
+def prompt_opens_think(items: list[dict]) -> bool:
+    """R1-style chat templates end the generation prompt with '<think>': generated text starts inside the thought."""
+    return any(it["prompt"].rstrip().endswith(THINK_OPEN) for it in items)
+
+
 def split_reasoning(text: str, prompt_opened_think: bool = False) -> tuple[str | None, str, bool]:
     """(thought, answer, finished). An R1-style prompt that ends with '<think>' makes the generation start
     inside the thought; a thought that never closes (cut off at max_new_tokens) has no answer."""
@@ -163,10 +168,18 @@ def item_scores(items: list[dict], answers: list[dict | str], opened: bool = Fal
     return out
 
 
-def score(items: list[dict], answers: list[dict | str], opened: bool = False) -> dict:
-    """Means of every metric, the item counts, degeneration and answer lengths, closed-form distributions."""
+def headline_per_item(items: list[dict], per: dict[str, list[float]]) -> list[float]:
+    """Each item's headline score, in item order, from item_scores: ROUGE-L for free text, 1/0 for closed-form."""
+    free, closed = iter(per["rougeL"]), iter(per["accuracy"])
+    return [next(free) if it["kind"] == "freetext" else next(closed) for it in items]
+
+
+def score(items: list[dict], answers: list[dict | str], opened: bool = False,
+          per: dict[str, list[float]] | None = None) -> dict:
+    """Means of every metric, the item counts, degeneration and answer lengths, closed-form distributions.
+    `per`: item_scores of these answers, when the caller has them already."""
     texts = [a["text"] if isinstance(a, dict) else a for a in answers]
-    per = item_scores(items, answers, opened)
+    per = per or item_scores(items, answers, opened)
     n_free = sum(1 for it in items if it["kind"] == "freetext")
     n_closed = sum(1 for it in items if it["kind"] in ("choice", "yesno"))
     out = {"n_freetext": n_free, "n_choice": n_closed}
@@ -223,8 +236,10 @@ def paired_bootstrap(base: list[float], tuned: list[float], n: int = 2000, seed:
     return {"change": float(t.mean() - b.mean()), "ci95": [float(lo), float(hi)], "n": len(b)}
 
 
-def intervals(items: list[dict], base: list, tuned: list, opened: bool = False) -> dict:
-    """For every metric: each model's 95% interval and the paired change with its interval."""
-    b, t = item_scores(items, base, opened), item_scores(items, tuned, opened)
+def intervals(items: list[dict], base: list, tuned: list, opened: bool = False,
+              per: tuple[dict, dict] | None = None) -> dict:
+    """For every metric: each model's 95% interval and the paired change with its interval. `per`: the
+    (base, fine-tuned) item_scores, when the caller has them already."""
+    b, t = per or (item_scores(items, base, opened), item_scores(items, tuned, opened))
     return {k: {"base_ci95": bootstrap(b[k]), "finetuned_ci95": bootstrap(t[k]), "change": paired_bootstrap(b[k], t[k])}
             for k in b if b[k]}

@@ -201,10 +201,15 @@ def open_rows(source: str, cfg: DataConfig, split: str) -> tuple[Iterator[Row], 
     return iter(out), columns
 
 
-def literal(value: str):
-    """A Python literal written as text (pandas writes dicts and lists into CSV that way), or None."""
+def structured(text: str):
+    """A list or mapping written as text: JSON, or a Python literal (pandas writes dicts and lists into CSV that
+    way); None when it is neither."""
     try:
-        return ast.literal_eval(value)
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    try:
+        return ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
         return None
 
