@@ -115,6 +115,39 @@ class ExportConfig(_Section):
         None, description="Also copy the exported adapter to this folder or fsspec URL (gs://bucket/path).")
     zip: bool = Field(False, description="Also write export.zip (the export folder, manifest inside) for a download; "
                       "on Colab the export notebook offers it.")
+    formats: list[Literal["lora", "merged_16bit", "gguf"]] = Field(
+        default_factory=lambda: ["lora"], description="lora: the adapter (always written). merged_16bit: the adapter "
+        "folded into the base in 16-bit (serve with vLLM, TGI, transformers). gguf: one GGUF file made from the "
+        "merged model (llama.cpp, Ollama, LM Studio).")
+    gguf_quant: str = Field("q8_0", description="GGUF quantization: f32, f16, bf16, q8_0 (near-lossless), q5_0, "
+                            "q5_1, q4_0, q4_1. K-quants (q4_k_m, ...) need llama.cpp's llama-quantize: asking for one "
+                            "exports the other formats and says how to make it.")
+
+    @field_validator("formats")
+    @classmethod
+    def _lora_always(cls, v: list[str]) -> list[str]:
+        return ["lora"] + [f for f in dict.fromkeys(v) if f != "lora"]
+
+    @field_validator("gguf_quant")
+    @classmethod
+    def _known_quant(cls, v: str) -> str:
+        from .gguf_export import MAKEABLE, NEEDS_LLAMA_CPP
+
+        v = v.lower()
+        if v not in MAKEABLE and v not in NEEDS_LLAMA_CPP:
+            raise ValueError(f"unknown GGUF quantization {v!r}; choose one of {sorted(MAKEABLE)}")
+        return v
+
+    @model_validator(mode="after")
+    def _say_k_quant_early(self):
+        from .gguf_export import NEEDS_LLAMA_CPP
+
+        if "gguf" in self.formats and self.gguf_quant in NEEDS_LLAMA_CPP:
+            import warnings
+
+            warnings.warn(f"export.gguf_quant {self.gguf_quant} needs llama.cpp's llama-quantize, which is not here: "
+                          "the export stage will write the other formats and say how to make it (q8_0 needs nothing)")
+        return self
 
 
 class EvalSetConfig(_Section):

@@ -134,6 +134,11 @@ def export(cfg: RunConfig, run: RunDir) -> dict:
     except RuntimeError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        formats = extra_formats(cfg, run, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     write_json(tmp / MANIFEST, build_manifest(tmp))
     problems = verify(tmp)
     if problems:
@@ -143,12 +148,88 @@ def export(cfg: RunConfig, run: RunDir) -> dict:
     manifest = read_json(out / MANIFEST)
     result = {"export_dir": str(out), "adapter_dir": str(out / "adapter"), "files": len(manifest["files"]),
               "bytes": sum(f["bytes"] for f in manifest["files"].values()), "verified": not verify(out),
-              "adapter": adapter}
+              "adapter": adapter, "formats": formats}
     if cfg.export.zip:
         result["zip"] = make_zip(run)
     if cfg.export.destination:
         result["destination"] = copy_to(out, cfg.export.destination)
     return result
+
+
+def check_prompts(run: RunDir, n: int = 3) -> list[str]:
+    """A few held-out prompts, exactly as evaluation sends them, for the merged and GGUF equality checks."""
+    lines = [line for line in run.eval_items.read_text().splitlines() if line.strip()] if run.eval_items.is_file() else []
+    return [json.loads(line)["prompt"] for line in lines[:n]] or ["What is the first-line treatment of anaphylaxis?"]
+
+
+def extra_formats(cfg: RunConfig, run: RunDir, tmp: Path) -> dict:
+    """merged_16bit and gguf (export.formats) into the export folder being assembled, each with its check.
+
+    The merged model is the GGUF's source, so asking for gguf alone merges into a scratch folder. A GGUF that
+    cannot be made here (a K-quant, another architecture) is reported and the other formats still exported."""
+    from . import gguf_export, memory
+    from . import merge as MG
+    from . import model as M
+
+    wanted = cfg.export.formats
+    out: dict = {}
+    if "merged_16bit" not in wanted and "gguf" not in wanted:
+        return out
+    backend = M.resolve_backend(cfg.model)
+    ref, _ = M.resolve_model(cfg.model)
+    prompts = check_prompts(run)
+    merged_dir = tmp / "merged" if "merged_16bit" in wanted else run / "merged.scratch"
+    shutil.rmtree(merged_dir, ignore_errors=True)
+    try:
+        merged = MG.merge_to(cfg, ref, str(tmp / "adapter"), merged_dir, backend)
+        memory.record(run, "export", "merged")
+        if "merged_16bit" in wanted:
+            merged["check"] = MG.check_merged(cfg, ref, str(tmp / "adapter"), str(merged_dir), prompts, backend)
+            memory.record(run, "export", "merged checked")
+            out["merged_16bit"] = {**merged, "dir": str(run.export_dir / "merged")}  # where it lands after the rename
+        if "gguf" in wanted:
+            q = cfg.export.gguf_quant
+            target = tmp / "gguf" / f"{cfg.run_name}-{q}.gguf"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                g = gguf_export.write_gguf(merged_dir, target, q, cfg.run_name, gguf_export.tokenizer_pre(cfg.model))
+            except gguf_export.GGUFUnsupported as e:
+                shutil.rmtree(target.parent, ignore_errors=True)
+                out["gguf"] = {"error": str(e)}
+            else:
+                g["check"] = gguf_export.check_gguf(target, merged_dir, prompts, q)
+                memory.record(run, "export", "gguf checked")
+                out["gguf"] = {**g, "file": str(run.export_dir / "gguf" / target.name)}
+    finally:
+        if merged_dir.parent != tmp:
+            shutil.rmtree(merged_dir, ignore_errors=True)
+    return out
+
+
+def formats_table(result: dict):
+    """One row per exported format: where, how big, how it was made and how its check came out."""
+    import pandas as pd
+
+    f = result.get("formats", {})
+    rows = [("lora", result["adapter_dir"], None, "PEFT adapter", f"read back: rank {result['adapter']['rank']}, "
+             f"finite, LoRA B trained {result['adapter']['lora_B_trained']}")]
+    if "merged_16bit" in f:
+        m, c = f["merged_16bit"], f["merged_16bit"]["check"]
+        rows.append(("merged_16bit", m["dir"], m["bytes"], f"{m['method']}, {m['dtype']}",
+                     f"greedy answers identical to the adapter's on {c['identical']}/{c['prompts']} prompts"))
+    if "gguf" in f:
+        g = f["gguf"]
+        if "error" in g:
+            rows.append(("gguf", "not written", None, "", g["error"]))
+        else:
+            c = g["check"]
+            rows.append(("gguf", g["file"], g["bytes"], f"{g['quant']}, tokenizer pre {g['tokenizer_pre']}",
+                         f"{'PASSED' if c['passed'] else 'FAILED'}: logits rel. RMSE {c['logits_rel_rmse']:.2e} "
+                         f"(tolerance {c['tolerance']:.0e}), top-1 agreement {c['top1_agreement']:.1%}, tokenizer "
+                         f"same ids {c['tokenizer_same_ids']}, metadata {'same' if not c['metadata_differs'] else c['metadata_differs']}"))
+    df = pd.DataFrame(rows, columns=["format", "where", "MiB", "made by", "check"])
+    df["MiB"] = df["MiB"].map(lambda b: "" if b is None or b != b else f"{b / 1024**2:.1f}")
+    return df.style.hide(axis="index").set_properties(**{"text-align": "left", "white-space": "pre-wrap"})
 
 
 def inspect_adapter(adapter_dir: Path, cfg: RunConfig) -> dict:

@@ -70,3 +70,11 @@ def kv_table(d: dict, name: str = "value"):
         else:
             flat[k] = v
     return pd.DataFrame({name: {k: "" if v is None else str(v) for k, v in flat.items()}})
+
+
+def text_table(rows: list[dict]):
+    """Rows of text (answers, prompts) as a left-aligned table that wraps long text, in Jupyter and in HTML."""
+    import pandas as pd
+
+    return pd.DataFrame(rows).style.hide(axis="index").set_properties(
+        **{"text-align": "left", "white-space": "pre-wrap", "vertical-align": "top"})

@@ -1,0 +1,111 @@
+"""Merged 16-bit and GGUF exports on a tiny trained Llama: the merge computes what the adapter computed, the
+GGUF reads back to the merged model's logits, and what cannot be made here is said without losing the rest."""
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_params, write_jsonl
+from medqlora import export as E
+from medqlora import gguf_export as G
+from medqlora import merge as MG
+from medqlora import model as M
+from medqlora import preprocess as P
+from medqlora import train as T
+from medqlora.config import load_config
+from medqlora.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("formats")
+    rows = [{"question": f"Which drug reverses overdose {i}?", "answer": f"Reversal agent {i}, given slowly."}
+            for i in range(8)]
+    ev = [{"question": f"Which drug reverses overdose {i}?", "answer": f"Reversal agent {i}."} for i in (90, 91, 92)]
+    cfg = load_config(tiny_params(tmp, tiny_model_dir, write_jsonl(tmp / "t.jsonl", rows),
+                                  write_jsonl(tmp / "e.jsonl", ev),
+                                  train={"max_steps": 6, "learning_rate": 2e-2, "micro_batch_size": 4,
+                                         "group_by_length": False},
+                                  export={"formats": ["merged_16bit", "gguf"], "gguf_quant": "q8_0"}))
+    run = RunDir(tmp / "run")
+    tok = M.load_tokenizer(M.resolve_model(cfg.model)[0], cfg.model)
+    P.save_result(P.prepare(cfg, run, tok), cfg, run)
+    run.save_result("train", T.train(cfg, run, T.load_for_training(cfg), print_fn=lambda *a: None))
+    return cfg, run
+
+
+def test_merged_and_gguf_exported_checked_and_in_the_manifest(trained_run):
+    cfg, run = trained_run
+    result = E.export(cfg, run)
+    merged, gguf = result["formats"]["merged_16bit"], result["formats"]["gguf"]
+    assert merged["check"]["identical"] == merged["check"]["prompts"] == 3, merged["check"]["rows"]
+    assert (run.export_dir / "merged" / "config.json").is_file()
+    st = json.loads((run.export_dir / "merged" / "config.json").read_text())
+    assert st.get("dtype", st.get("torch_dtype")) == "bfloat16"
+    assert gguf["check"]["passed"], gguf["check"]
+    assert gguf["check"]["logits_rel_rmse"] < 0.05 and gguf["check"]["top1_agreement"] > 0.9
+    assert gguf["file"].endswith("gguf/tiny-q8_0.gguf")
+    files = json.loads((run.export_dir / E.MANIFEST).read_text())["files"]
+    assert {"merged/config.json", "gguf/tiny-q8_0.gguf", "adapter/adapter_model.safetensors"} <= set(files)
+    assert E.verify(run.export_dir) == []
+    assert not (run / "merged.scratch").exists()
+    assert "PASSED" in E.formats_table(result).to_html()
+
+
+def test_merged_model_greedy_answers_equal_the_adapters(trained_run, tmp_path):
+    """Merging onto the dequantized 4-bit base: the merged model computes what the 4-bit + LoRA model computed."""
+    cfg, run = trained_run
+    ref, _ = M.resolve_model(cfg.model)
+    MG.merge_to(cfg, ref, str(run.adapter_dir), tmp_path / "merged", "hf")
+    adapter_model, tok = M.load_with_adapter(ref, str(run.adapter_dir), cfg.model, "hf")
+    merged, mtok = MG.load_merged(tmp_path / "merged", dtype=torch.float32)
+    prompts = E.check_prompts(run)
+    ids = tok(prompts[0], return_tensors="pt")
+    with torch.no_grad():
+        a, b = adapter_model(**ids).logits, merged(**ids).logits
+    assert (a - b).abs().max() < 5e-2 * a.abs().max(), "merged weights reproduce the adapter model's logits"
+    with adapter_model.disable_adapter(), torch.no_grad():
+        base = adapter_model(**ids).logits
+    assert (base - b).abs().max() > 10 * (a - b).abs().max(), "and the merge really holds the LoRA update"
+    check = MG.compare_greedy(adapter_model, tok, merged, mtok, prompts, 16, cfg.data.template)
+    assert check["identical"] == len(prompts)
+
+
+@pytest.mark.parametrize("quant", ["f16", "q4_0"])
+def test_gguf_reads_back_within_its_quantization_tolerance(trained_run, tmp_path, quant):
+    cfg, run = trained_run
+    ref, _ = M.resolve_model(cfg.model)
+    MG.merge_to(cfg, ref, str(run.adapter_dir), tmp_path / "merged", "hf")
+    out = G.write_gguf(tmp_path / "merged", tmp_path / f"m-{quant}.gguf", quant)
+    check = G.check_gguf(out["file"], tmp_path / "merged", E.check_prompts(run), quant)
+    assert check["passed"], check
+    if quant == "f16":
+        assert check["logits_rel_rmse"] < 1e-3 and check["top1_agreement"] == 1.0
+
+
+def test_gguf_without_the_llama_qk_permutation_would_be_caught(trained_run, tmp_path, monkeypatch):
+    """The check is real: skip the Q/K row permutation llama.cpp expects and the read-back logits fall apart."""
+    cfg, run = trained_run
+    ref, _ = M.resolve_model(cfg.model)
+    MG.merge_to(cfg, ref, str(run.adapter_dir), tmp_path / "merged", "hf")
+    monkeypatch.setattr(G, "_permute", lambda w, n_head, n_kv: w)
+    out = G.write_gguf(tmp_path / "merged", tmp_path / "bad.gguf", "f16")
+    check = G.check_gguf(out["file"], tmp_path / "merged", E.check_prompts(run), "f16")
+    assert not check["passed"] and check["logits_rel_rmse"] > 1e-2
+
+
+def test_a_k_quant_is_said_early_and_the_other_formats_still_exported(trained_run, tmp_path):
+    cfg, run = trained_run
+    with pytest.warns(UserWarning, match="q4_k_m needs llama.cpp"):
+        kq = load_config(tiny_params(tmp_path, cfg.model.name_or_path, tmp_path / "x.jsonl", None,
+                                     export={"formats": ["merged_16bit", "gguf"], "gguf_quant": "q4_k_m"}))
+    cfg2 = cfg.model_copy(update={"export": kq.export})
+    result = E.export(cfg2, run)
+    assert "llama-quantize" in result["formats"]["gguf"]["error"]
+    assert "merged_16bit" in result["formats"] and E.verify(run.export_dir) == []
+    assert not (run.export_dir / "gguf").exists()
+    with pytest.raises(ValueError, match="unknown GGUF quantization"):
+        load_config(tiny_params(tmp_path, cfg.model.name_or_path, tmp_path / "x.jsonl", None,
+                                export={"gguf_quant": "q3"}))
+    with pytest.raises(G.GGUFUnsupported, match="covers"):
+        G.check_supported("gpt_neox", "q8_0")
