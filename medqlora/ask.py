@@ -26,7 +26,10 @@ def ask(run_dir: str | Path, questions: list[str], max_new_tokens: int | None = 
     backend = M.resolve_backend(cfg.model)
     model, tok = M.load_with_adapter(M.resolve_model(cfg.model)[0], export["adapter_dir"], cfg.model, backend)
     kw = {"oom_retries": cfg.memory.oom_retries, "template": cfg.data.template, "sampling_kw": sampling(cfg)}
-    answers = answer_queries(cfg, model, tok, questions, kw)
+    with model.disable_adapter():
+        base = answer_queries(cfg, model, tok, questions, kw)
+    tuned = answer_queries(cfg, model, tok, questions, kw)
+    answers = [{"question": q, "base": b, "finetuned": f} for q, b, f in zip(questions, base, tuned)]
     for a in answers:
         print_fn(f"Q: {a['question']}\n  base:       {a['base']}\n  fine-tuned: {a['finetuned']}\n")
     return answers

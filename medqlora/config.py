@@ -119,6 +119,10 @@ class ExportConfig(_Section):
         default_factory=lambda: ["lora"], description="lora: the adapter (always written). merged_16bit: the adapter "
         "folded into the base in 16-bit (serve with vLLM, TGI, transformers). gguf: one GGUF file made from the "
         "merged model (llama.cpp, Ollama, LM Studio).")
+    merge_method: Literal["dequantized", "unsloth"] = Field(
+        "dequantized", description="dequantized: the 4-bit base you trained on, dequantized, plus the LoRA update: "
+        "the merged model answers as the evaluated adapter does. unsloth (GPU): Unsloth's save_pretrained_merged, "
+        "onto the original 16-bit checkpoint: differs from the trained 4-bit model by the base's quantization error.")
     gguf_quant: str = Field("q8_0", description="GGUF quantization: f32, f16, bf16, q8_0 (near-lossless), q5_0, "
                             "q5_1, q4_0, q4_1. K-quants (q4_k_m, ...) need llama.cpp's llama-quantize: asking for one "
                             "exports the other formats and says how to make it.")
@@ -171,7 +175,14 @@ class EvalConfig(_Section):
     max_samples: int | None = Field(60, ge=1, description="Held-out items to generate for (None: all).")
     max_new_tokens: int = Field(128, ge=1, description="Answer length for free-text items.")
     max_new_tokens_choice: int = Field(16, ge=1, description="Answer length for multiple-choice and yes/no items.")
-    batch_size: int = Field(8, ge=1, description="Prompts generated together.")
+    batch_size: int | Literal["auto"] = Field(
+        "auto", description="Prompts generated together. auto: the largest power of two whose estimated memory stays "
+        "within memory.max_fraction of the budget, up to max_batch_size.")
+    max_batch_size: int = Field(128, ge=1, description="Upper bound for batch_size: auto.")
+    merge: bool | Literal["auto"] = Field(
+        "auto", description="Fine-tuned answers from weights with the adapter merged in (the 4-bit base dequantized "
+        "once; faster) instead of the adapter on top. auto: merge when the dequantized weights take at most a "
+        "quarter of the memory budget.")
     show_examples: int = Field(8, ge=0, description="Side-by-side answers shown in the report.")
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0: greedy decoding (reproducible); above 0: sampling.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling share (with temperature > 0).")
@@ -244,10 +255,11 @@ class RunConfig(_Section):
 
 # ---------------------------------------------------------------- what each stage's output depends on
 
-# Settings that change no stage's output: display, logging and checkpoint bookkeeping.
-_NO_EFFECT = {"train": {"logging_steps", "save_steps", "save_total_limit", "gradient_checkpointing"},
-              "eval": {"show_examples"}}
-_SETUP_KEYS = {"name_or_path", "gguf_file", "backend", "load_in_4bit", "cache_dir"}
+# Settings that change no stage's output: display, logging, checkpoint bookkeeping and where caches live
+# (a run's saved config.yaml holds cache_dir spelled out, so comparing it would call every resume stale).
+_NO_EFFECT = {"model": {"cache_dir"}, "train": {"logging_steps", "save_steps", "save_total_limit",
+                                                "gradient_checkpointing"}, "eval": {"show_examples"}}
+_SETUP_KEYS = {"name_or_path", "gguf_file", "backend", "load_in_4bit"}
 # Sections each stage reads, cumulatively: a stage's output also depends on everything before it.
 _STAGE_SECTIONS = {"setup": ["model"], "preprocess": ["model", "data"], "train": ["model", "data", "lora", "train"],
                    "export": ["model", "data", "lora", "train", "export"],
@@ -269,9 +281,10 @@ def stage_inputs(cfg: "RunConfig", stage: str) -> dict:
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts, with old -> new values."""
+    """Dotted keys whose values differ between two nested dicts, with old -> new values. A key on one side only
+    (a record from another medqlora version, with fewer or more settings) is not a change."""
     out = []
-    for k in sorted(set(old) | set(new)):
+    for k in sorted(set(old) & set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += changed_keys(a, b, f"{prefix}{k}.")

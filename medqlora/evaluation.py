@@ -94,17 +94,69 @@ def eval_sets(cfg, run) -> list[tuple[str, Path, int | None, str]]:
     return sets
 
 
+def use_merge(cfg, ref: str) -> tuple[bool, str]:
+    """eval.merge: whether the fine-tuned answers come from merged weights, and why. auto merges where the
+    dequantized weights take at most a quarter of the memory budget (merged weights skip the adapter's extra
+    matmuls and, on a CPU, bitsandbytes' 4-bit dequantization at every step)."""
+    e = cfg.eval
+    if e.merge is not True and e.merge is not False:
+        from .model import compute_dtype
+
+        shape = memory.model_shape(ref)
+        need = shape.params() * (4 if str(compute_dtype(cfg.model)) == "torch.float32" else 2) / memory.GIB
+        budget, where = memory.budget_gb(cfg)
+        if need > budget / 4:
+            return False, f"auto: dequantized weights {need:.1f} GiB > a quarter of {budget:.1f} GiB ({where})"
+        return True, f"auto: dequantized weights {need:.2f} GiB fit easily in {budget:.1f} GiB ({where})"
+    return bool(e.merge), f"eval.merge: {e.merge}"
+
+
+def batch_for(cfg, ref: str, items: list[dict], tok, print_fn=print, merged: bool = False) -> tuple[int, dict]:
+    """eval.batch_size, or (auto) the largest batch whose estimated generation peak stays within
+    memory.max_fraction of the budget, at most eval.max_batch_size and the number of items."""
+    e = cfg.eval
+    longest = max(len(tok(it["prompt"], add_special_tokens=adds_special_tokens(cfg.data.template))["input_ids"])
+                  for it in items)
+    total = longest + max(e.max_new_tokens, e.max_new_tokens_choice)
+    shape = memory.model_shape(ref)
+    four_bit = cfg.model.load_in_4bit and not merged
+    if e.batch_size != "auto":
+        batch = e.batch_size
+        why = "eval.batch_size"
+    else:
+        budget, where = memory.budget_gb(cfg)
+        limit = cfg.memory.max_fraction * budget
+        batch = 1
+        while batch * 2 <= min(e.max_batch_size, len(items)) and \
+                memory.total(memory.estimate_generation(shape, batch * 2, total, four_bit)) <= limit:
+            batch *= 2
+        why = f"auto: largest batch within {limit:.1f} GiB ({cfg.memory.max_fraction:.0%} of {where})"
+    est = memory.estimate_generation(shape, batch, total, four_bit)
+    print_fn(f"generation batch {batch} ({why}); estimated peak " + ", ".join(f"{k} {v:.2f}" for k, v in est.items())
+             + f" GiB for {longest} prompt + {total - longest} new tokens")
+    return batch, {"batch_size": batch, "why": why, "estimate_gb": {k: round(v, 3) for k, v in est.items()}}
+
+
 def compare(cfg, run, print_fn=print) -> dict:
-    """Load base + adapter once; for every eval set answer with the adapter off (base) and on (fine-tuned),
-    and score both. The held-out set's figures are also the result's top-level metrics."""
+    """Answer every eval set with the base (adapter off), then with the fine-tuned model (adapter on, or merged
+    into the weights: eval.merge), and score both. The held-out set's figures are also the top-level metrics."""
+    from . import merge as MG
     from . import model as M
 
     export = run.result("export")
     backend = M.resolve_backend(cfg.model)
     ref, _ = M.resolve_model(cfg.model)
+    merge, merge_why = use_merge(cfg, ref)
     t0 = time.time()
-    model, tok = M.load_with_adapter(ref, export["adapter_dir"], cfg.model, backend)
+    if merge:  # the 4-bit base dequantized: the base answers come from the same weights the merge starts from
+        model, tok = MG.dequantized_with_adapter(ref, export["adapter_dir"], cfg)
+        if M.cuda_available():
+            model = model.to("cuda")
+    else:
+        model, tok = M.load_with_adapter(ref, export["adapter_dir"], cfg.model, backend)
     load_s = time.time() - t0
+    print_fn(f"loaded in {load_s:.1f} s; fine-tuned answers from {'merged weights' if merge else 'the adapter'} "
+             f"({merge_why})")
     memory.record(run, "evaluate", "model loaded")
     e = cfg.eval
     oom_log: list[dict] = []
@@ -114,54 +166,64 @@ def compare(cfg, run, print_fn=print) -> dict:
         import torch
 
         torch.manual_seed(cfg.train.seed)  # sampled answers: reproducible for this seed, not across seeds
-    sets, seconds, gen_estimate = {}, {"base": 0.0, "finetuned": 0.0}, None
-    for name, path, cap, source in eval_sets(cfg, run):
-        items = select_items(path, cap)
-        if gen_estimate is None:
-            longest = max(len(tok(it["prompt"], add_special_tokens=adds_special_tokens(cfg.data.template))["input_ids"])
-                          for it in items)
-            gen_estimate = memory.estimate_generation(memory.model_shape(ref), e.batch_size,
-                                                      longest + e.max_new_tokens, cfg.model.load_in_4bit)
-            print_fn(f"generation memory estimate at batch {e.batch_size} x ({longest} prompt + {e.max_new_tokens} "
-                     "new tokens): " + ", ".join(f"{k} {v:.2f} GiB" for k, v in gen_estimate.items()))
-        print_fn(f"== {name}: {len(items)} items ({source})")
-        batch = oom_log[-1]["batch_size"][1] if oom_log else e.batch_size  # keep what fitted
-        t1 = time.time()
-        with model.disable_adapter():
-            base = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, batch, "base", **kw)
-        memory.record(run, "evaluate", f"base answers: {name}")
-        t2 = time.time()
-        batch = oom_log[-1]["batch_size"][1] if oom_log else batch
-        tuned = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, batch, "fine-tuned", **kw)
-        memory.record(run, "evaluate", f"fine-tuned answers: {name}")
-        seconds["base"] += t2 - t1
-        seconds["finetuned"] += time.time() - t2
-        sets[name] = score_set(run, name, items, base, tuned, source)
-    queries = answer_queries(cfg, model, tok, e.queries, kw) if e.queries else []
+    chosen = [(name, select_items(path, cap), source) for name, path, cap, source in eval_sets(cfg, run)]
+    batch, batching = batch_for(cfg, ref, [it for _, items, _ in chosen for it in items], tok, print_fn, merge)
+    answers = {"base": {}, "finetuned": {}}
+    seconds, tokens = {"base": 0.0, "finetuned": 0.0}, {"base": 0, "finetuned": 0}
+    queries = {}
+    for who in ("base", "finetuned"):
+        if who == "finetuned" and merge:
+            t1 = time.time()
+            model = model.merge_and_unload()
+            print_fn(f"adapter merged into the weights in {time.time() - t1:.1f} s")
+        for name, items, source in chosen:
+            print_fn(f"== {name}: {len(items)} items ({source})")
+            batch = oom_log[-1]["batch_size"][1] if oom_log else batch  # keep what fitted
+            t1 = time.time()
+            label = "base" if who == "base" else "fine-tuned"
+            with model.disable_adapter() if who == "base" else _nothing():
+                answers[who][name] = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, batch,
+                                              label, **kw)
+                if name == chosen[-1][0] and e.queries:
+                    queries[who] = answer_queries(cfg, model, tok, e.queries, kw)
+            seconds[who] += time.time() - t1
+            tokens[who] += sum(a["new_tokens"] for a in answers[who][name])
+            memory.record(run, "evaluate", f"{who} answers: {name}")
+    sets = {name: score_set(run, name, items, answers["base"][name], answers["finetuned"][name], source)
+            for name, items, source in chosen}
     held = sets["held-out"]
     return {"generation": {"max_new_tokens": e.max_new_tokens, "max_new_tokens_choice": e.max_new_tokens_choice,
-                           **sampling(cfg)}, "queries": queries,"backend": backend, "n_items": held["n_items"], "load_seconds": round(load_s, 1), "oom_halvings": oom_log,
-            "memory_estimate_gb": {k: round(v, 3) for k, v in gen_estimate.items()},
+                           **sampling(cfg)},
+            "queries": [{"question": q, "base": b, "finetuned": f}
+                        for q, b, f in zip(e.queries, queries.get("base", []), queries.get("finetuned", []))],
+            "backend": backend, "merged": merge, "merge_reason": merge_why, "batching": batching,
+            "n_items": held["n_items"], "load_seconds": round(load_s, 1), "oom_halvings": oom_log,
+            "memory_estimate_gb": batching["estimate_gb"],
             "eval_source": held["eval_source"], "reasoning_opened_in_prompt": held["reasoning_opened_in_prompt"],
             "generate_seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "new_tokens_per_s": {k: round(tokens[k] / max(seconds[k], 1e-9), 1) for k in seconds},
             "metrics": held["metrics"], "changes": held["changes"], "answers": held["answers"], "sets": sets}
 
 
-def answer_queries(cfg, model, tok, questions: list[str], kw: dict, print_fn=print) -> list[dict]:
-    """The researcher's own questions (no reference), answered by both models with the run's prompt template."""
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def answer_queries(cfg, model, tok, questions: list[str], kw: dict) -> list[str]:
+    """The researcher's own questions (no reference), answered with the run's prompt template by the model as it
+    stands (the caller switches the adapter off for the base); the final answer, without a reasoning block."""
     from .data import Example
     from .prompts import build_prompt
 
     items = [{"kind": "freetext", "prompt": build_prompt(Example(f"q{i}", "freetext", q, ""), tok, cfg.data.template,
                                                           cfg.data.system_prompt)} for i, q in enumerate(questions)]
     e = cfg.eval
-    kw = {**kw, "print_fn": lambda *a: None}
-    with model.disable_adapter():
-        base = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, e.batch_size, "base", **kw)
-    tuned = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, e.batch_size, "fine-tuned", **kw)
+    out = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, min(len(items), 16), "queries",
+                   **{**kw, "print_fn": lambda *a: None})
     opened = prompt_opens_think(items)
-    return [{"question": q, "base": split_reasoning(b["text"], opened)[1] or b["text"],
-             "finetuned": split_reasoning(f["text"], opened)[1] or f["text"]} for q, b, f in zip(questions, base, tuned)]
+    return [split_reasoning(a["text"], opened)[1] or a["text"] for a in out]
 
 
 def queries_table(result: dict):

@@ -197,7 +197,10 @@ def extra_formats(cfg: RunConfig, run: RunDir, tmp: Path) -> dict:
                 shutil.rmtree(target.parent, ignore_errors=True)
                 out["gguf"] = {"error": str(e)}
             else:
-                g["check"] = gguf_export.check_gguf(target, merged_dir, prompts, q)
+                try:
+                    g["check"] = gguf_export.check_gguf(target, merged_dir, prompts, q)
+                except Exception as e:  # noqa: BLE001  (the file is written; a read-back that cannot run is a failed check)
+                    g["check"] = {"passed": False, "error": f"could not read it back: {type(e).__name__}: {e}"}
                 memory.record(run, "export", "gguf checked")
                 out["gguf"] = {**g, "file": str(run.export_dir / "gguf" / target.name)}
     finally:
@@ -223,6 +226,9 @@ def formats_table(result: dict):
             rows.append(("gguf", "not written", None, "", g["error"]))
         else:
             c = g["check"]
+            if "error" in c:
+                rows.append(("gguf", g["file"], g["bytes"], g["quant"], f"FAILED: {c['error']}"))
+                return pd.DataFrame(rows, columns=["format", "where", "MiB", "made by", "check"])
             rows.append(("gguf", g["file"], g["bytes"], f"{g['quant']}, tokenizer pre {g['tokenizer_pre']}",
                          f"{'PASSED' if c['passed'] else 'FAILED'}: logits rel. RMSE {c['logits_rel_rmse']:.2e} "
                          f"(tolerance {c['tolerance']:.0e}), top-1 agreement {c['top1_agreement']:.1%}, tokenizer "

@@ -207,6 +207,9 @@ def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str]
     ref = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32)
     back = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, config=ref_cfg,
                                                 dtype=torch.float32)
+    n_bytes = 2 * 4 * sum(p.numel() for p in ref.parameters())
+    device = "cuda" if torch.cuda.is_available() and n_bytes < 0.8 * torch.cuda.mem_get_info()[0] else "cpu"
+    ref, back = ref.to(device).eval(), back.to(device).eval()
     tok = AutoTokenizer.from_pretrained(str(merged_dir))
     gtok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
     same_ids = sum(tok(p)["input_ids"] == gtok(p)["input_ids"] for p in prompts)
@@ -214,7 +217,7 @@ def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str]
     agree = total = 0
     with torch.no_grad():
         for p in prompts:
-            ids = tok(p, return_tensors="pt")
+            ids = tok(p, return_tensors="pt").to(device)
             a, b = ref(**ids).logits[0], back(**ids).logits[0]
             err_sq += float(((a - b) ** 2).sum())
             ref_sq += float((a ** 2).sum())

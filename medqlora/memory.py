@@ -64,6 +64,10 @@ class ModelShape:
     def linear_params(self) -> int:
         return self.layers * sum(i * o for i, o in self.linear_shapes().values())
 
+    def params(self) -> int:
+        """All weights: the projections, the embedding and (untied) the output layer; norms are negligible."""
+        return self.linear_params() + self.vocab * self.hidden * (1 if self.tied else 2)
+
     def lora_params(self, r: int, targets: list[str]) -> int:
         return self.layers * sum(r * (i + o) for name, (i, o) in self.linear_shapes().items() if name in targets)
 

@@ -1,9 +1,12 @@
 """Merged 16-bit models: the LoRA update folded into the base weights, for serving (vLLM, TGI, transformers)
 and as the source of a GGUF file.
 
-The adapter was trained against the 4-bit base, so the merge starts from those same 4-bit weights dequantized
-(Unsloth's save_pretrained_merged on a GPU, transformers' dequantize + PEFT's merge_and_unload elsewhere), not
-from the original full-precision checkpoint: the merged model computes what the adapter model computed.
+The adapter was trained against the 4-bit base, so by default the merge starts from those same 4-bit weights
+dequantized (transformers' dequantize + PEFT's merge_and_unload), not from the original full-precision checkpoint:
+the merged model computes what the adapter model computed. export.merge_method: unsloth uses Unsloth's
+save_pretrained_merged instead, which merges onto the original 16-bit checkpoint (measured on an H200 with a
+random-weight Llama-3.2-1B body: 0 of 3 greedy answers equal to the adapter's, since random weights make the
+base's quantization error large; the export notebook shows the check either way).
 """
 from __future__ import annotations
 
@@ -43,10 +46,14 @@ def merge_to(cfg: RunConfig, ref: str, adapter_dir: str, out: Path, backend: str
     """Write the merged 16-bit model (weights, config, tokenizer) into `out`."""
     t0 = time.time()
     out = Path(out)
-    if backend == "unsloth":
-        from . import model as M
+    if backend == "unsloth" and cfg.export.merge_method == "unsloth":  # it merges only a model it loaded itself
+        from unsloth import FastLanguageModel
 
-        model, tok = M.load_with_adapter(ref, adapter_dir, cfg.model, backend)
+        from .model import compute_dtype
+
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=str(adapter_dir), max_seq_length=cfg.model.max_seq_length,
+            dtype=None if cfg.model.dtype == "auto" else compute_dtype(cfg.model), load_in_4bit=cfg.model.load_in_4bit)
         model.save_pretrained_merged(str(out), tok, save_method="merged_16bit")
         how = "Unsloth save_pretrained_merged (merged_16bit)"
     else:

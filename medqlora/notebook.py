@@ -25,9 +25,20 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
+def _merges(config_path: str) -> bool:
+    """Whether export.formats asks for a merged model (Unsloth then merges, and must be imported first)."""
+    import yaml
+
+    try:
+        formats = (yaml.safe_load(Path(config_path).read_text()) or {}).get("export", {}).get("formats", [])
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+    return bool(set(formats or []) - {"lora"})
+
+
 def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir]:
     """Load the run config, open the run folder, quieten noise, and print what this stage will use."""
-    if stage in ("train", "evaluate"):
+    if stage in ("train", "evaluate") or (stage == "export" and _merges(config_path)):
         from .model import preload_unsloth
 
         preload_unsloth()  # before anything below imports transformers

@@ -20,7 +20,8 @@ def default_tokenizer_dir() -> str:
 
 
 def make_tiny_llama(out: str | Path, tokenizer_dir: str | None = None, hidden: int = 64, layers: int = 2,
-                    heads: int = 4, kv_heads: int = 2, intermediate: int = 128, seed: int = 0) -> str:
+                    heads: int = 4, kv_heads: int = 2, intermediate: int = 128, seed: int = 0,
+                    dtype: str = "float32") -> str:
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -30,7 +31,8 @@ def make_tiny_llama(out: str | Path, tokenizer_dir: str | None = None, hidden: i
                       max_position_embeddings=2048, tie_word_embeddings=True,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
+    with torch.device("cuda" if torch.cuda.is_available() and dtype != "float32" else "cpu"):  # big shapes: GPU
+        model = LlamaForCausalLM(cfg).to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                pad_token_id=tok.pad_token_id)
     out = Path(out)
@@ -45,6 +47,8 @@ if __name__ == "__main__":
     for name, default in (("hidden", 64), ("layers", 2), ("heads", 4), ("kv-heads", 2), ("intermediate", 128)):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the offline default's)")
+    p.add_argument("--dtype", default="float32", help="bfloat16: built on the GPU when there is one (fast)")
     a = p.parse_args()
-    path = make_tiny_llama(a.out, a.tokenizer, a.hidden, a.layers, a.heads, a.kv_heads, a.intermediate)
+    path = make_tiny_llama(a.out, a.tokenizer, a.hidden, a.layers, a.heads, a.kv_heads, a.intermediate,
+                           dtype=a.dtype)
     print(f"random-weight Llama ({a.layers} layers, hidden {a.hidden}) saved to {path}")

@@ -152,3 +152,15 @@ def test_a_new_training_source_brings_its_own_eval_split(tmp_path):
     assert cfg.data.eval_source is None, "the bundled eval set must not be picked up for another source"
     cfg = load_config(default, [f"data.source={other}", f"data.eval_source={other}"])
     assert cfg.data.eval_source == str(other)
+
+
+def test_a_runs_saved_config_has_the_same_stage_inputs_as_the_params_it_came_from(tmp_path):
+    """--resume compares stage inputs from the run's config.yaml with those recorded at the first run: defaults
+    written out (model.cache_dir '~/...' saved, then read back as an absolute path) must not look like changes."""
+    from medqlora.config import load_config, save_config, stage_inputs
+
+    first = load_config(ROOT / "params" / "default.yaml")
+    save_config(first, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    for stage in ("setup", "preprocess", "train", "export", "evaluate"):
+        assert stage_inputs(again, stage) == stage_inputs(first, stage), stage

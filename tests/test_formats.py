@@ -109,3 +109,49 @@ def test_a_k_quant_is_said_early_and_the_other_formats_still_exported(trained_ru
                                 export={"gguf_quant": "q3"}))
     with pytest.raises(G.GGUFUnsupported, match="covers"):
         G.check_supported("gpt_neox", "q8_0")
+
+
+def test_evaluation_through_merged_weights_gives_the_adapters_answers(trained_run):
+    """eval.merge: both models answer from the dequantized base, the fine-tuned one with the adapter merged in;
+    greedy answers equal those of the 4-bit base with the adapter on top."""
+    from medqlora import evaluation as EV
+
+    cfg, run = trained_run
+    lora_only = cfg.model_copy(deep=True)
+    lora_only.export.formats = ["lora"]
+    run.save_result("export", E.export(lora_only, run))
+    answers, lines = {}, []
+    for merge in (False, True):
+        c = cfg.model_copy(deep=True)
+        c.eval.merge = merge
+        result = EV.compare(c, run, print_fn=lines.append)
+        assert result["merged"] is merge and result["new_tokens_per_s"]["finetuned"] > 0
+        answers[merge] = [(a["base"], a["finetuned"]) for a in map(json.loads, (run / "eval" / "answers.jsonl")
+                                                                    .read_text().splitlines())]
+    assert answers[True] == answers[False] and len(answers[True]) == 3
+    assert any("fine-tuned answers from merged weights (eval.merge: True)" in line for line in lines)
+    assert any("adapter merged into the weights" in line for line in lines)
+
+
+def test_auto_generation_batch_is_the_largest_that_fits_the_budget(trained_run):
+    from medqlora import evaluation as EV
+    from medqlora import memory
+
+    cfg, run = trained_run
+    ref, _ = M.resolve_model(cfg.model)
+    tok = M.load_tokenizer(ref, cfg.model)
+    items = [{"prompt": "Which drug reverses overdose?" * 4, "kind": "freetext"}] * 300
+    c = cfg.model_copy(deep=True)
+    c.eval.batch_size = "auto"
+    c.memory.budget_gb = 64.0
+    batch, info = EV.batch_for(c, ref, items, tok, print_fn=lambda *a: None)
+    assert batch == c.eval.max_batch_size == 128, "a roomy budget: capped by eval.max_batch_size"
+    shape, total = memory.model_shape(ref), None
+    # a budget that fits 8 sequences but not 16 picks 8
+    total = len(tok(items[0]["prompt"])["input_ids"]) + max(c.eval.max_new_tokens, c.eval.max_new_tokens_choice)
+    at = {b: memory.total(memory.estimate_generation(shape, b, total, True)) for b in (8, 16)}
+    c.memory.budget_gb = (at[8] + at[16]) / 2 / c.memory.max_fraction
+    batch, info = EV.batch_for(c, ref, items, tok, print_fn=lambda *a: None)
+    assert batch == 8 and info["why"].startswith("auto: largest batch within")
+    c.eval.batch_size = 5
+    assert EV.batch_for(c, ref, items, tok, print_fn=lambda *a: None)[0] == 5

@@ -1,0 +1,111 @@
+"""Generation speed of the evaluate stage, side by side in one call: new tokens/s one prompt at a time against
+batched, for the fine-tuned model through the adapter (4-bit base + LoRA; Unsloth's inference mode on a GPU) and
+through merged weights (the 4-bit base dequantized once, the adapter merged in: eval.merge).
+
+Every answer is forced to exactly --new-tokens tokens (min_new_tokens), so the figures count the same work.
+It uses the stage's own generate() on a finished run's held-out prompts (repeated up to --prompts).
+
+    python benchmarks/generation.py reports/<run_id> [--new-tokens 128] [--prompts 128] [--batches 1 32 64 128]
+Prints one JSON line per measurement (GENROW {...}) and a table at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+
+from medqlora import model as M  # noqa: I001
+from medqlora.model import preload_unsloth
+
+preload_unsloth()  # before transformers, as the notebooks do
+
+
+def measure(model, tok, items, batch: int, new_tokens: int, template: str) -> dict:
+    import torch
+
+    from medqlora.evaluation import generate
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    generate(model, tok, items[:min(len(items), batch)], new_tokens, new_tokens, batch, "warm-up", print_fn=lambda *a: None,
+             template=template, sampling_kw={"do_sample": False, "min_new_tokens": new_tokens})
+    t0 = time.time()
+    out = generate(model, tok, items, new_tokens, new_tokens, batch, "timed", print_fn=lambda *a: None,
+                   template=template, sampling_kw={"do_sample": False, "min_new_tokens": new_tokens})
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    s = time.time() - t0
+    n = sum(a["new_tokens"] for a in out)
+    peak = torch.cuda.max_memory_reserved() / 1024**3 if torch.cuda.is_available() else None
+    return {"batch": batch, "prompts": len(items), "new_tokens": n, "seconds": round(s, 2),
+            "new_tokens_per_s": round(n / s, 1), "peak_reserved_gb": None if peak is None else round(peak, 2)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--prompts", type=int, default=128)
+    p.add_argument("--single-prompts", type=int, default=8, help="prompts timed one at a time")
+    p.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--paths", nargs="+", default=["adapter", "merged"])
+    a = p.parse_args(argv)
+
+    import torch
+
+    from medqlora import merge as MG
+    from medqlora.config import load_config
+    from medqlora.rundir import RunDir
+
+    run = RunDir(a.run_dir)
+    cfg = load_config(run.config_path)
+    items = [json.loads(line) for line in run.eval_items.read_text().splitlines() if line.strip()]
+    items = [{**it, "kind": "freetext"} for it in (items * (a.prompts // len(items) + 1))[:a.prompts]]
+    ref, _ = M.resolve_model(cfg.model)
+    backend = M.resolve_backend(cfg.model)
+    adapter = str(run.adapter_dir)  # the trained adapter (the export holds a copy)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    rows = []
+    for path in a.paths:
+        t0 = time.time()
+        if path == "adapter":
+            model, tok = M.load_with_adapter(ref, adapter, cfg.model, backend)
+            label = "adapter, Unsloth inference mode" if backend == "unsloth" else "adapter (transformers + PEFT)"
+        else:
+            model, tok = MG.dequantized_with_adapter(ref, adapter, cfg)
+            model = model.to("cuda") if torch.cuda.is_available() else model
+            model = model.merge_and_unload()
+            label = "merged (dequantized + merge_and_unload, transformers generate)"
+        load_s = round(time.time() - t0, 1)
+        for batch in [1] + a.batches:
+            sub = items[:a.single_prompts] if batch == 1 else items
+            try:
+                r = measure(model, tok, sub, batch, a.new_tokens, cfg.data.template)
+            except Exception as e:  # noqa: BLE001  (one failing setting must not hide the others)
+                r = {"batch": batch, "error": f"{type(e).__name__}: {str(e)[:200]}"}
+            r.update(path=label, load_seconds=load_s, device=device)
+            print("GENROW " + json.dumps(r), flush=True)
+            rows.append(r)
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    print(f"\n{device}, {a.new_tokens} new tokens per answer")
+    print(f"{'path':<66} {'batch':>5} {'new tok/s':>10} {'x one-at-a-time':>16} {'peak GiB':>9}")
+    for label in dict.fromkeys(r["path"] for r in rows):
+        mine = [r for r in rows if r["path"] == label and "error" not in r]
+        one = next((r["new_tokens_per_s"] for r in mine if r["batch"] == 1), None)
+        for r in [r for r in rows if r["path"] == label]:
+            if "error" in r:
+                print(f"{label:<66} {r['batch']:>5} {r['error']}")
+                continue
+            x = f"{r['new_tokens_per_s'] / one:.1f}x" if one else ""
+            print(f"{label:<66} {r['batch']:>5} {r['new_tokens_per_s']:>10.1f} {x:>16} {r['peak_reserved_gb'] or '':>9}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
