@@ -219,7 +219,9 @@ def formats_table(result: dict):
     if "merged_16bit" in f:
         m, c = f["merged_16bit"], f["merged_16bit"]["check"]
         rows.append(("merged_16bit", m["dir"], m["bytes"], f"{m['method']}, {m['dtype']}",
-                     f"greedy answers identical to the adapter's on {c['identical']}/{c['prompts']} prompts"))
+                     f"{'PASSED' if c['passed'] else 'FAILED'}: logits rel. RMSE {c['logits_rel_rmse']:.2e} "
+                     f"(tolerance {c['tolerance']:.0e}), top-1 agreement {c['top1_agreement']:.1%}; greedy answers "
+                     f"identical to the adapter's on {c['identical']}/{c['prompts']} prompts"))
     if "gguf" in f:
         g = f["gguf"]
         if "error" in g:

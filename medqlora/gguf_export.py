@@ -213,24 +213,15 @@ def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str]
     tok = AutoTokenizer.from_pretrained(str(merged_dir))
     gtok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
     same_ids = sum(tok(p)["input_ids"] == gtok(p)["input_ids"] for p in prompts)
-    err_sq = ref_sq = 0.0
-    agree = total = 0
-    with torch.no_grad():
-        for p in prompts:
-            ids = tok(p, return_tensors="pt").to(device)
-            a, b = ref(**ids).logits[0], back(**ids).logits[0]
-            err_sq += float(((a - b) ** 2).sum())
-            ref_sq += float((a ** 2).sum())
-            agree += int((a.argmax(-1) == b.argmax(-1)).sum())
-            total += a.shape[0]
+    from .merge import logits_agreement
+
+    logits = logits_agreement(ref, back, tok, prompts)
     meta_cfg = AutoConfig.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
             "vocab_size")
     meta_diff = {k: (getattr(meta_cfg, k, None), getattr(ref_cfg, k, None)) for k in keys
                  if getattr(meta_cfg, k, None) != getattr(ref_cfg, k, None)}
-    rel = math.sqrt(err_sq / max(ref_sq, 1e-30))
     del ref, back
-    return {"prompts": len(prompts), "positions": total, "logits_rel_rmse": rel, "tolerance": TOLERANCE[quant],
-            "top1_agreement": agree / max(total, 1), "tokenizer_same_ids": f"{same_ids}/{len(prompts)}",
-            "metadata_differs": meta_diff,
-            "passed": rel <= TOLERANCE[quant] and same_ids == len(prompts) and not meta_diff}
+    return {"prompts": len(prompts), **logits, "tolerance": TOLERANCE[quant],
+            "tokenizer_same_ids": f"{same_ids}/{len(prompts)}", "metadata_differs": meta_diff,
+            "passed": logits["logits_rel_rmse"] <= TOLERANCE[quant] and same_ids == len(prompts) and not meta_diff}

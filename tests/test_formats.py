@@ -39,6 +39,7 @@ def test_merged_and_gguf_exported_checked_and_in_the_manifest(trained_run):
     result = E.export(cfg, run)
     merged, gguf = result["formats"]["merged_16bit"], result["formats"]["gguf"]
     assert merged["check"]["identical"] == merged["check"]["prompts"] == 3, merged["check"]["rows"]
+    assert merged["check"]["passed"] and merged["check"]["top1_agreement"] > 0.95
     assert (run.export_dir / "merged" / "config.json").is_file()
     st = json.loads((run.export_dir / "merged" / "config.json").read_text())
     assert st.get("dtype", st.get("torch_dtype")) == "bfloat16"
