@@ -1,13 +1,18 @@
 """The CLI: validate params, chain the stage notebooks with papermill, collect summary.json.
 
-Exit codes: 0 every stage succeeded; 2 invalid params or inputs (found before any notebook runs);
+Exit codes: 0 every stage of every run succeeded; 2 invalid params or inputs (found before any notebook runs);
 1 a stage failed (its executed notebook is kept with the error, and summary.json says which and why).
+
+    python runner.py [PARAMS ...]            one run per params file, folder of YAML files, or glob
+    python runner.py compare RUN_DIR ...     the comparison report for any finished (or failed) runs
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -26,7 +31,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="runner.py", description="Run the medqlora notebook chain (setup, preprocess, train, export, "
         "evaluate) for one or more params files; executed notebooks and summary.json go to reports/<run_id>/.")
-    p.add_argument("params", nargs="*", help="params YAML files, one run each (default: params/default.yaml)")
+    p.add_argument("params", nargs="*", help="params YAML files, folders of them or globs, one run each "
+                   "(default: params/default.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a param, value read as YAML (repeatable): --set train.epochs=2")
     p.add_argument("--run-id", help="name of the run folder (default: <run_name>-<YYYYmmdd-HHMMSS>)")
@@ -35,7 +41,75 @@ def parse_args(argv=None):
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its first unfinished stage")
     p.add_argument("--check", action="store_true", help="validate and print the resolved config, run nothing")
+    p.add_argument("--fail-fast", action="store_true", help="stop the batch at the first failed run")
+    p.add_argument("--verbose", action="store_true", help="show every notebook output line (the full log is always "
+                   "in each run folder's run.log)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="write each run's notebooks with their parameters injected, plus a driver notebook that runs "
+                   "the whole chain, to --reports-dir (a folder or gs://...): for Colab Enterprise; nothing executes")
     return p.parse_args(argv)
+
+
+def expand_params(items: list[str]) -> list[str]:
+    """Params files from files, folders (their *.yaml, sorted) and glob patterns, in the order given."""
+    out = []
+    for item in items:
+        if Path(item).is_dir():
+            found = sorted(str(p) for p in Path(item).glob("*.y*ml"))
+        elif any(ch in item for ch in "*?["):
+            found = sorted(glob.glob(item))
+        else:
+            found = [item]
+        if not found:
+            raise ConfigError(f"{item}: no params files there")
+        out += found
+    return out
+
+
+# ---------------------------------------------------------------- what the terminal shows
+
+# Notebook output lines worth a terminal: progress with ETA, stage banners, problems. Everything is in run.log.
+PROGRESS = re.compile(r"ETA|answered|^==|error|Error|Traceback|warning:|note:|refus|out of memory|OOM|verified")
+
+
+class QuietNotebookOutput(logging.Filter):
+    """Keep only progress lines of papermill's notebook output (and none of its 'Executing Cell' chatter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("papermill"):
+            return True
+        lines = [ln for ln in record.getMessage().splitlines() if PROGRESS.search(ln) and "Executing" not in ln
+                 and "Ending Cell" not in ln]
+        if not lines:
+            return False
+        record.msg, record.args = "\n".join("    " + ln.strip() for ln in lines), ()
+        return True
+
+
+class Progress:
+    """The batch's one-line position: run i of n, stage j of 5, elapsed, ETA from the stages finished so far."""
+
+    def __init__(self, n_runs: int, n_stages: int):
+        self.n_runs, self.n_stages, self.t0, self.done = n_runs, n_stages, time.time(), 0
+
+    def line(self, run_i: int, run_id: str, stage_j: int, stage: str) -> str:
+        el = time.time() - self.t0
+        left = self.n_runs * self.n_stages - self.done
+        eta = f"{_clock(el / self.done * left)}" if self.done else "after the first stage"
+        return (f"[run {run_i}/{self.n_runs} {run_id} | stage {stage_j}/{self.n_stages} {stage} | elapsed "
+                f"{_clock(el)} | ETA {eta}]")
+
+
+def _clock(seconds: float) -> str:
+    m, sec = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m}:{sec:02d}"
+
+
+def run_log(run: RunDir) -> logging.Handler:
+    """Everything the notebooks print, kept in the run folder."""
+    h = logging.FileHandler(run / "run.log", encoding="utf-8")
+    h.setFormatter(logging.Formatter("%(message)s"))
+    return h
 
 
 def _stages(arg: str | None) -> list[str]:
@@ -148,6 +222,7 @@ def readable(s: dict) -> str:
             lines.append(f"| {k} | {_num(s['metrics']['base'].get(k))} | {_num(s['metrics']['finetuned'].get(k))} |")
     if s.get("error"):
         lines += ["", f"error: {s['error']}"]
+    lines += ["", "All five notebooks in one file: [report.html](report.html); full log: run.log"]
     return "\n".join(lines) + "\n"
 
 
@@ -194,7 +269,30 @@ def set_aside(run: RunDir, summary: Summary, stages: list[str]) -> Path | None:
     return dest
 
 
-def execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_file: str, resume: bool) -> int:
+def execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_file: str, resume: bool,
+            progress: Progress | None = None, run_i: int = 1) -> int:
+    handler = run_log(run)
+    logging.getLogger().addHandler(handler)
+    try:
+        return _execute(cfg, run, run_id, stages, params_file, resume, progress or Progress(1, len(stages)), run_i)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        write_report(run)
+
+
+def write_report(run: RunDir) -> None:
+    """report.html: the run's executed notebooks in one file (a failure here never fails the run)."""
+    from .report import run_report
+
+    try:
+        run_report(run)
+    except Exception as e:  # noqa: BLE001
+        print(f"note: could not write {run / 'report.html'}: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def _execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_file: str, resume: bool,
+             progress: Progress, run_i: int) -> int:
     summary = Summary(run, run_id, cfg, params_file)
     if resume:
         # A stage never run before one that succeeded was left out on purpose (--stages): not unfinished.
@@ -216,9 +314,12 @@ def execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_
         aside = set_aside(run, summary, [s for s in STAGES if STAGES.index(s) >= STAGES.index(first)])
         print(f"{run_id}: resuming at stage {first}" + (f" (earlier outputs of redone stages in {aside})" if aside else ""))
     summary.save()
-    for stage in stages:
-        print(f"\n=== {run_id}: {stage} -> {run / NOTEBOOKS[stage]}", flush=True)
+    progress.n_stages = len(stages)
+    for j, stage in enumerate(stages, start=1):
+        print(f"\n{progress.line(run_i, run_id, j, stage)}\n=== {run_id}: {stage} -> {run / NOTEBOOKS[stage]}",
+              flush=True)
         status, seconds, error = run_stage(stage, run)
+        progress.done += 1
         summary.record(stage, status, seconds, run / NOTEBOOKS[stage], error,
                        stage_inputs(cfg, stage) if status == "ok" else None)
         print(f"=== {stage}: {status} in {seconds:.1f} s" + (f": {error}" if error else ""), flush=True)
@@ -234,16 +335,78 @@ def execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_
     return EXIT_OK
 
 
+def compare_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="runner.py compare", description="Comparison report (notebook + HTML) for "
+                                "run folders: one row per run, every metric with intervals.")
+    p.add_argument("runs", nargs="+", help="run folders (reports/<run_id>)")
+    p.add_argument("--out", help="folder for compare.ipynb / compare.html (default: reports/compare-<time>)")
+    a = p.parse_args(argv)
+    missing = [r for r in a.runs if not (Path(r) / "config.yaml").is_file()]
+    if missing:
+        print(f"error: not run folders (no config.yaml): {missing}", file=sys.stderr)
+        return EXIT_INVALID
+    out = Path(a.out or PROJECT / "reports" / f"compare-{datetime.now():%Y%m%d-%H%M%S}")
+    print(f"comparison report: {compare_report([str(Path(r).resolve()) for r in a.runs], out)}")
+    return EXIT_OK
+
+
+def compare_report(run_dirs: list[str], out: Path) -> Path:
+    """Execute notebooks/compare.ipynb for these runs into out/, with its HTML export beside it."""
+    import papermill as pm
+
+    from .report import notebook_html
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    nb = out / "compare.ipynb"
+    pm.execute_notebook(str(NOTEBOOK_DIR / "compare.ipynb"), str(nb), cwd=str(PROJECT), progress_bar=False,
+                        parameters={"run_dirs": run_dirs, "out_dir": str(out)},
+                        kernel_name=os.environ.get("MEDQLORA_KERNEL", "python3"))
+    return notebook_html(nb)
+
+
+def batch_summary(folders: list[Path], reports: Path, codes: list[int]) -> Path:
+    """reports/batch-<time>/: batch.md and batch.json (each run's status) and the comparison report."""
+    from .comparison import load_runs, summary_md
+
+    out = reports / f"batch-{datetime.now():%Y%m%d-%H%M%S}"
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(folders)
+    write_json(out / "batch.json", {"runs": [{"run": r["run"], "path": r["path"], "status": r["status"],
+                                              "failed_stage": r["failed_stage"]} for r in runs],
+                                    "exit_codes": codes})
+    text = f"# Batch of {len(runs)} runs: {sum(c == EXIT_OK for c in codes)} succeeded\n\n" + summary_md(runs)
+    try:
+        html = compare_report([str(f) for f in folders], out)
+        text += f"\nComparison report: [{html.name}]({html.name})\n"
+    except Exception as e:  # noqa: BLE001  (the runs' own results stand without it)
+        text += f"\nThe comparison report could not be built: {type(e).__name__}: {e}\n"
+    (out / "batch.md").write_text(text)
+    print("\n" + text)
+    return out
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    if not args.verbose:
+        for h in logging.getLogger().handlers:
+            h.addFilter(QuietNotebookOutput())
     for noisy in ("traitlets", "papermill.translators", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # bitsandbytes asks for the hub-hosted 'kernels' CPU gemm, which offline machines cannot fetch; it falls back.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # Notes from validation (a renamed key, an eval set replaced) read as notes, not as Python warnings
     warnings.showwarning = lambda message, *a, **k: print(f"note: {message}", file=sys.stderr)
-    reports = Path(args.reports_dir).resolve()  # papermill runs notebooks in the project folder: paths must be absolute
+    remote = "://" in args.reports_dir
+    if remote and not args.prepare_only:
+        print("error: a gs:// (or other URL) --reports-dir is for --prepare-only; a local run writes to a folder "
+              "(the Colab Enterprise driver notebook copies its run folder to gs:// itself)", file=sys.stderr)
+        return EXIT_INVALID
+    reports = args.reports_dir if remote else Path(args.reports_dir).resolve()  # papermill runs in the project
     try:
         stages = _stages(args.stages)
         if args.resume:
@@ -254,7 +417,7 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--resume {args.resume}: no run folder with config.yaml at {run_path}")
             jobs = [(validated(run_path / "config.yaml", args.overrides), str(run_path / "config.yaml"))]
         else:
-            files = args.params or [str(PROJECT / "params" / "default.yaml")]
+            files = expand_params(args.params) if args.params else [str(PROJECT / "params" / "default.yaml")]
             if args.run_id and len(files) > 1:
                 raise ConfigError("--run-id names one run; give one params file with it")
             jobs = [(validated(Path(f), args.overrides), f) for f in files]  # all validated before any runs
@@ -267,8 +430,20 @@ def main(argv=None) -> int:
         for cfg, f in jobs:
             print(f"# {f}: valid\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return EXIT_OK
-    code = EXIT_OK
-    for cfg, f in jobs:
+    if args.prepare_only:
+        from .colab import prepare
+
+        for cfg, f in jobs:
+            run_id = args.run_id or f"{cfg.run_name}-{datetime.now():%Y%m%d-%H%M%S}"
+            try:
+                print(f"prepared {f}: {prepare(cfg, run_id, str(reports), stages)}")
+            except FileExistsError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return EXIT_INVALID
+        return EXIT_OK
+    progress = Progress(len(jobs), len(stages))
+    codes, folders = [], []
+    for i, (cfg, f) in enumerate(jobs, start=1):
         run_id = args.resume or args.run_id or f"{cfg.run_name}-{datetime.now():%Y%m%d-%H%M%S}"
         run_path = reports / run_id
         if not args.resume and (run_path / "summary.json").exists():
@@ -277,5 +452,12 @@ def main(argv=None) -> int:
             return EXIT_INVALID
         run = RunDir(run_path)
         save_config(cfg, run.config_path)
-        code = max(code, execute(cfg, run, run_id, stages, f, bool(args.resume)))
-    return code
+        codes.append(execute(cfg, run, run_id, stages, f, bool(args.resume), progress, i))
+        folders.append(run_path)
+        if codes[-1] != EXIT_OK and args.fail_fast and i < len(jobs):
+            print(f"--fail-fast: stopping the batch after {run_id} failed ({len(jobs) - i} runs not started)",
+                  file=sys.stderr)
+            break
+    if len(jobs) > 1:
+        batch_summary(folders, reports, codes)
+    return max(codes) if len(codes) == len(jobs) else EXIT_FAILED

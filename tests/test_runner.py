@@ -84,6 +84,10 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     r = runner(params, "--reports-dir", reports, "--run-id", "e2e")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = reports / "e2e"
+    # the terminal shows the position and the stages' progress; the notebooks' full output is in run.log
+    assert "[run 1/1 e2e | stage 3/5 train | elapsed" in r.stdout and "Executing Cell" not in r.stdout
+    assert "ETA" in r.stdout and "Executing Cell" in (run / "run.log").read_text()
+    assert (run / "report.html").is_file() and "Stage: evaluate" in (run / "report.html").read_text()
     for nb in ("01_setup", "02_preprocess", "03_train", "04_export", "05_evaluate"):
         assert (run / f"{nb}.ipynb").is_file()
         assert notebook_errors(run / f"{nb}.ipynb") == []

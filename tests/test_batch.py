@@ -1,0 +1,172 @@
+"""Batches, the comparison report, per-run HTML reports, and runs prepared for Colab Enterprise."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import ROOT, tiny_params, write_jsonl
+from medqlora import comparison, runner
+from medqlora.colab import BOOTSTRAP
+from medqlora.rundir import NOTEBOOKS, STAGES, RunDir
+
+
+def fake_run(folder: Path, name: str, rouge_change: tuple, status: str = "ok", failed_stage: str | None = None):
+    """A run folder as the runner leaves it: config, summary, train and evaluate results."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"run_name: {name}\nmodel: {{name_or_path: m-{name}}}\n"
+                                        "data: {source: d.jsonl}\nlora: {r: 8}\n")
+    stages = [{"name": s, "status": "ok", "seconds": 1.0, "notebook": str(folder / NOTEBOOKS[s]), "error": None}
+              for s in STAGES]
+    if failed_stage:
+        i = STAGES.index(failed_stage)
+        stages = stages[:i] + [{**stages[i], "status": "failed", "error": "RuntimeError: boom"}]
+    (folder / "summary.json").write_text(json.dumps({"run_id": name, "status": status, "model": f"m-{name}",
+                                                     "stages": stages, "memory_peaks_gb": {"train": 1.5}}))
+    if failed_stage:
+        return folder
+    (folder / "results").mkdir()
+    (folder / "results" / "train.json").write_text(json.dumps({
+        "seconds": 10.0, "epochs": 1, "final_loss": 1.2, "effective_settings": {
+            "micro_batch_size": 4, "gradient_accumulation": 2, "max_seq_length": 512}}))
+    (folder / "results" / "preprocess.json").write_text(json.dumps({"kept": {"train": 40}, "train_tokens": 5000}))
+    change, lo, hi = rouge_change
+    metrics = {"base": {"rougeL": 0.2, "n_freetext": 30, "n_choice": 0, "looping": 0.1},
+               "finetuned": {"rougeL": 0.2 + change, "n_freetext": 30, "n_choice": 0, "looping": 0.05}}
+    changes = {"rougeL": {"change": {"change": change, "ci95": [lo, hi]}},
+               "looping": {"change": {"change": -0.05, "ci95": [-0.1, 0.01]}}}
+    (folder / "results" / "evaluate.json").write_text(json.dumps({"sets": {"held-out": {
+        "n_items": 30, "metrics": metrics, "changes": changes}}}))
+    return folder
+
+
+def test_comparison_marks_only_real_improvements_and_keeps_failed_runs(tmp_path):
+    runs = comparison.load_runs([fake_run(tmp_path / "a", "a", (0.05, 0.02, 0.08)),
+                                 fake_run(tmp_path / "b", "b", (0.09, -0.01, 0.2)),  # bigger, but crosses zero
+                                 fake_run(tmp_path / "c", "c", (0.03, 0.01, 0.05)),
+                                 fake_run(tmp_path / "d", "d", (0, 0, 0), "failed", "train")])
+    rows = {(r["run"], r["metric"]): r for r in comparison.metric_rows(runs)}
+    assert rows[("a", "rougeL")]["verdict"] == "better" and rows[("a", "rougeL")]["best"]
+    assert rows[("b", "rougeL")]["verdict"] == "no clear difference" and not rows[("b", "rougeL")]["best"]
+    assert rows[("c", "rougeL")]["verdict"] == "better" and not rows[("c", "rougeL")]["best"]
+    assert rows[("a", "looping")]["verdict"] == "no clear difference"
+    assert not any(r == "d" for r, _ in rows), "a failed run has no metrics row"
+    table = comparison.runs_table(runs)
+    assert list(table["run"]) == ["a", "b", "c", "d"]
+    assert table.loc[3, "status"] == "failed (train: RuntimeError: boom)"
+    assert table.loc[0, "micro-batch x accumulation"] == "4 x 2" and table.loc[0, "tokens/s"] == 500
+    html = comparison.metrics_table(runs).to_html()
+    assert "★ best" in html and "0.200 → 0.250 (+0.050 [+0.020, +0.080]) better" in html
+    assert "| d | failed: train: RuntimeError: boom |" in comparison.summary_md(runs)
+
+
+def test_batch_continues_past_a_failed_run_and_builds_summary_and_comparison(tmp_path, monkeypatch, tiny_model_dir,
+                                                                            sample_data):
+    params = []
+    for name in ("one", "two", "three"):
+        (tmp_path / name).mkdir()
+        p = tiny_params(tmp_path / name, tiny_model_dir, *sample_data)
+        p.write_text(p.read_text().replace("run_name: tiny", f"run_name: {name}"))
+        params.append(str(p))
+    ran = []
+
+    def fake_stage(stage, run):  # the stage notebooks themselves are tested elsewhere; here: the batch logic
+        ran.append((run.path.name.split("-")[0], stage))
+        failed = run.path.name.startswith("two") and stage == "train"
+        (run / NOTEBOOKS[stage]).write_text(nbformat.writes(nbformat.v4.new_notebook()))
+        return ("failed", 0.1, "RuntimeError: boom") if failed else ("ok", 0.1, None)
+
+    monkeypatch.setattr(runner, "run_stage", fake_stage)
+    reports = tmp_path / "reports"
+    code = runner.main(params + ["--reports-dir", str(reports)])
+    assert code == 1, "one failed run makes the batch fail"
+    assert [r for r, s in ran if s == "evaluate"] == ["one", "three"], "the run after the failed one still ran"
+    batch = next(reports.glob("batch-*"))
+    info = json.loads((batch / "batch.json").read_text())
+    assert [r["status"] for r in info["runs"]] == ["ok", "failed", "ok"] and info["exit_codes"] == [0, 1, 0]
+    assert "failed: train: RuntimeError: boom" in (batch / "batch.md").read_text()
+    assert (batch / "compare.html").is_file() and "compare.html" in (batch / "batch.md").read_text()
+    for run in reports.glob("one-*"):
+        assert (run / "report.html").is_file() and "report.html" in (run / "summary.md").read_text()
+    ran.clear()
+    assert runner.main(params + ["--reports-dir", str(reports / "ff"), "--fail-fast"]) == 1
+    assert {r for r, _ in ran} == {"one", "two"}, "--fail-fast stops after the failed run"
+    folder = tmp_path / "batch_dir"
+    folder.mkdir()
+    for p in params:
+        (folder / Path(p).parent.name).with_suffix(".yaml").write_text(Path(p).read_text())
+    assert runner.expand_params([str(folder)]) == sorted(str(p) for p in folder.glob("*.yaml"))
+    assert runner.expand_params([str(folder / "t*.yaml")]) == [str(folder / "three.yaml"), str(folder / "two.yaml")]
+
+
+def test_run_report_joins_the_notebooks_and_says_which_failed(tmp_path):
+    from medqlora.report import run_report
+
+    run = RunDir(tmp_path / "r")
+    for stage in STAGES[:3]:
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell(f"print('{stage} output')")
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"{stage} did its work\n")]
+        if stage == "train":
+            cell.outputs.append(nbformat.v4.new_output("error", ename="RuntimeError", evalue="boom", traceback=[]))
+        nb.cells = [nbformat.v4.new_code_cell("run_dir = 'x'", metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell(BOOTSTRAP), cell]
+        nbformat.write(nb, str(run / NOTEBOOKS[stage]))
+    html = run_report(run).read_text()
+    assert "preprocess did its work" in html and "stage-train\">train</a> (failed: see its error below)" in html
+    assert "export: not run" in html and "medqlora_install_commands" not in html
+
+
+def test_prepare_only_writes_parameterized_notebooks_and_a_driver_to_a_remote_folder(tmp_path, tiny_model_dir,
+                                                                                   sample_data):
+    import fsspec
+
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
+    code = runner.main([str(params), "--prepare-only", "--reports-dir", "memory://bucket/prep", "--run-id", "r1"])
+    assert code == 0
+    fs = fsspec.filesystem("memory")
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.find("/bucket/prep/r1"))
+    assert names == sorted(["config.yaml", "00_driver.ipynb", *NOTEBOOKS.values()])
+    with fs.open("/bucket/prep/r1/03_train.ipynb", "r") as f:
+        nb = nbformat.read(f, as_version=4)
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "run_dir = \"/content/medqlora-reports/r1\"" in injected.source
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "nothing executed"
+    with fs.open("/bucket/prep/r1/00_driver.ipynb", "r") as f:
+        driver = nbformat.read(f, as_version=4)
+    nbformat.validate(driver)
+    assert driver.cells[1].metadata["tags"] == ["parameters"] and "memory://bucket/prep/r1" in driver.cells[1].source
+    assert driver.cells[2].source == BOOTSTRAP and "run_prepared" in driver.cells[3].source
+    again = runner.main([str(params), "--prepare-only", "--reports-dir", "memory://bucket/prep", "--run-id", "r1"])
+    assert again == 2, "an existing prepared folder is not overwritten"
+
+
+def test_bootstrap_cell_installs_only_when_medqlora_is_missing():
+    ns = {}
+    exec(BOOTSTRAP.split("\nfor cmd in")[0], ns)  # the cell's decision, without running pip
+    decide = ns["medqlora_install_commands"]
+    assert decide(True, "git+https://x/medqlora@abc") == []
+    assert decide(False, "git+https://x/medqlora@abc")[-1][-1] == "git+https://x/medqlora@abc"
+    cp, pip = decide(False, "gs://b/medqlora-0.1-py3-none-any.whl")
+    assert cp[:3] == ["gcloud", "storage", "cp"] and pip[-1] == "/tmp/medqlora-0.1-py3-none-any.whl"
+    with pytest.raises(RuntimeError, match="project_source"):
+        decide(False, "")
+    for name in NOTEBOOKS.values():  # every stage notebook carries the same cell right after its parameters
+        nb = nbformat.read(str(ROOT / "notebooks" / name), as_version=4)
+        i = next(k for k, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+        assert nb.cells[i + 1].source == BOOTSTRAP and "project_source" in nb.cells[i].source
+
+
+def test_a_run_folder_uploads_to_an_fsspec_url(tmp_path):
+    import fsspec
+
+    from medqlora.colab import upload
+
+    run = fake_run(tmp_path / "u", "u", (0.05, 0.02, 0.08))
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "big.bin").write_bytes(b"x" * 10)
+    assert upload(run, "memory://out/u") == 5
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/out/u/results/evaluate.json") and not fs.exists("/out/u/checkpoints/big.bin")
+    with fs.open("/out/u/summary.json") as f:
+        assert json.load(f)["run_id"] == "u"
