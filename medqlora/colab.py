@@ -137,6 +137,11 @@ def run_prepared(output_url: str, run_id: str, stages: list[str], local_reports:
     run_path = Path(local_reports) / run_id
     run_path.mkdir(parents=True, exist_ok=True)
     fs.get_file(f"{root}/config.yaml", str(run_path / "config.yaml"))
+    notebooks = Path(local_reports) / "_notebooks"  # the prepared stage notebooks: a pip install has none
+    notebooks.mkdir(exist_ok=True)
+    for name in NOTEBOOKS.values():
+        fs.get_file(f"{root}/{name}", str(notebooks / name))
+    runner.NOTEBOOK_DIR = notebooks
     code = runner.main(["--reports-dir", local_reports, "--resume", run_id, "--stages", ",".join(stages)]
                        if (run_path / "summary.json").exists() else
                        [str(run_path / "config.yaml"), "--reports-dir", local_reports, "--run-id", run_id,

@@ -23,7 +23,8 @@ from .config import ConfigError, RunConfig, changed_keys, check_inputs, load_con
 from .rundir import NOTEBOOKS, STAGES, RunDir, read_json, write_json
 
 PROJECT = Path(__file__).resolve().parent.parent
-NOTEBOOK_DIR = PROJECT / "notebooks"
+# An installed wheel has no notebooks/: the Colab Enterprise driver points this at the prepared ones.
+NOTEBOOK_DIR = Path(os.environ.get("MEDQLORA_NOTEBOOK_DIR", PROJECT / "notebooks"))
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 

@@ -170,3 +170,30 @@ def test_a_run_folder_uploads_to_an_fsspec_url(tmp_path):
     assert fs.exists("/out/u/results/evaluate.json") and not fs.exists("/out/u/checkpoints/big.bin")
     with fs.open("/out/u/summary.json") as f:
         assert json.load(f)["run_id"] == "u"
+
+
+def test_driver_runs_the_prepared_chain_locally_and_copies_the_run_back(tmp_path, tiny_model_dir, sample_data,
+                                                                        monkeypatch):
+    """run_prepared (the driver's one cell): config and prepared notebooks come down, the chain runs on them, the
+    run folder goes back up even when the chain failed."""
+    import fsspec
+
+    from medqlora import colab
+
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
+    assert runner.main([str(params), "--prepare-only", "--reports-dir", "memory://bucket/drv", "--run-id", "r2"]) == 0
+    calls = []
+
+    def fake_main(argv):
+        calls.append(argv)
+        run = Path(argv[argv.index("--reports-dir") + 1]) / "r2"
+        assert sorted(p.name for p in runner.NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS.values())
+        (run / "summary.json").write_text(json.dumps({"run_id": "r2", "status": "failed"}))
+        return 1
+
+    monkeypatch.setattr(runner, "main", fake_main)
+    monkeypatch.setattr(runner, "NOTEBOOK_DIR", runner.NOTEBOOK_DIR)  # restored after the test
+    code = colab.run_prepared("memory://bucket/drv/r2", "r2", list(STAGES), str(tmp_path / "local"))
+    assert code == 1 and calls[0][1:3] == ["--reports-dir", str(tmp_path / "local")]
+    with fsspec.filesystem("memory").open("/bucket/drv/r2/summary.json") as f:
+        assert json.load(f)["status"] == "failed"

@@ -1,0 +1,168 @@
+"""Several runs side by side (a batch, or any run folders): one row per run with its base model, data, effective
+settings, training cost, and every eval set's metrics base against fine-tuned with 95% intervals.
+
+A change counts as a win (or a loss) only when its paired-bootstrap interval excludes zero; the best run per
+metric is marked among the runs whose change is a win.
+    python runner.py compare reports/<run_a> reports/<run_b> ...
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRICS = ("rougeL", "rouge1", "accuracy", "looping", "hit_token_limit")
+LOWER_IS_BETTER = {"looping", "hit_token_limit"}
+
+
+def _read(p: Path):
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_run(folder: str | Path) -> dict:
+    """What a comparison needs from one run folder; a run that failed or never evaluated still gets its row."""
+    folder = Path(folder)
+    s = _read(folder / "summary.json") or {}
+    train = _read(folder / "results" / "train.json") or {}
+    ev = _read(folder / "results" / "evaluate.json") or {}
+    prep = _read(folder / "results" / "preprocess.json") or {}
+    cfg = {}
+    if (folder / "config.yaml").is_file():
+        import yaml
+
+        cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    failed = next((x for x in s.get("stages", []) if x.get("status") != "ok"), None)
+    return {"run": folder.name, "path": str(folder.resolve()), "status": s.get("status", "missing"),
+            "failed_stage": failed and f"{failed['name']}: {failed.get('error')}",
+            "model": s.get("model") or (cfg.get("model") or {}).get("name_or_path"),
+            "data": (cfg.get("data") or {}).get("source"), "train_examples": (prep.get("kept") or {}).get("train"),
+            "settings": train.get("effective_settings") or {}, "lora_r": (cfg.get("lora") or {}).get("r"),
+            "train_seconds": train.get("seconds"),
+            "tokens_per_s": round(prep["train_tokens"] * train["epochs"] / train["seconds"])  # tokens trained / s
+            if prep.get("train_tokens") and train.get("epochs") and train.get("seconds") else None,
+            "peak_gb": max((s.get("memory_peaks_gb") or {"-": train.get("peak_memory_gb") or 0}).values(), default=None),
+            "final_loss": train.get("final_loss"), "sets": ev.get("sets", {}),
+            "notebooks": sorted(str(p) for p in folder.glob("0*.ipynb")),
+            "report": str(folder / "report.html") if (folder / "report.html").is_file() else None,
+            "tensorboard": str(folder / "tensorboard") if (folder / "tensorboard").is_dir() else None}
+
+
+def load_runs(folders) -> list[dict]:
+    return [load_run(f) for f in folders]
+
+
+def runs_table(runs: list[dict]):
+    """One row per run: what it was and what it cost."""
+    import pandas as pd
+
+    rows = []
+    for r in runs:
+        st = r["settings"]
+        rows.append({"run": r["run"], "status": r["status"] + (f" ({r['failed_stage']})" if r["failed_stage"] else ""),
+                     "base model": r["model"], "data": r["data"], "train examples": r["train_examples"],
+                     "LoRA r": r["lora_r"],
+                     "micro-batch x accumulation": f"{st.get('micro_batch_size')} x {st.get('gradient_accumulation')}"
+                     if st else "", "max_seq_length": st.get("max_seq_length"),
+                     "train s": r["train_seconds"], "tokens/s": r["tokens_per_s"], "peak GiB": r["peak_gb"],
+                     "final loss": r["final_loss"]})
+    return pd.DataFrame(rows)
+
+
+def metric_rows(runs: list[dict]) -> list[dict]:
+    """Every (run, eval set, metric): base, fine-tuned, the change with its interval, and a verdict."""
+    rows = []
+    for r in runs:
+        for name, st in r["sets"].items():
+            m, ch = st["metrics"], st.get("changes", {})
+            for k in METRICS:
+                b, f = m["base"].get(k), m["finetuned"].get(k)
+                if b is None or f is None or (k == "accuracy" and not m["base"].get("n_choice")) or (
+                        k.startswith("rouge") and not m["base"].get("n_freetext")):
+                    continue
+                c = (ch.get(k) or {}).get("change") or {}
+                lo, hi = (c.get("ci95") or [None, None])
+                if lo is None:
+                    verdict = "no interval"
+                elif lo > 0 or hi < 0:
+                    better = (hi < 0) if k in LOWER_IS_BETTER else (lo > 0)
+                    verdict = "better" if better else "worse"
+                else:
+                    verdict = "no clear difference"
+                rows.append({"run": r["run"], "eval set": name, "metric": k, "items": st["n_items"], "base": b,
+                             "fine-tuned": f, "change": f - b, "ci95": (lo, hi), "verdict": verdict})
+    best = {}
+    for row in rows:  # best fine-tuned value per (set, metric), among changes that are real improvements
+        if row["verdict"] != "better":
+            continue
+        key = (row["eval set"], row["metric"])
+        sign = -1 if row["metric"] in LOWER_IS_BETTER else 1
+        if key not in best or sign * row["fine-tuned"] > sign * best[key]["fine-tuned"]:
+            best[key] = row
+    for row in rows:
+        row["best"] = best.get((row["eval set"], row["metric"])) is row
+    return rows
+
+
+def metrics_table(runs: list[dict]):
+    """Runs x metrics per eval set, 'base -> fine-tuned (change [interval])', the best real improvement in bold."""
+    import pandas as pd
+
+    rows = metric_rows(runs)
+    if not rows:
+        return pd.DataFrame({"metrics": ["no run has evaluation results"]})
+
+    def cell(r):
+        lo, hi = r["ci95"]
+        ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None else ""
+        mark = " ★ best" if r["best"] else ""
+        return f"{r['base']:.3f} → {r['fine-tuned']:.3f} ({r['change']:+.3f}{ci}) {r['verdict']}{mark}"
+
+    df = pd.DataFrame([{"eval set": r["eval set"], "metric": r["metric"], "run": r["run"], "cell": cell(r)}
+                       for r in rows])
+    table = df.pivot_table(index=["eval set", "metric"], columns="run", values="cell", aggfunc="first").fillna("")
+    return table.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap"}).map(
+        lambda v: "font-weight: bold" if "★" in str(v) else "")
+
+
+def links_table(runs: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame([{"run": r["run"], "report": r["report"] or "(none yet)",
+                          "notebooks": "\n".join(r["notebooks"]), "tensorboard logs": r["tensorboard"] or ""}
+                         for r in runs]).style.hide(axis="index").set_properties(
+        **{"text-align": "left", "white-space": "pre-wrap"})
+
+
+def plot(runs: list[dict], path: Path, metric: str = "rougeL"):
+    """The change in one metric per run and eval set, with its 95% interval (zero marked)."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in metric_rows(runs) if r["metric"] == metric and r["ci95"][0] is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * max(len(rows), 1)))
+    for i, r in enumerate(rows):
+        lo, hi = r["ci95"]
+        ax.errorbar(r["change"], i, xerr=[[r["change"] - lo], [hi - r["change"]]], fmt="o", capsize=4,
+                    color={"better": "tab:green", "worse": "tab:red"}.get(r["verdict"], "tab:gray"))
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [f"{r['run']} / {r['eval set']}" for r in rows])
+    ax.set_xlabel(f"{metric}: fine-tuned − base (95% paired bootstrap interval)")
+    ax.set_title(f"{metric} change per run" if rows else f"no {metric} results")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return fig
+
+
+def summary_md(runs: list[dict]) -> str:
+    """The batch summary: each run with its status and headline change."""
+    lines = ["| run | status | model | train s | held-out change |", "|---|---|---|---|---|"]
+    by_run = {}
+    for r in metric_rows(runs):
+        if r["eval set"] == "held-out" and r["metric"] in ("rougeL", "accuracy"):
+            by_run.setdefault(r["run"], []).append(f"{r['metric']} {r['change']:+.3f} ({r['verdict']})")
+    for r in runs:
+        status = r["status"] + (f": {r['failed_stage']}" if r["failed_stage"] else "")
+        lines.append(f"| {r['run']} | {status} | {r['model']} | {r['train_seconds'] or ''} | "
+                     f"{'; '.join(by_run.get(r['run'], [])) or 'n/a'} |")
+    return "\n".join(lines) + "\n"

