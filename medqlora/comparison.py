@@ -35,6 +35,7 @@ def load_run(folder: str | Path) -> dict:
         cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
     failed = next((x for x in s.get("stages", []) if x.get("status") != "ok"), None)
     return {"run": folder.name, "path": str(folder.resolve()), "status": s.get("status", "missing"),
+            "rerun_of": Path(s["rerun_of"]).name if s.get("rerun_of") else None,
             "failed_stage": failed and f"{failed['name']}: {failed.get('error')}",
             "model": s.get("model") or (cfg.get("model") or {}).get("name_or_path"),
             "data": (cfg.get("data") or {}).get("source"), "train_examples": (prep.get("kept") or {}).get("train"),
@@ -61,6 +62,7 @@ def runs_table(runs: list[dict]):
     for r in runs:
         st = r["settings"]
         rows.append({"run": r["run"], "status": r["status"] + (f" ({r['failed_stage']})" if r["failed_stage"] else ""),
+                     "rerun of": r["rerun_of"] or "",
                      "base model": r["model"], "data": r["data"], "train examples": r["train_examples"],
                      "LoRA r": r["lora_r"],
                      "micro-batch x accumulation": f"{st.get('micro_batch_size')} x {st.get('gradient_accumulation')}"

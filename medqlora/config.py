@@ -92,6 +92,9 @@ class LoraConfig(_Section):
 
 
 class TrainConfig(_Section):
+    report_to: Literal["none", "tensorboard", "wandb"] = Field(
+        "none", description="Experiment tracking: tensorboard (event files in the run folder's tensorboard/; "
+        "%tensorboard --logdir works in Colab) or wandb (key from WANDB_API_KEY in the environment, never params).")
     epochs: float = Field(1.0, gt=0, description="Passes over the training split.")
     max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
@@ -258,7 +261,7 @@ class RunConfig(_Section):
 # Settings that change no stage's output: display, logging, checkpoint bookkeeping and where caches live
 # (a run's saved config.yaml holds cache_dir spelled out, so comparing it would call every resume stale).
 _NO_EFFECT = {"model": {"cache_dir"}, "train": {"logging_steps", "save_steps", "save_total_limit",
-                                                "gradient_checkpointing"}, "eval": {"show_examples"}}
+                                                "gradient_checkpointing", "report_to"}, "eval": {"show_examples"}}
 _SETUP_KEYS = {"name_or_path", "gguf_file", "backend", "load_in_4bit"}
 # Sections each stage reads, cumulatively: a stage's output also depends on everything before it.
 _STAGE_SECTIONS = {"setup": ["model"], "preprocess": ["model", "data"], "train": ["model", "data", "lora", "train"],
@@ -424,6 +427,22 @@ def is_local_path(source: str, base: Path | None = None) -> bool:
             or (Path(base or Path.cwd()) / source).exists())
 
 
+def _check_tracking(report_to: str) -> list[str]:
+    """train.report_to needs its package (and, for wandb, a key in the environment or offline mode)."""
+    import os
+
+    if report_to == "tensorboard" and not (importlib.util.find_spec("tensorboard")
+                                           or importlib.util.find_spec("tensorboardX")):
+        return ["train.report_to: tensorboard needs the tensorboard package; run 'pip install tensorboard'"]
+    if report_to == "wandb":
+        if importlib.util.find_spec("wandb") is None:
+            return ["train.report_to: wandb needs the wandb package; run 'pip install wandb'"]
+        if not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") not in ("offline", "disabled"):
+            return ["train.report_to: wandb needs WANDB_API_KEY in the environment (never in params), or "
+                    "WANDB_MODE=offline to log locally"]
+    return []
+
+
 def check_inputs(cfg: RunConfig) -> list[str]:
     """Problems that would make a stage fail, found without loading anything heavy."""
     problems = []
@@ -455,6 +474,7 @@ def check_inputs(cfg: RunConfig) -> list[str]:
         elif m.gguf_file and not (p / m.gguf_file).is_file():
             problems.append(f"model.gguf_file: {m.gguf_file} not found in {p}")
     problems += _check_optimizer(cfg.train.optimizer)
+    problems += _check_tracking(cfg.train.report_to)
     for key, url in (("data.source", cfg.data.source), ("data.eval_source", cfg.data.eval_source),
                      ("export.destination", cfg.export.destination)):
         if url and "://" in url:

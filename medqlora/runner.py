@@ -45,6 +45,10 @@ def parse_args(argv=None):
     p.add_argument("--fail-fast", action="store_true", help="stop the batch at the first failed run")
     p.add_argument("--verbose", action="store_true", help="show every notebook output line (the full log is always "
                    "in each run folder's run.log)")
+    p.add_argument("--rerun", metavar="RUN_DIR", help="start a new run from a finished run's own config.yaml "
+                   "(resolved settings, seeds, data paths); the comparison shows both")
+    p.add_argument("--gpus", help="run the batch's runs in parallel, one per GPU: '0,1' or 'all' (queued when runs "
+                   "outnumber GPUs)")
     p.add_argument("--prepare-only", action="store_true",
                    help="write each run's notebooks with their parameters injected, plus a driver notebook that runs "
                    "the whole chain, to --reports-dir (a folder or gs://...): for Colab Enterprise; nothing executes")
@@ -149,7 +153,8 @@ class Summary:
                      "model": cfg.model.name_or_path + (f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else ""),
                      "run_dir": str(run.path), "started": old.get("started") or datetime.now().isoformat(timespec="seconds"),
                      "stages": old.get("stages", []), "data": None, "train": None, "metrics": None,
-                     "artifacts": {"adapter_dir": None}, "error": None}
+                     "artifacts": {"adapter_dir": None}, "error": None,
+                     "rerun_of": old.get("rerun_of"), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     def stage(self, name: str) -> dict | None:
         return next((s for s in self.data["stages"] if s["name"] == name), None)
@@ -387,6 +392,75 @@ def batch_summary(folders: list[Path], reports: Path, codes: list[int]) -> Path:
     return out
 
 
+def write_environment(run: RunDir, params_file: str, argv: list[str], rerun_of: str | None) -> None:
+    """environment.json: what it takes to rerun this run exactly (with config.yaml beside it: every setting,
+    seeds included, as resolved; the data fingerprint is in results/preprocess.json)."""
+    import platform
+
+    from .export import git_commit
+    from .system import versions
+
+    write_json(run / "environment.json", {
+        "command": [sys.executable, "runner.py", *argv], "params_file": params_file, "rerun_of": rerun_of,
+        "git_commit": git_commit(), "python": sys.version.split()[0], "platform": platform.platform(),
+        "versions": versions(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "started": datetime.now().isoformat(timespec="seconds")})
+
+
+def gpu_ids(arg: str) -> list[str]:
+    if arg.strip() == "all":
+        import torch
+
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ConfigError("--gpus all: no CUDA GPU is visible")
+        return [str(i) for i in range(n)]
+    ids = [g.strip() for g in arg.split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids):
+        raise ConfigError(f"--gpus {arg!r}: give GPU indices like 0,1 or 'all'")
+    return ids
+
+
+def run_parallel(jobs: list[tuple[RunConfig, str]], gpus: list[str], reports: Path, argv_common: list[str],
+                 run_ids: list[str]) -> list[int]:
+    """One child runner per run, CUDA_VISIBLE_DEVICES set to its GPU, at most one run per GPU at a time; the
+    terminal gets a combined line from the runs' summary.json files, each child's output its run folder."""
+    import subprocess
+
+    queue = list(zip(run_ids, [f for _, f in jobs]))
+    running: dict[str, tuple] = {}
+    codes: dict[str, int] = {}
+    t0, last = time.time(), ""
+    while queue or running:
+        for gpu in gpus:
+            if gpu not in running and queue:
+                run_id, f = queue.pop(0)
+                (reports / run_id).mkdir(parents=True, exist_ok=True)
+                log = open(reports / run_id / "terminal.log", "w")
+                proc = subprocess.Popen([sys.executable, str(PROJECT / "runner.py"), f, "--run-id", run_id,
+                                         "--reports-dir", str(reports), *argv_common], stdout=log,
+                                        stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
+                running[gpu] = (run_id, proc, log)
+        for gpu, (run_id, proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                codes[run_id] = proc.returncode
+                del running[gpu]
+        parts = []
+        for gpu, (run_id, _, _) in sorted(running.items()):
+            s = reports / run_id / "summary.json"
+            done = len([x for x in (read_json(s).get("stages", []) if s.is_file() else []) if x["status"] == "ok"])
+            parts.append(f"gpu {gpu}: {run_id} stage {min(done + 1, len(STAGES))}/{len(STAGES)}")
+        line = (f"[{len(codes)}/{len(run_ids)} runs done | " + " | ".join(parts) + f" | elapsed {_clock(time.time() - t0)}]")
+        if line.split("| elapsed")[0] != last:
+            print(line, flush=True)
+            last = line.split("| elapsed")[0]
+        time.sleep(1)
+    for run_id in run_ids:
+        print(f"{run_id}: exit {codes[run_id]} (output in {reports / run_id / 'terminal.log'})")
+    return [codes[r] for r in run_ids]
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
@@ -417,6 +491,12 @@ def main(argv=None) -> int:
             if not (run_path / "config.yaml").is_file():
                 raise ConfigError(f"--resume {args.resume}: no run folder with config.yaml at {run_path}")
             jobs = [(validated(run_path / "config.yaml", args.overrides), str(run_path / "config.yaml"))]
+        elif args.rerun:
+            if args.params:
+                raise ConfigError("--rerun takes the earlier run's own config.yaml; give no params files with it")
+            if not (Path(args.rerun) / "config.yaml").is_file():
+                raise ConfigError(f"--rerun {args.rerun}: no run folder with config.yaml there")
+            jobs = [(validated(Path(args.rerun) / "config.yaml", args.overrides), str(Path(args.rerun) / "config.yaml"))]
         else:
             files = expand_params(args.params) if args.params else [str(PROJECT / "params" / "default.yaml")]
             if args.run_id and len(files) > 1:
@@ -442,6 +522,19 @@ def main(argv=None) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 return EXIT_INVALID
         return EXIT_OK
+    if args.gpus:
+        try:
+            gpus = gpu_ids(args.gpus)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_INVALID
+        stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+        run_ids = [f"{cfg.run_name}-{stamp}-{i}" for i, (cfg, _) in enumerate(jobs, start=1)]
+        common = [a for o in args.overrides for a in ("--set", o)] + (["--stages", args.stages] if args.stages else [])
+        codes = run_parallel(jobs, gpus, reports, common, run_ids)
+        if len(jobs) > 1:
+            batch_summary([reports / r for r in run_ids], reports, codes)
+        return max(codes)
     progress = Progress(len(jobs), len(stages))
     codes, folders = [], []
     for i, (cfg, f) in enumerate(jobs, start=1):
@@ -453,6 +546,11 @@ def main(argv=None) -> int:
             return EXIT_INVALID
         run = RunDir(run_path)
         save_config(cfg, run.config_path)
+        rerun_of = str(Path(args.rerun).resolve()) if args.rerun else None
+        if not args.resume:
+            write_environment(run, f, argv, rerun_of)
+            if rerun_of:
+                write_json(run / "summary.json", {"run_id": run_id, "rerun_of": rerun_of, "stages": []})
         codes.append(execute(cfg, run, run_id, stages, f, bool(args.resume), progress, i))
         folders.append(run_path)
         if codes[-1] != EXIT_OK and args.fail_fast and i < len(jobs):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -195,6 +196,8 @@ def sft_config(cfg: RunConfig, run: RunDir):
 
     t = cfg.train
     dtype = M.compute_dtype(cfg.model)
+    if t.report_to == "tensorboard":  # transformers 5 reads the event-file folder from the environment only
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
     return SFTConfig(
         output_dir=str(run / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation,
@@ -207,7 +210,7 @@ def sft_config(cfg: RunConfig, run: RunDir):
         gradient_checkpointing=t.gradient_checkpointing and not cfg.model.load_in_4bit,
         max_length=cfg.model.max_seq_length, packing=t.packing,
         train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
-        report_to=[], disable_tqdm=True, dataset_num_proc=None, remove_unused_columns=True)
+        report_to=[] if t.report_to == "none" else [t.report_to], run_name=run.path.name, disable_tqdm=True, dataset_num_proc=None, remove_unused_columns=True)
 
 
 class StopOnNonFiniteLoss(TrainerCallback):

@@ -197,3 +197,67 @@ def test_driver_runs_the_prepared_chain_locally_and_copies_the_run_back(tmp_path
     assert code == 1 and calls[0][1:3] == ["--reports-dir", str(tmp_path / "local")]
     with fsspec.filesystem("memory").open("/bucket/drv/r2/summary.json") as f:
         assert json.load(f)["status"] == "failed"
+
+
+def test_rerun_starts_a_new_run_from_the_old_runs_config(tmp_path, monkeypatch, tiny_model_dir, sample_data):
+    monkeypatch.setattr(runner, "run_stage", lambda stage, run: ("ok", 0.1, None))
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
+    reports = tmp_path / "reports"
+    assert runner.main([str(params), "--reports-dir", str(reports), "--run-id", "first"]) == 0
+    env = json.loads((reports / "first" / "environment.json").read_text())
+    assert env["versions"]["transformers"] and env["git_commit"] and env["rerun_of"] is None
+    assert runner.main(["--rerun", str(reports / "first"), "--reports-dir", str(reports), "--run-id", "again"]) == 0
+    assert (reports / "again" / "config.yaml").read_text() == (reports / "first" / "config.yaml").read_text()
+    s = json.loads((reports / "again" / "summary.json").read_text())
+    assert s["rerun_of"] == str((reports / "first").resolve()) and s["status"] == "ok"
+    assert comparison.runs_table(comparison.load_runs([reports / "first", reports / "again"]))["rerun of"].tolist() \
+        == ["", "first"]
+
+
+def test_gpus_runs_the_batch_in_parallel_one_run_per_device(tmp_path, tiny_model_dir, sample_data):
+    """On this CPU machine the devices are only CUDA_VISIBLE_DEVICES values: what is checked is the queue, the
+    assignment and the combined progress (a two-GPU run is reported from the GPU machine)."""
+    import subprocess
+    import sys
+
+    params = []
+    for name in ("p1", "p2", "p3"):
+        (tmp_path / name).mkdir()
+        p = tiny_params(tmp_path / name, tiny_model_dir, *sample_data)
+        p.write_text(p.read_text().replace("run_name: tiny", f"run_name: {name}"))
+        params.append(str(p))
+    reports = tmp_path / "reports"
+    r = subprocess.run([sys.executable, "runner.py", *params, "--gpus", "0,1", "--stages", "setup", "--reports-dir",
+                        str(reports)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(reports.glob("p*/summary.json"))]
+    assert [s["status"] for s in summaries] == ["partial"] * 3  # only setup was asked for
+    assert [s["gpu"] for s in summaries] == ["0", "1", "0"], "the third run waited for the first GPU"
+    assert "gpu 0: p1-" in r.stdout and "gpu 1: p2-" in r.stdout and "3/3 runs done" not in r.stderr
+    assert next(reports.glob("batch-*/batch.md")).is_file()
+    bad = subprocess.run([sys.executable, "runner.py", params[0], "--gpus", "x"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "give GPU indices" in bad.stderr
+
+
+def test_report_to_reaches_the_trainer_and_a_missing_package_is_said_up_front(tmp_path, tiny_model_dir, sample_data,
+                                                                              monkeypatch):
+    import importlib.util
+
+    from medqlora import train as T
+    from medqlora.config import check_inputs, load_config
+
+    cfg = load_config(tiny_params(tmp_path, tiny_model_dir, *sample_data, train={"report_to": "tensorboard"}))
+    run = RunDir(tmp_path / "run")
+    args = T.sft_config(cfg, run)
+    assert args.report_to == ["tensorboard"] and args.run_name == "run"
+    assert __import__("os").environ["TENSORBOARD_LOGGING_DIR"] == str(run / "tensorboard")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n.startswith("tensorboard") else real(n, *a))
+    assert "pip install tensorboard" in " ".join(check_inputs(cfg))
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    cfg.train.report_to = "wandb"
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    problems = " ".join(check_inputs(cfg))
+    assert "wandb" in problems and ("WANDB_API_KEY" in problems or "pip install wandb" in problems)
