@@ -110,6 +110,32 @@ def base_model_config(ref: str) -> dict | None:
         return None
 
 
+def base_model_revision(ref: str, model_cfg=None) -> dict:
+    """Which exact base weights were used, when that can be known offline: the hub snapshot's commit (from the
+    local cache), or for a local folder / GGUF file a fingerprint of its files' names, sizes and times."""
+    import re
+
+    p = Path(ref)
+    if model_cfg is not None and model_cfg.gguf_file:
+        from .model import converted_folder
+
+        src, _ = converted_folder(model_cfg)
+        p = src
+    if not p.exists():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(ref, "config.json")
+        except Exception:  # noqa: BLE001  (an unusual id must not fail the export)
+            cached = None
+        m = re.search(r"snapshots/([0-9a-f]{40})", str(cached or ""))
+        return {"hub_revision": m.group(1)} if m else {"hub_revision": None, "note": "not in the local hub cache"}
+    files = sorted(f for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    listing = "\n".join(f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files)
+    return {"local_fingerprint": hashlib.sha256(listing.encode()).hexdigest()[:16], "files": len(files),
+            "bytes": sum(f.stat().st_size for f in files)}
+
+
 def export(cfg: RunConfig, run: RunDir) -> dict:
     """Assemble run/export atomically: adapter + tokenizer, config, metadata, card, manifest; then verify."""
     train = run.result("train")
@@ -125,7 +151,8 @@ def export(cfg: RunConfig, run: RunDir) -> dict:
     write_json(tmp / "training_metadata.json", {
         "run_name": cfg.run_name, "run_dir": str(run.path), "config": cfg.model_dump(mode="json"),
         "versions": versions(), "python": sys.version.split()[0], "git_commit": git_commit(),
-        "base_model": {"reference": train["base_model"], "config": base_model_config(train["base_model"])},
+        "base_model": {"reference": train["base_model"], "config": base_model_config(train["base_model"]),
+                       "revision": base_model_revision(train["base_model"], cfg.model)},
         "data": {k: prep[k] for k in ("format", "fingerprint", "kept", "dropped", "train_tokens")},
         "training": {k: v for k, v in train.items() if k != "losses"}})
     (tmp / "adapter" / "README.md").write_text(model_card(cfg, train, prep))

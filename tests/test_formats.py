@@ -51,6 +51,8 @@ def test_merged_and_gguf_exported_checked_and_in_the_manifest(trained_run):
     assert E.verify(run.export_dir) == []
     assert not (run / "merged.scratch").exists()
     assert "PASSED" in E.formats_table(result).to_html()
+    meta = json.loads((run.export_dir / "training_metadata.json").read_text())
+    assert len(meta["base_model"]["revision"]["local_fingerprint"]) == 16, "which base weights, when knowable"
 
 
 def test_merged_model_greedy_answers_equal_the_adapters(trained_run, tmp_path):
