@@ -92,17 +92,26 @@ class QuietNotebookOutput(logging.Filter):
 
 
 class Progress:
-    """The batch's one-line position: run i of n, stage j of 5, elapsed, ETA from the stages finished so far."""
+    """The batch's one-line position: run i of n, stage j of 5, elapsed, and an ETA from each stage's mean duration
+    in the runs finished so far (stages differ by minutes, so none is guessed before one run has finished)."""
 
     def __init__(self, n_runs: int, n_stages: int):
-        self.n_runs, self.n_stages, self.t0, self.done = n_runs, n_stages, time.time(), 0
+        self.n_runs, self.n_stages, self.t0, self.verbose = n_runs, n_stages, time.time(), False
+        self.seconds: dict[str, list[float]] = {}
 
-    def line(self, run_i: int, run_id: str, stage_j: int, stage: str) -> str:
-        el = time.time() - self.t0
-        left = self.n_runs * self.n_stages - self.done
-        eta = f"{_clock(el / self.done * left)}" if self.done else "after the first stage"
-        return (f"[run {run_i}/{self.n_runs} {run_id} | stage {stage_j}/{self.n_stages} {stage} | elapsed "
-                f"{_clock(el)} | ETA {eta}]")
+    def record(self, stage: str, seconds: float) -> None:
+        self.seconds.setdefault(stage, []).append(seconds)
+
+    def line(self, run_i: int, run_id: str, stage_j: int, stage: str, stages: list[str] | None = None) -> str:
+        stages = stages or STAGES
+        left = stages[stage_j - 1:]
+        if all(self.seconds.get(s) for s in stages):
+            mean = {s: sum(v) / len(v) for s, v in self.seconds.items()}
+            eta = _clock(sum(mean[s] for s in left) + (self.n_runs - run_i) * sum(mean[s] for s in stages))
+        else:
+            eta = "after the first run" if self.n_runs > 1 else "see the stage's own progress"
+        return (f"[run {run_i}/{self.n_runs} {run_id} | stage {stage_j}/{len(stages)} {stage} | elapsed "
+                f"{_clock(time.time() - self.t0)} | ETA {eta}]")
 
 
 def _clock(seconds: float) -> str:
@@ -232,11 +241,40 @@ def readable(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_stage(stage: str, run: RunDir) -> tuple[str, float, str | None]:
+def run_stage(stage: str, run: RunDir, verbose: bool = False) -> tuple[str, float, str | None]:
     import papermill as pm
 
     out = run / NOTEBOOKS[stage]
     t0 = time.time()
+    with kernel_stderr_to(None if verbose else run / "run.log"):
+        return _run_stage(pm, stage, run, out, t0)
+
+
+def kernel_stderr_to(path: Path | None):
+    """Send what the kernel process writes to stderr (its startup warnings, library chatter) to the run log:
+    the kernel inherits file descriptor 2, so it is redirected at that level for the stage's duration."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def redirect():
+        if path is None:
+            yield
+            return
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with open(path, "a") as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+
+    return redirect()
+
+
+def _run_stage(pm, stage: str, run: RunDir, out: Path, t0: float) -> tuple[str, float, str | None]:
     try:
         pm.execute_notebook(str(NOTEBOOK_DIR / NOTEBOOKS[stage]), str(out),
                             parameters={"config_path": str(run.config_path), "run_dir": str(run.path)},
@@ -320,12 +358,11 @@ def _execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params
         aside = set_aside(run, summary, [s for s in STAGES if STAGES.index(s) >= STAGES.index(first)])
         print(f"{run_id}: resuming at stage {first}" + (f" (earlier outputs of redone stages in {aside})" if aside else ""))
     summary.save()
-    progress.n_stages = len(stages)
     for j, stage in enumerate(stages, start=1):
-        print(f"\n{progress.line(run_i, run_id, j, stage)}\n=== {run_id}: {stage} -> {run / NOTEBOOKS[stage]}",
-              flush=True)
-        status, seconds, error = run_stage(stage, run)
-        progress.done += 1
+        print(f"\n{progress.line(run_i, run_id, j, stage, stages)}\n=== {run_id}: {stage} -> "
+              f"{run / NOTEBOOKS[stage]}", flush=True)
+        status, seconds, error = run_stage(stage, run, progress.verbose)
+        progress.record(stage, seconds)
         summary.record(stage, status, seconds, run / NOTEBOOKS[stage], error,
                        stage_inputs(cfg, stage) if status == "ok" else None)
         print(f"=== {stage}: {status} in {seconds:.1f} s" + (f": {error}" if error else ""), flush=True)
@@ -470,8 +507,9 @@ def main(argv=None) -> int:
     if not args.verbose:
         for h in logging.getLogger().handlers:
             h.addFilter(QuietNotebookOutput())
-    for noisy in ("traitlets", "papermill.translators", "asyncio"):
+    for noisy in ("papermill.translators", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's notes on the HTML export (alt text)
     # bitsandbytes asks for the hub-hosted 'kernels' CPU gemm, which offline machines cannot fetch; it falls back.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # Notes from validation (a renamed key, an eval set replaced) read as notes, not as Python warnings
@@ -536,6 +574,7 @@ def main(argv=None) -> int:
             batch_summary([reports / r for r in run_ids], reports, codes)
         return max(codes)
     progress = Progress(len(jobs), len(stages))
+    progress.verbose = args.verbose
     codes, folders = [], []
     for i, (cfg, f) in enumerate(jobs, start=1):
         run_id = args.resume or args.run_id or f"{cfg.run_name}-{datetime.now():%Y%m%d-%H%M%S}"

@@ -11,6 +11,17 @@ from medqlora.colab import BOOTSTRAP
 from medqlora.rundir import NOTEBOOKS, STAGES, RunDir
 
 
+def named_params(tmp_path, model_dir, sample_data, *names) -> list[str]:
+    """One tiny params file per name, each in its own folder, with run_name = name."""
+    out = []
+    for name in names:
+        (tmp_path / name).mkdir()
+        p = tiny_params(tmp_path / name, model_dir, *sample_data)
+        p.write_text(p.read_text().replace("run_name: tiny", f"run_name: {name}"))
+        out.append(str(p))
+    return out
+
+
 def fake_run(folder: Path, name: str, rouge_change: tuple, status: str = "ok", failed_stage: str | None = None):
     """A run folder as the runner leaves it: config, summary, train and evaluate results."""
     folder.mkdir(parents=True)
@@ -62,15 +73,10 @@ def test_comparison_marks_only_real_improvements_and_keeps_failed_runs(tmp_path)
 
 def test_batch_continues_past_a_failed_run_and_builds_summary_and_comparison(tmp_path, monkeypatch, tiny_model_dir,
                                                                             sample_data):
-    params = []
-    for name in ("one", "two", "three"):
-        (tmp_path / name).mkdir()
-        p = tiny_params(tmp_path / name, tiny_model_dir, *sample_data)
-        p.write_text(p.read_text().replace("run_name: tiny", f"run_name: {name}"))
-        params.append(str(p))
+    params = named_params(tmp_path, tiny_model_dir, sample_data, "one", "two", "three")
     ran = []
 
-    def fake_stage(stage, run):  # the stage notebooks themselves are tested elsewhere; here: the batch logic
+    def fake_stage(stage, run, verbose=False):  # the stage notebooks themselves are tested elsewhere; here: the batch logic
         ran.append((run.path.name.split("-")[0], stage))
         failed = run.path.name.startswith("two") and stage == "train"
         (run / NOTEBOOKS[stage]).write_text(nbformat.writes(nbformat.v4.new_notebook()))
@@ -200,7 +206,7 @@ def test_driver_runs_the_prepared_chain_locally_and_copies_the_run_back(tmp_path
 
 
 def test_rerun_starts_a_new_run_from_the_old_runs_config(tmp_path, monkeypatch, tiny_model_dir, sample_data):
-    monkeypatch.setattr(runner, "run_stage", lambda stage, run: ("ok", 0.1, None))
+    monkeypatch.setattr(runner, "run_stage", lambda stage, run, verbose=False: ("ok", 0.1, None))
     params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
     reports = tmp_path / "reports"
     assert runner.main([str(params), "--reports-dir", str(reports), "--run-id", "first"]) == 0
@@ -216,16 +222,11 @@ def test_rerun_starts_a_new_run_from_the_old_runs_config(tmp_path, monkeypatch, 
 
 def test_gpus_runs_the_batch_in_parallel_one_run_per_device(tmp_path, tiny_model_dir, sample_data):
     """On this CPU machine the devices are only CUDA_VISIBLE_DEVICES values: what is checked is the queue, the
-    assignment and the combined progress (a two-GPU run is reported from the GPU machine)."""
+    assignment and the combined progress; running on two real GPUs is a check for the GPU machine."""
     import subprocess
     import sys
 
-    params = []
-    for name in ("p1", "p2", "p3"):
-        (tmp_path / name).mkdir()
-        p = tiny_params(tmp_path / name, tiny_model_dir, *sample_data)
-        p.write_text(p.read_text().replace("run_name: tiny", f"run_name: {name}"))
-        params.append(str(p))
+    params = named_params(tmp_path, tiny_model_dir, sample_data, "p1", "p2", "p3")
     reports = tmp_path / "reports"
     r = subprocess.run([sys.executable, "runner.py", *params, "--gpus", "0,1", "--stages", "setup", "--reports-dir",
                         str(reports)], cwd=ROOT, capture_output=True, text=True, timeout=600)
