@@ -33,6 +33,8 @@ def base_raw():
     raw = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
     for key in ("source", "eval_source"):
         raw["data"][key] = str((ROOT / "params" / raw["data"][key]).resolve())
+    for es in raw.get("eval", {}).get("sets", []):
+        es["source"] = str((ROOT / "params" / es["source"]).resolve())
     return raw
 
 
