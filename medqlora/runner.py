@@ -402,9 +402,10 @@ def compare_report(run_dirs: list[str], out: Path) -> Path:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     nb = out / "compare.ipynb"
-    pm.execute_notebook(str(NOTEBOOK_DIR / "compare.ipynb"), str(nb), cwd=str(PROJECT), progress_bar=False,
-                        parameters={"run_dirs": run_dirs, "out_dir": str(out)},
-                        kernel_name=os.environ.get("MEDQLORA_KERNEL", "python3"))
+    with kernel_stderr_to(out / "compare.log"):
+        pm.execute_notebook(str(NOTEBOOK_DIR / "compare.ipynb"), str(nb), cwd=str(PROJECT), progress_bar=False,
+                            parameters={"run_dirs": run_dirs, "out_dir": str(out)},
+                            kernel_name=os.environ.get("MEDQLORA_KERNEL", "python3"))
     return notebook_html(nb)
 
 
