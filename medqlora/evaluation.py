@@ -1,7 +1,8 @@
 """Stage 5: answers from the base and the fine-tuned model on held-out items, ROUGE and accuracy for both.
 
-Both answer sets come from one 4-bit model with the adapter switched off and on, with the same prompts
-and the same greedy decoding, so the only difference is the adapter.
+Both answer sets come from one model with the adapter switched off and on (or, with eval.merge, merged into the
+dequantized base for the fine-tuned pass), with the same prompts and the same greedy decoding, so the only
+difference is the adapter.
 """
 from __future__ import annotations
 
