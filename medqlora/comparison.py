@@ -128,13 +128,23 @@ def metrics_table(runs: list[dict]):
         lambda v: "font-weight: bold" if "★" in str(v) else "")
 
 
-def links_table(runs: list[dict]):
+def links_table(runs: list[dict], from_dir: str | Path | None = None):
+    """Each run's report.html, notebooks and training logs, as links relative to the comparison's folder (so
+    they work in its HTML export and when the folders move together)."""
+    import os
+
     import pandas as pd
 
-    return pd.DataFrame([{"run": r["run"], "report": r["report"] or "(none yet)",
-                          "notebooks": "\n".join(r["notebooks"]), "tensorboard logs": r["tensorboard"] or ""}
-                         for r in runs]).style.hide(axis="index").set_properties(
-        **{"text-align": "left", "white-space": "pre-wrap"})
+    def link(path: str | None, text: str | None = None) -> str:
+        if not path:
+            return ""
+        href = os.path.relpath(path, from_dir) if from_dir else path
+        return f'<a href="{href}">{text or Path(path).name}</a>'
+
+    return pd.DataFrame([{"run": r["run"], "report": link(r["report"]) or "(none yet)",
+                          "notebooks": " · ".join(link(n) for n in r["notebooks"]),
+                          "tensorboard logs": link(r["tensorboard"], "tensorboard/")}
+                         for r in runs]).style.hide(axis="index").set_properties(**{"text-align": "left"})
 
 
 def plot(runs: list[dict], path: Path, metric: str = "rougeL"):
