@@ -246,9 +246,11 @@ def formats_table(result: dict):
     if "merged_16bit" in f:
         m, c = f["merged_16bit"], f["merged_16bit"]["check"]
         rows.append(("merged_16bit", m["dir"], m["bytes"], f"{m['method']}, {m['dtype']}",
-                     f"{'PASSED' if c['passed'] else 'FAILED'}: logits rel. RMSE {c['logits_rel_rmse']:.2e} "
-                     f"(tolerance {c['tolerance']:.0e}), top-1 agreement {c['top1_agreement']:.1%}; greedy answers "
-                     f"identical to the adapter's on {c['identical']}/{c['prompts']} prompts"))
+                     f"{'PASSED' if c['passed'] else 'FAILED'}: logits rel. RMSE {c['logits_rel_rmse']:.2e} against "
+                     f"the adapter model (tolerance {c['tolerance']:.2e}"
+                     + (f" = 1/4 of the base's distance {c['base_vs_adapter_rel_rmse']:.2e}" if "base_vs_adapter_rel_rmse"
+                        in c else "") + f"), top-1 agreement {c['top1_agreement']:.1%}; greedy answers identical on "
+                     f"{c['identical']}/{c['prompts']} prompts"))
     if "gguf" in f:
         g = f["gguf"]
         if "error" in g:
