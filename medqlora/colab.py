@@ -9,7 +9,6 @@ docs/colab-enterprise.md gives the gcloud commands. All remote I/O goes through 
 """
 from __future__ import annotations
 
-import json
 import os
 
 from .config import RunConfig, save_config

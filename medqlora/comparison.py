@@ -43,7 +43,7 @@ def load_run(folder: str | Path) -> dict:
             "train_seconds": train.get("seconds"),
             "tokens_per_s": round(prep["train_tokens"] * train["epochs"] / train["seconds"])  # tokens trained / s
             if prep.get("train_tokens") and train.get("epochs") and train.get("seconds") else None,
-            "peak_gb": max((s.get("memory_peaks_gb") or {"-": train.get("peak_memory_gb") or 0}).values(), default=None),
+            "peak_gb": max(peaks.values()) if (peaks := s.get("memory_peaks_gb")) else train.get("peak_memory_gb"),
             "final_loss": train.get("final_loss"), "sets": ev.get("sets", {}),
             "notebooks": sorted(str(p) for p in folder.glob("0*.ipynb")),
             "report": str(folder / "report.html") if (folder / "report.html").is_file() else None,

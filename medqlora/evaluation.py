@@ -6,6 +6,7 @@ difference is the adapter.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -40,7 +41,8 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
     same prompts are tried again (up to oom_retries times, logged in oom_log)."""
     import torch
 
-    from .train import _free_memory, _is_oom
+    from .system import free_memory
+    from .train import _is_oom
 
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
@@ -66,7 +68,7 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
             except Exception as e:
                 if not _is_oom(e) or batch_size == 1 or len(oom_log) >= oom_retries:
                     raise
-                _free_memory()
+                free_memory(reset_peak=True)
                 oom_log.append({"label": label, "batch_size": [batch_size, batch_size // 2]})
                 print_fn(f"{label}: out of memory at batch {batch_size}; going on at batch {batch_size // 2}")
                 batch_size //= 2
@@ -104,7 +106,7 @@ def use_merge(cfg, ref: str) -> tuple[bool, str]:
         from .model import compute_dtype
 
         shape = memory.model_shape(ref)
-        need = shape.params() * (4 if str(compute_dtype(cfg.model)) == "torch.float32" else 2) / memory.GIB
+        need = shape.params() * compute_dtype(cfg.model).itemsize / memory.GIB
         budget, where = memory.budget_gb(cfg)
         if need > budget / 4:
             return False, f"auto: dequantized weights {need:.1f} GiB > a quarter of {budget:.1f} GiB ({where})"
@@ -177,19 +179,19 @@ def compare(cfg, run, print_fn=print) -> dict:
             t1 = time.time()
             model = model.merge_and_unload()
             print_fn(f"adapter merged into the weights in {time.time() - t1:.1f} s")
-        for name, items, source in chosen:
-            print_fn(f"== {name}: {len(items)} items ({source})")
-            batch = oom_log[-1]["batch_size"][1] if oom_log else batch  # keep what fitted
-            t1 = time.time()
-            label = "base" if who == "base" else "fine-tuned"
-            with model.disable_adapter() if who == "base" else _nothing():
+        label = "base" if who == "base" else "fine-tuned"
+        with model.disable_adapter() if who == "base" else contextlib.nullcontext():
+            for name, items, source in chosen:
+                print_fn(f"== {name}: {len(items)} items ({source})")
+                batch = oom_log[-1]["batch_size"][1] if oom_log else batch  # keep what fitted
+                t1 = time.time()
                 answers[who][name] = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, batch,
                                               label, **kw)
-                if name == chosen[-1][0] and e.queries:
-                    queries[who] = answer_queries(cfg, model, tok, e.queries, kw)
-            seconds[who] += time.time() - t1
-            tokens[who] += sum(a["new_tokens"] for a in answers[who][name])
-            memory.record(run, "evaluate", f"{who} answers: {name}")
+                seconds[who] += time.time() - t1
+                tokens[who] += sum(a["new_tokens"] for a in answers[who][name])
+                memory.record(run, "evaluate", f"{who} answers: {name}")
+            if e.queries:
+                queries[who] = answer_queries(cfg, model, tok, e.queries, kw)
     sets = {name: score_set(run, name, items, answers["base"][name], answers["finetuned"][name], source)
             for name, items, source in chosen}
     held = sets["held-out"]
@@ -204,12 +206,6 @@ def compare(cfg, run, print_fn=print) -> dict:
             "generate_seconds": {k: round(v, 1) for k, v in seconds.items()},
             "new_tokens_per_s": {k: round(tokens[k] / max(seconds[k], 1e-9), 1) for k in seconds},
             "metrics": held["metrics"], "changes": held["changes"], "answers": held["answers"], "sets": sets}
-
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def answer_queries(cfg, model, tok, questions: list[str], kw: dict) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import RunConfig
 from .prompts import adds_special_tokens
+from .system import free_memory
 
 
 # Relative RMS logit error that rounding the merged weights to 16 bits stays within, used when the reference has no
@@ -69,7 +70,7 @@ def merge_to(cfg: RunConfig, ref: str, adapter_dir: str, out: Path, backend: str
         tok.save_pretrained(out)
         how = "4-bit base dequantized + PEFT merge_and_unload"
     del model
-    _free()
+    free_memory()
     files = sorted(p for p in out.rglob("*") if p.is_file())
     return {"dir": str(out), "method": how, "dtype": str(merged_dtype()).replace("torch.", ""),
             "bytes": sum(p.stat().st_size for p in files), "seconds": round(time.time() - t0, 1)}
@@ -161,14 +162,4 @@ def check_merged(cfg: RunConfig, ref: str, adapter_dir: str, merged_dir: str, pr
         return compare_greedy(adapter_model, tok, merged, mtok, prompts, max_new_tokens, cfg.data.template)
     finally:
         del adapter_model, merged
-        _free()
-
-
-def _free() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        free_memory()

@@ -9,6 +9,7 @@ Exit codes: 0 every stage of every run succeeded; 2 invalid params or inputs (fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import logging
 import os
@@ -95,8 +96,8 @@ class Progress:
     """The batch's one-line position: run i of n, stage j of 5, elapsed, and an ETA from each stage's mean duration
     in the runs finished so far (stages differ by minutes, so none is guessed before one run has finished)."""
 
-    def __init__(self, n_runs: int, n_stages: int):
-        self.n_runs, self.n_stages, self.t0, self.verbose = n_runs, n_stages, time.time(), False
+    def __init__(self, n_runs: int, verbose: bool = False):
+        self.n_runs, self.verbose, self.t0 = n_runs, verbose, time.time()
         self.seconds: dict[str, list[float]] = {}
 
     def record(self, stage: str, seconds: float) -> None:
@@ -244,47 +245,37 @@ def readable(s: dict) -> str:
 def run_stage(stage: str, run: RunDir, verbose: bool = False) -> tuple[str, float, str | None]:
     import papermill as pm
 
-    out = run / NOTEBOOKS[stage]
     t0 = time.time()
-    with kernel_stderr_to(None if verbose else run / "run.log"):
-        return _run_stage(pm, stage, run, out, t0)
-
-
-def kernel_stderr_to(path: Path | None):
-    """Send what the kernel process writes to stderr (its startup warnings, library chatter) to the run log:
-    the kernel inherits file descriptor 2, so it is redirected at that level for the stage's duration."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def redirect():
-        if path is None:
-            yield
-            return
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with open(path, "a") as log:
-            os.dup2(log.fileno(), 2)
-            try:
-                yield
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                os.close(saved)
-
-    return redirect()
-
-
-def _run_stage(pm, stage: str, run: RunDir, out: Path, t0: float) -> tuple[str, float, str | None]:
     try:
-        pm.execute_notebook(str(NOTEBOOK_DIR / NOTEBOOKS[stage]), str(out),
-                            parameters={"config_path": str(run.config_path), "run_dir": str(run.path)},
-                            kernel_name=os.environ.get("MEDQLORA_KERNEL", "python3"), cwd=str(PROJECT),
-                            log_output=True, progress_bar=False)
+        with kernel_stderr_to(None if verbose else run / "run.log"):
+            pm.execute_notebook(str(NOTEBOOK_DIR / NOTEBOOKS[stage]), str(run / NOTEBOOKS[stage]),
+                                parameters={"config_path": str(run.config_path), "run_dir": str(run.path)},
+                                kernel_name=os.environ.get("MEDQLORA_KERNEL", "python3"), cwd=str(PROJECT),
+                                log_output=True, progress_bar=False)
         return "ok", time.time() - t0, None
     except pm.PapermillExecutionError as e:
         return "failed", time.time() - t0, f"{e.ename}: {e.evalue}"
     except Exception as e:  # kernel died (out of memory), notebook missing, ...
         return "failed", time.time() - t0, f"{type(e).__name__}: {e}"
+
+
+@contextlib.contextmanager
+def kernel_stderr_to(path: Path | None):
+    """Send what the kernel process writes to stderr (its startup warnings, library chatter) to the run log:
+    the kernel inherits file descriptor 2, so it is redirected at that level for the stage's duration."""
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def stale_stage(summary: Summary, cfg: RunConfig) -> tuple[str, list[str]] | None:
@@ -318,7 +309,7 @@ def execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_
     handler = run_log(run)
     logging.getLogger().addHandler(handler)
     try:
-        return _execute(cfg, run, run_id, stages, params_file, resume, progress or Progress(1, len(stages)), run_i)
+        return _execute(cfg, run, run_id, stages, params_file, resume, progress or Progress(1), run_i)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -574,8 +565,7 @@ def main(argv=None) -> int:
         if len(jobs) > 1:
             batch_summary([reports / r for r in run_ids], reports, codes)
         return max(codes)
-    progress = Progress(len(jobs), len(stages))
-    progress.verbose = args.verbose
+    progress = Progress(len(jobs), args.verbose)
     codes, folders = [], []
     for i, (cfg, f) in enumerate(jobs, start=1):
         run_id = args.resume or args.run_id or f"{cfg.run_name}-{datetime.now():%Y%m%d-%H%M%S}"

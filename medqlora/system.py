@@ -82,6 +82,19 @@ def memory_snapshot() -> dict:
     return snap
 
 
+def free_memory(reset_peak: bool = False) -> None:
+    """Drop unreferenced objects and return cached GPU memory (and, for a fresh measurement, reset the peak)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats()
+
+
 def peak_memory_gb() -> float:
     """Peak GPU memory reserved where there is a GPU, else the process's peak RSS."""
     import torch

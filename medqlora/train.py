@@ -18,7 +18,7 @@ from transformers.trainer_callback import PrinterCallback  # noqa: E402
 
 from .config import RunConfig, changed_keys, stage_inputs
 from .rundir import RunDir
-from .system import memory_line, memory_snapshot, peak_memory_gb
+from .system import free_memory, memory_line, memory_snapshot, peak_memory_gb
 
 
 def _clock(s: float) -> str:
@@ -248,17 +248,6 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def _free_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks=(), plan=None) -> dict:
     """Train; resume from the newest checkpoint in the run folder if a previous attempt left one.
 
@@ -314,7 +303,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
         # Out of memory. Freed here, outside the except block: the exception's frames hold the failed step's tensors.
         mb, acc = cfg.train.micro_batch_size, cfg.train.gradient_accumulation
         del trainer
-        _free_memory()
+        free_memory(reset_peak=True)
         if mb == 1 or len(oom_log) >= cfg.memory.oom_retries:
             raise memory.MemoryFitError(
                 f"out of GPU memory at step {step} with micro-batch {mb} after {len(oom_log)} retries: lower "

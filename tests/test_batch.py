@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import ROOT, tiny_params, write_jsonl
+from conftest import ROOT, tiny_params
 from medqlora import comparison, runner
 from medqlora.colab import BOOTSTRAP
 from medqlora.rundir import NOTEBOOKS, STAGES, RunDir
