@@ -71,7 +71,7 @@ def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir
 
 
 def kv_table(d: dict, name: str = "value"):
-    """A dict (nested one level) as a two-column table."""
+    """A dict (nested one level) as a two-column table; long values wrap instead of being cut at 50 characters."""
     import pandas as pd
 
     flat = {}
@@ -80,7 +80,8 @@ def kv_table(d: dict, name: str = "value"):
             flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
         else:
             flat[k] = v
-    return pd.DataFrame({name: {k: "" if v is None else str(v) for k, v in flat.items()}})
+    df = pd.DataFrame({name: {k: "" if v is None else str(v) for k, v in flat.items()}})
+    return df.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap"})
 
 
 def text_table(rows: list[dict]):
