@@ -196,10 +196,13 @@ class Plan:
 
 def plan(shape: ModelShape, start: Settings, lora_r: int, targets: list[str], budget: float, source: str,
          max_fraction: float, allow_shorter_seq: bool = False, min_seq: int | None = None,
-         context_gb: float = CUDA_CONTEXT_GIB) -> Plan:
+         context_gb: float = CUDA_CONTEXT_GIB, max_micro_batch_tokens: int | None = None) -> Plan:
     """Apply, in this order, until the estimate fits max_fraction x budget: gradient checkpointing, an 8-bit
     optimizer, a smaller micro-batch with proportionally more accumulation (the effective batch stays), and
-    (only when allowed) a shorter max_seq_length, never below min_seq (the prepared data's p99 length)."""
+    (only when allowed) a shorter max_seq_length, never below min_seq (the prepared data's p99 length).
+    When it fits as written, the micro-batch grows instead (accumulation halving, effective batch kept) while it
+    still fits and holds at most max_micro_batch_tokens: each forward pass has a fixed cost, so fewer, larger
+    ones train faster."""
     limit = max_fraction * budget
     s = Settings(**asdict(start))
     steps: list[dict] = []
@@ -225,6 +228,17 @@ def plan(shape: ModelShape, start: Settings, lora_r: int, targets: list[str], bu
         apply(f"micro-batch {s.micro_batch_size} -> {mb}, accumulation {s.gradient_accumulation} -> {acc} "
               f"(effective batch {mb * acc})", Settings(**{**asdict(s), "micro_batch_size": mb,
                                                            "gradient_accumulation": acc}))
+    fits_as_written = not steps
+    while (fits_as_written and max_micro_batch_tokens and s.gradient_accumulation % 2 == 0
+           and 2 * s.micro_batch_size * s.max_seq_length <= max_micro_batch_tokens):
+        grown = Settings(**{**asdict(s), "micro_batch_size": 2 * s.micro_batch_size,
+                            "gradient_accumulation": s.gradient_accumulation // 2})
+        if est(grown) > limit:
+            break
+        apply(f"micro-batch {s.micro_batch_size} -> {grown.micro_batch_size}, accumulation "
+              f"{s.gradient_accumulation} -> {grown.gradient_accumulation} (effective batch {s.effective_batch}): "
+              "fewer, larger passes", grown)
+        steps[-1]["grows"] = True
     if est(s) > limit and allow_shorter_seq:
         floor = max(MIN_SEQ_STEP, min_seq or MIN_SEQ_STEP)
         seq = s.max_seq_length
@@ -284,11 +298,12 @@ def plan_training(cfg, run=None, print_fn=print) -> Plan:
                  {k: round(v, 3) for k, v in parts.items()}, context, est > m.max_fraction * budget)
     else:
         p = plan(shape, start, cfg.lora.r, cfg.lora.target_modules, budget, source, m.max_fraction,
-                 m.allow_shorter_seq, min_seq, context)
+                 m.allow_shorter_seq, min_seq, context, m.max_micro_batch_tokens)
     p.cfg, p.shape = apply_plan(cfg, p), shape
     for st in p.steps:
+        cost = f"uses {-st['saving_gb']} GiB more" if st.get("grows") else f"saves {st['saving_gb']} GiB"
         print_fn(f"memory: {st['step']}: estimated peak {st['estimate_before_gb']} -> {st['estimate_after_gb']} GiB "
-                 f"(saves {st['saving_gb']} GiB)")
+                 f"({cost})")
     verdict = "over the limit: expect out-of-memory errors" if p.over_without_changes else "fits"
     print_fn(f"memory: estimated peak {p.estimate_gb} GiB, limit {p.limit_gb} GiB ({m.max_fraction:.0%} of "
              f"{p.budget_gb} GiB, {source}): {verdict}")

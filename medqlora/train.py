@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import memory
 from . import model as M
+from . import packing as P
 
 M.preload_unsloth()  # before transformers: Unsloth patches it on import
 from transformers import TrainerCallback  # noqa: E402
@@ -143,8 +144,8 @@ def load_for_training(cfg: RunConfig, run: RunDir | None = None) -> Loaded:
     if cfg.train.gradient_checkpointing:
         opts.append("gradient checkpointing" + (" (Unsloth's offloaded)" if backend == "unsloth" else ""))
     opts.append("prompt tokens masked: loss on answers only")
-    if cfg.train.packing:
-        opts.append("packing")
+    if P.resolve(cfg.train.packing, backend):
+        opts.append("packing: examples share rows of model.max_seq_length, kept apart by the attention mask")
     elif cfg.train.group_by_length:
         opts.append("length-grouped batches (less padding)")
     return Loaded(model, tok, backend, ref, notes, M.parameter_counts(model), time.time() - t0, memory_snapshot(), opts)
@@ -190,7 +191,7 @@ def _resumable_checkpoint(cfg: RunConfig, run: RunDir, print_fn) -> str | None:
     return None
 
 
-def sft_config(cfg: RunConfig, run: RunDir):
+def sft_config(cfg: RunConfig, run: RunDir, packing: bool):
     import torch
     from trl import SFTConfig
 
@@ -208,8 +209,8 @@ def sft_config(cfg: RunConfig, run: RunDir):
         save_steps=t.save_steps or 500, save_total_limit=t.save_total_limit,
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=t.gradient_checkpointing and not cfg.model.load_in_4bit,
-        max_length=cfg.model.max_seq_length, packing=t.packing,
-        train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
+        max_length=cfg.model.max_seq_length, packing=packing,
+        train_sampling_strategy="group_by_length" if t.group_by_length and not packing else "random",
         report_to=[] if t.report_to == "none" else [t.report_to], run_name=run.path.name, disable_tqdm=True, dataset_num_proc=None, remove_unused_columns=True)
 
 
@@ -275,18 +276,36 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
         dropped_for_length = n - len(ds)
         print_fn(f"memory: max_seq_length {cfg.model.max_seq_length}: {dropped_for_length} of {n} training examples "
                  "are longer and are left out")
+    useful_tokens_per_epoch = int(sum(ds["n_tokens"])) if "n_tokens" in ds.column_names else None
     ds = ds.select_columns(["input_ids", "labels"])
     initial_lora = {k: v.detach().clone() for k, v in loaded.model.named_parameters() if v.requires_grad}
     memory.record(run, "train", "before training")
+    # Training reads no KV cache, and with one transformers' attention would not keep packed examples apart (TRL's
+    # default chunked loss already calls the model without one; the plain loss does not).
+    use_cache = getattr(loaded.model.config, "use_cache", None)
+    loaded.model.config.use_cache = False
+    packing = P.resolve(cfg.train.packing, loaded.backend)
+    packing_check = None
     oom_log: list[dict] = []
     t0 = time.time()
     while True:
-        args = sft_config(cfg, run)
+        args = sft_config(cfg, run, packing)
         progress = ProgressPrinter(print_fn)
         trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=ds, processing_class=loaded.tokenizer,
                              callbacks=[progress, StopOnNonFiniteLoss(cfg.train.learning_rate), MemoryRecorder(run),
                                         *callbacks])
         trainer.remove_callback(PrinterCallback)  # its raw log dicts repeat what ProgressPrinter shows
+        if packing and packing_check is None:
+            packing_check = P.check_trainer(trainer, ds.select(range(min(len(ds), 256))).to_list())
+            print_fn(packing_check.line())
+            if not packing_check.passed:
+                if cfg.train.packing is True:
+                    raise RuntimeError(
+                        f"{packing_check.line()}. Packed examples would train on each other's tokens with this model "
+                        f"and backend ({loaded.backend}); set train.packing: false (or auto)")
+                print_fn("packing: off for this run (train.packing auto), examples are batched unpacked")
+                packing = False
+                continue
         resume = _resumable_checkpoint(cfg, run, print_fn)
         if resume is None:  # from the start: undo whatever a failed attempt did to the LoRA weights
             with torch.no_grad():
@@ -318,6 +337,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
         print_fn(f"memory: out of memory at step {step}; retrying with micro-batch {mb // 2} and accumulation "
                  f"{acc * 2} (effective batch {mb * acc}) from the newest checkpoint")
     session_seconds = time.time() - t0
+    loaded.model.config.use_cache = use_cache
     trainer.save_model(str(run.adapter_dir))
     loaded.tokenizer.save_pretrained(str(run.adapter_dir))
     memory.record(run, "train", "adapter saved")
@@ -328,6 +348,8 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
     result = {"backend": loaded.backend, "base_model": loaded.ref, "steps": state.global_step,
               "epochs": round(state.epoch or 0, 3), "examples": len(ds), **history,
               "seconds_per_step": round(history["seconds"] / max(state.global_step, 1), 3),
+              "packing": packing, "packing_check": packing_check.to_dict() if packing_check else None,
+              **throughput(useful_tokens_per_epoch, state.epoch, history["seconds"]),
               "warmup_steps": args.get_warmup_steps(state.max_steps), "logging_steps": cfg.train.logging_steps,
               "peak_memory_gb": peak, "params": loaded.params,
               "optimizations": loaded.optimizations, "resumed_from": resume,
@@ -350,6 +372,20 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
         print_fn("no loss was logged: the run was already complete at the checkpoint it resumed from, "
                  "and that checkpoint holds no history")
     return result
+
+
+def throughput(tokens_per_epoch: int | None, epochs: float | None, seconds: float) -> dict:
+    """Useful (non-padding) tokens trained and their rate: the figure that compares packed with unpacked runs."""
+    if not tokens_per_epoch or not epochs or not seconds:
+        return {"useful_tokens": None, "useful_tokens_per_s": None}
+    tokens = round(tokens_per_epoch * epochs)
+    return {"useful_tokens": tokens, "useful_tokens_per_s": round(tokens / seconds, 1)}
+
+
+def fmt_rate(result: dict) -> str:
+    rate = result.get("useful_tokens_per_s")
+    packed = "packed" if result.get("packing") else "unpacked"
+    return f"{rate:,.0f} useful tokens/s, {packed}" if rate else packed
 
 
 def fmt_loss(v) -> str:

@@ -250,7 +250,7 @@ def test_report_to_reaches_the_trainer_and_a_missing_package_is_said_up_front(tm
 
     cfg = load_config(tiny_params(tmp_path, tiny_model_dir, *sample_data, train={"report_to": "tensorboard"}))
     run = RunDir(tmp_path / "run")
-    args = T.sft_config(cfg, run)
+    args = T.sft_config(cfg, run, False)
     assert args.report_to == ["tensorboard"] and args.run_name == "run"
     assert __import__("os").environ["TENSORBOARD_LOGGING_DIR"] == str(run / "tensorboard")
     real = importlib.util.find_spec

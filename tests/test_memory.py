@@ -66,6 +66,29 @@ def test_optimizations_apply_in_order_and_keep_the_effective_batch():
     assert p.settings.max_seq_length == 4096, "the sequence is never shortened unless allowed"
 
 
+def test_a_run_that_fits_gets_fewer_larger_micro_batches_within_the_token_cap_and_the_budget():
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    start = MEM.Settings(micro_batch_size=2, gradient_accumulation=4, max_seq_length=2048,
+                         gradient_checkpointing=True, optimizer="adamw_8bit")
+    roomy = MEM.plan(LLAMA_8B, start, 16, targets, budget=80.0, source="test", max_fraction=0.8,
+                     max_micro_batch_tokens=16384)
+    assert (roomy.settings.micro_batch_size, roomy.settings.gradient_accumulation) == (8, 1)
+    assert roomy.settings.effective_batch == 8 and all(s["grows"] and s["saving_gb"] < 0 for s in roomy.steps)
+    capped = MEM.plan(LLAMA_8B, start, 16, targets, budget=80.0, source="test", max_fraction=0.8,
+                      max_micro_batch_tokens=8192)
+    assert capped.settings.micro_batch_size == 4, "4 x 2048 tokens is the cap"
+    as_written = MEM.plan(LLAMA_8B, start, 16, targets, budget=80.0, source="test", max_fraction=0.8)
+    assert as_written.settings.micro_batch_size == 2 and not as_written.steps
+    # a T4's budget: grows only as far as the estimate still fits
+    t4 = MEM.plan(LLAMA_8B, start, 16, targets, budget=14.7, source="test", max_fraction=0.8,
+                  max_micro_batch_tokens=16384)
+    assert t4.estimate_gb <= t4.limit_gb
+    bigger = MEM.Settings(**{**start.__dict__, "micro_batch_size": 2 * t4.settings.micro_batch_size,
+                             "gradient_accumulation": max(t4.settings.gradient_accumulation // 2, 1)})
+    assert t4.settings.micro_batch_size == 8 or \
+        MEM.total(MEM.estimate_training(LLAMA_8B, bigger, 16, targets)) + t4.context_gb > t4.limit_gb
+
+
 def test_a_run_that_cannot_fit_says_what_would():
     start = MEM.Settings(micro_batch_size=1, gradient_accumulation=8, max_seq_length=16384,
                          gradient_checkpointing=True, optimizer="adamw_8bit")

@@ -1,0 +1,107 @@
+"""Packed training that stays exact: several examples share one row, yet none attends to another and each keeps
+the loss it would have alone, prompt tokens masked as before.
+
+TRL packs with best-fit decreasing and marks where each example starts by restarting position_ids at 0. What
+keeps the examples apart is the attention: Unsloth builds a block-diagonal mask from those positions, and
+transformers' SDPA path does the same, but only when no KV cache is passed (TRL's chunked loss calls the model
+without one; train() also turns `model.config.use_cache` off). `check` measures it on the run's own
+first packed row before any training step: each example's loss inside the row against its loss alone.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# Measured on a packed row: float32 agrees to ~1e-6; bf16/fp16 kernels see different shapes packed and alone,
+# so their losses part by rounding (~1e-2 at most). Attending across examples moves losses by 0.1 or more.
+TOLERANCE = {4: 1e-3, 2: 5e-2}
+
+
+def resolve(setting, backend: str) -> bool:
+    """train.packing: auto packs on the GPU (Unsloth); on a CPU the block-diagonal SDPA mask costs 2.5x per token
+    (measured on 2 cores), so there it stays off."""
+    return backend == "unsloth" if setting == "auto" else bool(setting)
+
+
+def segments(position_ids) -> list[tuple[int, int]]:
+    """(start, end) of each example in a packed row, from where position_ids restart at 0 (trailing pad dropped)."""
+    pos = [int(p) for p in position_ids]
+    starts = [i for i, p in enumerate(pos) if p == 0 or (i and p != pos[i - 1] + 1)]
+    bounds = starts + [len(pos)]
+    out = [(a, b) for a, b in zip(bounds, bounds[1:])]
+    return [(a, b) for a, b in out if b - a > 1]
+
+
+@dataclass
+class PackingCheck:
+    examples: int
+    answer_tokens: int
+    max_abs_diff: float
+    tolerance: float
+    prompt_masked: bool  # every masked (-100) label of each example is still masked in the packed row
+    losses_packed: list[float]
+    losses_alone: list[float]
+
+    @property
+    def passed(self) -> bool:
+        return self.prompt_masked and self.max_abs_diff <= self.tolerance
+
+    def line(self) -> str:
+        verdict = "examples isolated" if self.passed else "EXAMPLES NOT ISOLATED"
+        return (f"packing check: {self.examples} examples in the first packed row, per-example loss packed vs alone "
+                f"max difference {self.max_abs_diff:.2e} (tolerance {self.tolerance:g}), prompt tokens "
+                f"{'masked' if self.prompt_masked else 'NOT masked'}: {verdict}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _loss(model, **kw) -> float:
+    return float(model(**kw).loss.float())
+
+
+def check(model, batch: dict, dataset_rows: list[dict] | None = None, max_examples: int = 8) -> PackingCheck:
+    """Per-example losses of the first row of a packed batch (other examples' labels masked, so the loss is that
+    example's alone) against the same example run by itself. dataset_rows, the unpacked training rows, lets the
+    check also confirm each example's prompt mask survived packing."""
+    import torch
+
+    ids, labels, pos = batch["input_ids"][:1], batch["labels"][:1], batch["position_ids"][:1]
+    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "labels", "position_ids", "attention_mask")}
+    segs = [s for s in segments(pos[0].tolist()) if (labels[0, s[0] + 1:s[1]] != -100).any()][:max_examples]
+    by_ids = {tuple(r["input_ids"]): r["labels"] for r in dataset_rows or []}
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    saved = [m.p for m in dropouts]
+    for m in dropouts:  # dropout would make two passes differ whatever the packing
+        m.p = 0.0
+    packed, alone, masked, tokens = [], [], True, 0
+    try:
+        with torch.no_grad():
+            for a, b in segs:
+                only = torch.full_like(labels, -100)
+                only[:, a:b] = labels[:, a:b]
+                packed.append(_loss(model, input_ids=ids, labels=only, position_ids=pos, **extra))
+                seg_ids, seg_labels = ids[:, a:b], labels[:, a:b]
+                alone.append(_loss(model, input_ids=seg_ids, labels=seg_labels,
+                                   position_ids=torch.arange(b - a, device=ids.device)[None]))
+                tokens += int((seg_labels[0, 1:] != -100).sum())
+                want = by_ids.get(tuple(seg_ids[0].tolist()))
+                if want is not None:  # the collator also masks each example's first token, a prompt token anyway
+                    got = seg_labels[0].tolist()
+                    masked &= all(g == -100 for g, w in zip(got, want) if w == -100) and got[1:] == list(want[1:])
+    finally:
+        for m, p in zip(dropouts, saved):
+            m.p = p
+    diff = max((abs(x - y) for x, y in zip(packed, alone)), default=0.0)
+    dtype_bytes = next((p.element_size() for p in model.parameters() if p.is_floating_point() and not p.requires_grad),
+                       4)
+    return PackingCheck(len(segs), tokens, diff, TOLERANCE.get(dtype_bytes, TOLERANCE[2]), masked,
+                        [round(x, 5) for x in packed], [round(x, 5) for x in alone])
+
+
+def check_trainer(trainer, dataset_rows: list[dict] | None = None) -> PackingCheck:
+    """check() on the first batch the trainer's own collator makes (the collator and kwargs the run trains with)."""
+    model = trainer.model
+    batch = next(iter(trainer.get_train_dataloader()))
+    device = next(p.device for p in model.parameters())
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    return check(model, batch, dataset_rows)
