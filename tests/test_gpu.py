@@ -92,3 +92,45 @@ def test_unsloth_resume_reports_the_same_totals_as_an_uninterrupted_run(tmp_path
     assert whole["warmup_steps"] == 2
     for key in ("first_loss", "final_loss", "train_loss"):
         assert resumed[key] == pytest.approx(whole[key], rel=0.05), key
+
+
+def test_unsloth_packs_by_default_and_keeps_packed_examples_apart(tmp_path, tokenizer_dir):
+    """Unsloth's packed attention on the run's own first packed row: each example's loss as alone, prompt masked;
+    a model that ignores the packing marks shows how far apart the losses go when examples see each other."""
+    import datasets
+    from test_packing import IgnoresPackingMarks
+    from trl import SFTTrainer
+
+    from medqlora import model as M
+    from medqlora import packing as PK
+    from medqlora import preprocess as P
+    from medqlora import train as T
+    from medqlora.config import load_config
+    from medqlora.rundir import RunDir
+    from medqlora.testing import make_tiny_llama
+
+    model_dir = make_tiny_llama(tmp_path / "m", tokenizer_dir, hidden=256, layers=2, heads=4, kv_heads=2,
+                                intermediate=512)
+    rows = [{"question": "What is the first-line treatment for condition %d?%s" % (i, " Explain briefly." * (i % 5)),
+             "answer": " ".join(["Treatment %d, then review in clinic." % i] * (1 + i % 7))} for i in range(24)]
+    train = write_jsonl(tmp_path / "t.jsonl", rows)
+    ev = write_jsonl(tmp_path / "e.jsonl", [{"question": "What is the first-line treatment for X?", "answer": "Y."}])
+    cfg = load_config(tiny_params(tmp_path, model_dir, train, ev, model={"backend": "unsloth", "max_seq_length": 256},
+                                  train={"max_steps": 6, "learning_rate": 1e-2, "micro_batch_size": 2}))
+    assert cfg.train.packing == "auto"
+    run = RunDir(tmp_path / "run")
+    P.save_result(P.prepare(cfg, run, M.load_tokenizer(model_dir, cfg.model)), cfg, run)
+    loaded = T.load_for_training(cfg)
+    result = T.train(cfg, run, loaded, print_fn=print)
+    check = result["packing_check"]
+    print("packing check", check)
+    assert result["packing"] is True and check["passed"] and check["examples"] >= 4 and check["prompt_masked"]
+    ds = datasets.load_from_disk(str(run.train_data)).select_columns(["input_ids", "labels"])
+    trainer = SFTTrainer(model=loaded.model, args=T.sft_config(cfg, run, packing=True), train_dataset=ds,
+                         processing_class=loaded.tokenizer)
+    batch = {k: v.to("cuda") if hasattr(v, "to") else v for k, v in next(iter(trainer.get_train_dataloader())).items()}
+    print("packed batch keys", sorted(batch))
+    clean = PK.check(loaded.model, batch, ds.to_list())
+    mixed = PK.check(IgnoresPackingMarks(loaded.model), batch, ds.to_list())
+    print("clean", clean.max_abs_diff, "mixed", mixed.max_abs_diff)
+    assert clean.passed and mixed.max_abs_diff > 3 * clean.max_abs_diff

@@ -77,15 +77,15 @@ def test_each_packed_example_has_the_loss_it_has_alone_and_keeps_its_prompt_mask
 
 
 class IgnoresPackingMarks(torch.nn.Module):
-    """A backend that drops position_ids: its attention sees one long sequence, as attention without packing
-    support does."""
+    """A backend that drops where examples start (position_ids, Unsloth's packed lengths): its attention sees one
+    long sequence, as attention without packing support does."""
 
     def __init__(self, model):
         super().__init__()
         self.inner = model
 
-    def forward(self, position_ids=None, **kw):
-        return self.inner(**kw)
+    def forward(self, input_ids=None, labels=None, **packing_marks):
+        return self.inner(input_ids=input_ids, labels=labels)
 
 
 def test_the_check_fails_where_attention_crosses_example_boundaries(packed_run):

@@ -1,0 +1,310 @@
+"""Training speed side by side, on the same prepared data, one epoch, same seed:
+
+  project            this project's train stage as a user runs it (runner.py, the train notebook), with its defaults
+                     (params/llama-3.1-8b-instruct.yaml: packing auto, the micro-batch the memory plan picks)
+  project-as-written the same, the micro-batch as written (memory.max_micro_batch_tokens: null): 2 x 4, as bare
+  project-unpacked   the same stage with train.packing: false (the loss curve to compare with)
+  unsloth-default    bare Unsloth + TRL SFTTrainer with Unsloth's notebook settings (packing off; Unsloth turns
+                     padding-free on by itself)
+  unsloth-packing    the same bare loop with packing=True
+  hf                 transformers + PEFT + bitsandbytes QLoRA, SDPA attention, gradient checkpointing, padded batches
+
+All use r=16 on the 7 projections, micro-batch 2 x accumulation 4 (unless the memory plan grows it), adamw_8bit,
+lr 2e-4, max length 2048. Useful tokens = the prepared examples' own tokens (no padding), divided by the time from
+the trainer's on_train_begin to its last step. With several GPUs each setup runs on its own card, at the same time.
+
+The data is a medical length mix written once in the qa format: MedQuAD free-text answers (short to very long),
+PubMedQA abstracts with their question (long prompt, short answer: the MedQA shape) and the project's own
+multiple-choice items, then prepared by the project's preprocess stage (chat template, prompt masked).
+
+    python benchmarks/train_speed.py MODEL_DIR OUT_DIR [--rows 800] [--gpus 0,1,2,3] [--setups ...]
+    python benchmarks/train_speed.py --report OUT_DIR      # the table and the loss plot again
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUPS = ["project", "project-as-written", "project-unpacked", "unsloth-default", "unsloth-packing", "hf"]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Dense bf16 (fp16 for the T4) tensor-core peaks, TFLOPS, from the vendors' data sheets.
+PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L4": 121.0, "T4": 65.0, "A10": 125.0}
+
+
+# ---------------------------------------------------------------- data
+
+
+def write_mix(out: Path, rows: int, medquad: Path, pubmedqa: Path, mcq: Path, seed: int = 0) -> Path:
+    """rows examples: 60% MedQuAD, 30% PubMedQA, 10% multiple choice (as many as there are), shuffled."""
+    rng = random.Random(seed)
+    read = lambda p: [json.loads(line) for line in Path(p).read_text().splitlines() if line.strip()]  # noqa: E731
+    mq = [{"question": r["question"], "answer": r["answer"]} for r in read(medquad)]
+    pq = [{"question": f"{r['context']}\n\nQuestion: {r['question']}",
+           "answer": f"{r['long_answer']} Answer: {r['final_decision']}."} for r in read(pubmedqa)]
+    mc = [{"question": r["question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in r["options"].items()),
+           "answer": f"{r['answer']}. {r['options'][r['answer']]}. {r.get('explanation', '')}".strip()}
+          for r in read(mcq) if r.get("options")]
+    for xs in (mq, pq, mc):
+        rng.shuffle(xs)
+    n_mc = min(len(mc), rows // 10)
+    n_pq = min(len(pq), (rows * 3) // 10)
+    mix = mq[:rows - n_mc - n_pq] + pq[:n_pq] + mc[:n_mc]
+    rng.shuffle(mix)
+    out.write_text("".join(json.dumps(r) + "\n" for r in mix))
+    return out
+
+
+def params_for(model_dir: str, mix: Path, out: Path) -> Path:
+    """The 8B params file's settings (what a user runs on a GPU), on the local model and the mix."""
+    import yaml
+
+    p = yaml.safe_load((ROOT / "params" / "llama-3.1-8b-instruct.yaml").read_text())
+    p["run_name"] = "bench"
+    p["model"]["name_or_path"] = model_dir
+    p["data"] = {**p["data"], "source": str(mix), "max_samples": None, "eval_fraction": 0.02}
+    p["data"].pop("split", None)
+    p["eval"] = {"max_samples": 8, "max_new_tokens": 32}
+    p["train"]["save_steps"] = None  # one checkpoint at the end, as the bare loops save nothing on the way
+    path = out / "bench.yaml"
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------- one setup (run in its own process)
+
+
+class Clock:
+    """on_train_begin to on_train_end, and the loss at every step, for any trainer."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                clock.t0 = time.time()
+
+            def on_train_end(self, args, state, control, **kw):
+                clock.seconds = time.time() - clock.t0
+
+        self.callback = CB()
+        self.t0 = self.seconds = None
+
+
+def useful_tokens(run_dir: Path) -> int:
+    import datasets
+
+    return int(sum(len(x) for x in datasets.load_from_disk(str(run_dir / "data" / "train"))["input_ids"]))
+
+
+def bare(setup: str, run_dir: Path, model_dir: str, out: Path) -> dict:
+    import datasets
+    import torch
+
+    if setup.startswith("unsloth"):
+        from unsloth import FastLanguageModel
+
+        model, tok = FastLanguageModel.from_pretrained(model_dir, max_seq_length=2048, load_in_4bit=True, dtype=None)
+        model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
+                                                 target_modules=TARGETS, use_gradient_checkpointing="unsloth",
+                                                 random_state=3407)
+    else:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0},
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                   bnb_4bit_use_double_quant=True,
+                                                   bnb_4bit_compute_dtype=torch.bfloat16))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
+                                                 task_type="CAUSAL_LM"))
+    from trl import SFTConfig, SFTTrainer
+
+    ds = datasets.load_from_disk(str(run_dir / "data" / "train")).select_columns(["input_ids", "labels"])
+    args = SFTConfig(output_dir=str(out / f"ckpt-{setup}"), num_train_epochs=1, per_device_train_batch_size=2,
+                     gradient_accumulation_steps=4, learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0.03,
+                     logging_steps=1, report_to=[], max_length=2048, bf16=True, optim="adamw_8bit",
+                     save_strategy="no", seed=3407, packing=setup == "unsloth-packing",
+                     gradient_checkpointing=setup == "hf", disable_tqdm=True)
+    clock = Clock()
+    tr = SFTTrainer(model=model, processing_class=tok, train_dataset=ds, args=args, callbacks=[clock.callback])
+    result = tr.train()  # peak memory over the whole process (load included), as the train stage reports it
+    losses = [(h["step"], h["loss"]) for h in tr.state.log_history if "loss" in h]
+    return {"seconds": clock.seconds, "steps": result.global_step, "losses": losses,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+            "micro_batch": 2, "accumulation": 4}
+
+
+def project(setup: str, run_dir: Path, out: Path) -> dict:
+    """The train stage through runner.py, in a copy of the prepared run folder."""
+    runs = out / "runs"
+    runs.mkdir(exist_ok=True)
+    dest = runs / setup
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("checkpoints", "adapter"))
+    extra = {"project-unpacked": ["--set", "train.packing=false"],
+             "project-as-written": ["--set", "memory.max_micro_batch_tokens=null"]}.get(setup, [])
+    t0 = time.time()
+    subprocess.run([sys.executable, str(ROOT / "runner.py"), "--reports-dir", str(runs), "--resume", setup,
+                    "--stages", "train", *extra], check=True, cwd=ROOT)
+    wall = time.time() - t0
+    r = json.loads((dest / "results" / "train.json").read_text())
+    summary = json.loads((dest / "summary.json").read_text())
+    stage_s = next(s["seconds"] for s in summary["stages"] if s["name"] == "train")
+    eff = r["effective_settings"]
+    return {"seconds": r["seconds"], "steps": r["steps"], "losses": r["losses"], "peak_reserved_gib": None,
+            "peak_memory_gib": r["peak_memory_gb"], "stage_seconds": stage_s, "runner_seconds": round(wall, 1),
+            "micro_batch": eff["micro_batch_size"], "accumulation": eff["gradient_accumulation"],
+            "packing": r.get("packing"), "packing_check": r.get("packing_check"),
+            "memory_plan_steps": [s["step"] for s in (r["memory"]["plan"] or {}).get("steps", [])]}
+
+
+def worker(setup: str, run_dir: Path, model_dir: str, params: Path, out: Path) -> None:
+    import torch
+
+    res = project(setup, run_dir, out) if setup.startswith("project") else bare(setup, run_dir, model_dir, out)
+    tokens = useful_tokens(run_dir)
+    res.update(setup=setup, useful_tokens=tokens, useful_tokens_per_s=tokens / res["seconds"],
+               card=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+    (out / f"{setup}.json").write_text(json.dumps(res, indent=1))
+
+
+# ---------------------------------------------------------------- orchestration and report
+
+
+def peak_tflops(card: str) -> float | None:
+    return next((v for k, v in PEAK_TFLOPS.items() if k in card), None)
+
+
+def report(out: Path) -> str:
+    from medqlora.memory import ModelShape
+
+    meta = json.loads((out / "meta.json").read_text())
+    rows = {s: json.loads((out / f"{s}.json").read_text()) for s in SETUPS if (out / f"{s}.json").is_file()}
+    n_params = meta["params"]
+    ref = {k: rows[k]["useful_tokens_per_s"] for k in ("unsloth-packing", "unsloth-default", "hf") if k in rows}
+    card = next(iter(rows.values()))["card"] if rows else "?"
+    peak = peak_tflops(card)
+    lines = [f"{meta['shape']} shape, {meta['examples']} examples, {meta['useful_tokens']:,} useful tokens "
+             f"(mean {meta['mean_tokens']:.0f}, p90 {meta['p90_tokens']}, max {meta['max_tokens']}), {card}, "
+             f"{meta['date']}", "",
+             "| setup | micro-batch x accumulation | optimizer steps | useful tokens/s | x bare packing | "
+             "x Unsloth defaults | x HF stack | peak memory GiB | MFU | final loss |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s, r in rows.items():
+        rate = r["useful_tokens_per_s"]
+        ratio = lambda k: f"{rate / ref[k]:.2f}" if k in ref else "-"  # noqa: E731
+        mem = r.get("peak_reserved_gib") or r.get("peak_memory_gib")
+        mfu = f"{6 * n_params * rate / (peak * 1e12):.1%}" if peak else "-"
+        lines.append(f"| {s} | {r['micro_batch']} x {r['accumulation']} | {r['steps']} | {rate:,.0f} | "
+                     f"{ratio('unsloth-packing')} | {ratio('unsloth-default')} | {ratio('hf')} | {mem:.2f} | {mfu} | "
+                     f"{r['losses'][-1][1]:.3f} |")
+    p = rows.get("project")
+    if p:
+        lines += ["", f"project train stage: {p['stage_seconds']} s as a notebook, {p['seconds']:.1f} s of it in "
+                  f"the training loop; memory plan: {'; '.join(p['memory_plan_steps']) or 'as written'}"]
+        if p.get("packing_check"):
+            c = p["packing_check"]
+            lines.append(f"packing check: {c['examples']} examples, max per-example loss difference "
+                         f"{c['max_abs_diff']:.2e} (tolerance {c['tolerance']}), passed: {c['passed']}")
+    plot_losses(rows, out / "loss.png", meta)
+    text = "\n".join(lines)
+    (out / "table.md").write_text(text + "\n")
+    _ = ModelShape  # the parameter count came from it (meta.json)
+    return text
+
+
+def plot_losses(rows: dict, path: Path, meta: dict) -> None:
+    """Loss against useful tokens trained: packed and unpacked runs take different numbers of steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for s, r in rows.items():
+        if not r["losses"]:
+            continue
+        per_step = r["useful_tokens"] / r["steps"]
+        ax.plot([st * per_step for st, _ in r["losses"]], [v for _, v in r["losses"]], lw=1.2 if "project" in s
+                else 0.8, ls="-" if "project" in s else "--", label=f"{s} ({r['steps']} steps)")
+    ax.set_xlabel("useful tokens trained")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{meta['shape']} shape, same data and seed")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", nargs="?")
+    ap.add_argument("out")
+    ap.add_argument("--rows", type=int, default=800)
+    ap.add_argument("--shape", default="", help="name for the table (e.g. 'Llama-3.2-1B')")
+    ap.add_argument("--gpus", default="0")
+    ap.add_argument("--setups", default=",".join(SETUPS))
+    ap.add_argument("--medquad", default=str(ROOT.parent / "shared" / "data" / "medquad_sample.jsonl"))
+    ap.add_argument("--pubmedqa", default=str(ROOT.parent / "shared" / "data" / "pubmedqa_pqal.jsonl"))
+    ap.add_argument("--mcq", default=str(ROOT / "data" / "medqa_train.jsonl"))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--report", action="store_true", help="only rebuild table.md and loss.png from OUT")
+    a = ap.parse_args()
+    out = Path(a.out).resolve()
+    if a.report:
+        print(report(out))
+        return
+    params = out / "bench.yaml"
+    if a.worker:
+        worker(a.worker, out / "prepared", str(Path(a.model).resolve()), params, out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    mix = write_mix(out / "mix.jsonl", a.rows, Path(a.medquad), Path(a.pubmedqa), Path(a.mcq))
+    params = params_for(str(Path(a.model).resolve()), mix, out)
+    shutil.rmtree(out / "prepared", ignore_errors=True)
+    subprocess.run([sys.executable, str(ROOT / "runner.py"), str(params), "--reports-dir", str(out), "--run-id",
+                    "prepared", "--stages", "setup,preprocess"], check=True, cwd=ROOT)
+    import datasets
+    from transformers import AutoConfig
+
+    from medqlora.memory import ModelShape
+
+    lens = sorted(len(x) for x in datasets.load_from_disk(str(out / "prepared" / "data" / "train"))["input_ids"])
+    (out / "meta.json").write_text(json.dumps({
+        "shape": a.shape or Path(a.model).name, "params": ModelShape.from_config(AutoConfig.from_pretrained(a.model))
+        .params(), "examples": len(lens), "useful_tokens": sum(lens), "mean_tokens": sum(lens) / len(lens),
+        "p90_tokens": lens[int(0.9 * len(lens))], "max_tokens": lens[-1], "date": time.strftime("%Y-%m-%d")}))
+    gpus = a.gpus.split(",")
+    queue = a.setups.split(",")
+    running: dict[str, subprocess.Popen] = {}
+    while queue or running:
+        free = [g for g in gpus if g not in running]
+        while free and queue:
+            g, s = free.pop(0), queue.pop(0)
+            log = open(out / f"{s}.log", "w")
+            running[g] = subprocess.Popen([sys.executable, __file__, a.model, str(out), "--worker", s],
+                                          env={**os.environ, "CUDA_VISIBLE_DEVICES": g}, stdout=log,
+                                          stderr=subprocess.STDOUT, cwd=ROOT)
+            print(f"{time.strftime('%H:%M:%S')} {s} on GPU {g}", flush=True)
+        time.sleep(2)
+        for g, p in list(running.items()):
+            if p.poll() is not None:
+                print(f"{time.strftime('%H:%M:%S')} GPU {g} done (exit {p.returncode})", flush=True)
+                del running[g]
+    print(report(out))
+
+
+if __name__ == "__main__":
+    main()
