@@ -3,7 +3,8 @@
   project            this project's train stage as a user runs it (runner.py, the train notebook), with its defaults
                      (params/llama-3.1-8b-instruct.yaml: packing auto, the micro-batch the memory plan picks)
   project-as-written the same, the micro-batch as written (memory.max_micro_batch_tokens: null): 2 x 4, as bare
-  project-unpacked   the same stage with train.packing: false (the loss curve to compare with)
+  project-unpacked   the same stage with train.packing: false and as many examples per optimizer step as a packed
+                     step holds (rows x max_seq_length / mean length): the loss curve to compare with
   unsloth-default    bare Unsloth + TRL SFTTrainer with Unsloth's notebook settings (packing off; Unsloth turns
                      padding-free on by itself)
   unsloth-packing    the same bare loop with packing=True
@@ -73,6 +74,7 @@ def params_for(model_dir: str, mix: Path, out: Path) -> Path:
     p["data"].pop("split", None)
     p["eval"] = {"max_samples": 8, "max_new_tokens": 32}
     p["train"]["save_steps"] = None  # one checkpoint at the end, as the bare loops save nothing on the way
+    p["train"]["logging_steps"] = 1  # every step's loss, for the loss curves
     path = out / "bench.yaml"
     path.write_text(yaml.safe_dump(p, sort_keys=False))
     return path
@@ -106,7 +108,7 @@ def useful_tokens(run_dir: Path) -> int:
     return int(sum(len(x) for x in datasets.load_from_disk(str(run_dir / "data" / "train"))["input_ids"]))
 
 
-def bare(setup: str, run_dir: Path, model_dir: str, out: Path) -> dict:
+def bare(setup: str, run_dir: Path, model_dir: str, out: Path, max_steps: int = -1) -> dict:
     import datasets
     import torch
 
@@ -136,13 +138,13 @@ def bare(setup: str, run_dir: Path, model_dir: str, out: Path) -> dict:
     args = SFTConfig(output_dir=str(out / f"ckpt-{setup}"), num_train_epochs=1, per_device_train_batch_size=2,
                      gradient_accumulation_steps=4, learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0.03,
                      logging_steps=1, report_to=[], max_length=2048, bf16=True, optim="adamw_8bit",
-                     save_strategy="no", seed=3407, packing=setup == "unsloth-packing",
+                     save_strategy="no", seed=3407, packing=setup == "unsloth-packing", max_steps=max_steps,
                      gradient_checkpointing=setup == "hf", disable_tqdm=True)
     clock = Clock()
     tr = SFTTrainer(model=model, processing_class=tok, train_dataset=ds, args=args, callbacks=[clock.callback])
     result = tr.train()  # peak memory over the whole process (load included), as the train stage reports it
     losses = [(h["step"], h["loss"]) for h in tr.state.log_history if "loss" in h]
-    return {"seconds": clock.seconds, "steps": result.global_step, "losses": losses,
+    return {"seconds": clock.seconds, "steps": result.global_step, "losses": losses, "epoch": tr.state.epoch,
             "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
             "micro_batch": 2, "accumulation": 4}
 
@@ -154,7 +156,10 @@ def project(setup: str, run_dir: Path, out: Path) -> dict:
     dest = runs / setup
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("checkpoints", "adapter"))
-    extra = {"project-unpacked": ["--set", "train.packing=false"],
+    meta = json.loads((out / "meta.json").read_text())
+    per_step = max(8, round(8 * 2048 / meta["mean_tokens"]))  # a packed step: 2 x 4 rows of 2048 tokens
+    extra = {"project-unpacked": ["--set", "train.packing=false", "--set", "train.micro_batch_size=8", "--set",
+                                  f"train.gradient_accumulation={max(1, round(per_step / 8))}"],
              "project-as-written": ["--set", "memory.max_micro_batch_tokens=null"]}.get(setup, [])
     t0 = time.time()
     subprocess.run([sys.executable, str(ROOT / "runner.py"), "--reports-dir", str(runs), "--resume", setup,
@@ -171,11 +176,15 @@ def project(setup: str, run_dir: Path, out: Path) -> dict:
             "memory_plan_steps": [s["step"] for s in (r["memory"]["plan"] or {}).get("steps", [])]}
 
 
-def worker(setup: str, run_dir: Path, model_dir: str, params: Path, out: Path) -> None:
+def worker(setup: str, run_dir: Path, model_dir: str, params: Path, out: Path, slow_steps: int = -1) -> None:
     import torch
 
-    res = project(setup, run_dir, out) if setup.startswith("project") else bare(setup, run_dir, model_dir, out)
-    tokens = useful_tokens(run_dir)
+    if setup.startswith("project"):
+        res = project(setup, run_dir, out)
+    else:
+        res = bare(setup, run_dir, model_dir, out, slow_steps if setup in ("hf", "unsloth-default") else -1)
+    # a run stopped at max_steps saw that share of the epoch (random order: its expected share of the tokens)
+    tokens = round(useful_tokens(run_dir) * min(res.get("epoch") or 1.0, 1.0))
     res.update(setup=setup, useful_tokens=tokens, useful_tokens_per_s=tokens / res["seconds"],
                card=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
     (out / f"{setup}.json").write_text(json.dumps(res, indent=1))
@@ -200,15 +209,17 @@ def report(out: Path) -> str:
     lines = [f"{meta['shape']} shape, {meta['examples']} examples, {meta['useful_tokens']:,} useful tokens "
              f"(mean {meta['mean_tokens']:.0f}, p90 {meta['p90_tokens']}, max {meta['max_tokens']}), {card}, "
              f"{meta['date']}", "",
-             "| setup | micro-batch x accumulation | optimizer steps | useful tokens/s | x bare packing | "
-             "x Unsloth defaults | x HF stack | peak memory GiB | MFU | final loss |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| setup | micro-batch x accumulation | optimizer steps | examples per step | useful tokens/s | "
+             "x bare packing | x Unsloth defaults | x HF stack | peak memory GiB | MFU | final loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s, r in rows.items():
         rate = r["useful_tokens_per_s"]
         ratio = lambda k: f"{rate / ref[k]:.2f}" if k in ref else "-"  # noqa: E731
         mem = r.get("peak_reserved_gib") or r.get("peak_memory_gib")
         mfu = f"{6 * n_params * rate / (peak * 1e12):.1%}" if peak else "-"
-        lines.append(f"| {s} | {r['micro_batch']} x {r['accumulation']} | {r['steps']} | {rate:,.0f} | "
+        steps = f"{r['steps']}" + (f" (of {round(r['steps'] / r['epoch'])})" if (r.get("epoch") or 1) < 0.999 else "")
+        per_step = meta["examples"] * min(r.get("epoch") or 1.0, 1.0) / r["steps"]
+        lines.append(f"| {s} | {r['micro_batch']} x {r['accumulation']} | {steps} | {per_step:.0f} | {rate:,.0f} | "
                      f"{ratio('unsloth-packing')} | {ratio('unsloth-default')} | {ratio('hf')} | {mem:.2f} | {mfu} | "
                      f"{r['losses'][-1][1]:.3f} |")
     p = rows.get("project")
@@ -237,7 +248,7 @@ def plot_losses(rows: dict, path: Path, meta: dict) -> None:
     for s, r in rows.items():
         if not r["losses"]:
             continue
-        per_step = r["useful_tokens"] / r["steps"]
+        per_step = r["useful_tokens"] / r["steps"]  # tokens per optimizer step, on average
         ax.plot([st * per_step for st, _ in r["losses"]], [v for _, v in r["losses"]], lw=1.2 if "project" in s
                 else 0.8, ls="-" if "project" in s else "--", label=f"{s} ({r['steps']} steps)")
     ax.set_xlabel("useful tokens trained")
@@ -259,6 +270,8 @@ def main() -> None:
     ap.add_argument("--medquad", default=str(ROOT.parent / "shared" / "data" / "medquad_sample.jsonl"))
     ap.add_argument("--pubmedqa", default=str(ROOT.parent / "shared" / "data" / "pubmedqa_pqal.jsonl"))
     ap.add_argument("--mcq", default=str(ROOT / "data" / "medqa_train.jsonl"))
+    ap.add_argument("--slow-steps", type=int, default=-1, help="stop hf and unsloth-default after this many "
+                    "optimizer steps (their tokens/s from that part of the epoch): for the 8B shape")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--report", action="store_true", help="only rebuild table.md and loss.png from OUT")
     a = ap.parse_args()
@@ -268,7 +281,7 @@ def main() -> None:
         return
     params = out / "bench.yaml"
     if a.worker:
-        worker(a.worker, out / "prepared", str(Path(a.model).resolve()), params, out)
+        worker(a.worker, out / "prepared", str(Path(a.model).resolve()), params, out, a.slow_steps)
         return
     out.mkdir(parents=True, exist_ok=True)
     mix = write_mix(out / "mix.jsonl", a.rows, Path(a.medquad), Path(a.pubmedqa), Path(a.mcq))
@@ -294,7 +307,8 @@ def main() -> None:
         while free and queue:
             g, s = free.pop(0), queue.pop(0)
             log = open(out / f"{s}.log", "w")
-            running[g] = subprocess.Popen([sys.executable, __file__, a.model, str(out), "--worker", s],
+            running[g] = subprocess.Popen([sys.executable, __file__, a.model, str(out), "--worker", s,
+                                           "--slow-steps", str(a.slow_steps)],
                                           env={**os.environ, "CUDA_VISIBLE_DEVICES": g}, stdout=log,
                                           stderr=subprocess.STDOUT, cwd=ROOT)
             print(f"{time.strftime('%H:%M:%S')} {s} on GPU {g}", flush=True)

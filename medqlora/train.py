@@ -349,6 +349,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
               "epochs": round(state.epoch or 0, 3), "examples": len(ds), **history,
               "seconds_per_step": round(history["seconds"] / max(state.global_step, 1), 3),
               "packing": packing, "packing_check": packing_check.to_dict() if packing_check else None,
+              "examples_per_step": round(len(ds) * (state.epoch or 0) / max(state.global_step, 1), 1),
               **throughput(useful_tokens_per_epoch, state.epoch, history["seconds"]),
               "warmup_steps": args.get_warmup_steps(state.max_steps), "logging_steps": cfg.train.logging_steps,
               "peak_memory_gb": peak, "params": loaded.params,
@@ -385,7 +386,8 @@ def throughput(tokens_per_epoch: int | None, epochs: float | None, seconds: floa
 def fmt_rate(result: dict) -> str:
     rate = result.get("useful_tokens_per_s")
     packed = "packed" if result.get("packing") else "unpacked"
-    return f"{rate:,.0f} useful tokens/s, {packed}" if rate else packed
+    per_step = f", {result['examples_per_step']:g} examples per optimizer step" if result.get("examples_per_step") else ""
+    return (f"{rate:,.0f} useful tokens/s, {packed}" if rate else packed) + per_step
 
 
 def fmt_loss(v) -> str:
