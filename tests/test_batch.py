@@ -233,7 +233,8 @@ def test_gpus_runs_the_batch_in_parallel_one_run_per_device(tmp_path, tiny_model
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     summaries = [json.loads(p.read_text()) for p in sorted(reports.glob("p*/summary.json"))]
     assert [s["status"] for s in summaries] == ["partial"] * 3  # only setup was asked for
-    assert [s["gpu"] for s in summaries] == ["0", "1", "0"], "the third run waited for the first GPU"
+    # the first two start at once, one per GPU; the third waits for whichever GPU frees first
+    assert [s["gpu"] for s in summaries[:2]] == ["0", "1"] and summaries[2]["gpu"] in ("0", "1")
     assert "gpu 0: p1-" in r.stdout and "gpu 1: p2-" in r.stdout and "3/3 runs done" not in r.stderr
     assert next(reports.glob("batch-*/batch.md")).is_file()
     bad = subprocess.run([sys.executable, "runner.py", params[0], "--gpus", "x"], cwd=ROOT, capture_output=True,
