@@ -73,6 +73,10 @@ def check(model, batch: dict, dataset_rows: list[dict] | None = None, max_exampl
     saved = [m.p for m in dropouts]
     for m in dropouts:  # dropout would make two passes differ whatever the packing
         m.p = 0.0
+    # Training mode, as the step that follows: on a CPU with AVX512-BF16, bitsandbytes converts 4-bit weights for
+    # inference at their first eval-mode forward, for good, and that layout has no backward pass.
+    was_training = model.training
+    model.train()
     packed, alone, masked, tokens = [], [], True, 0
     try:
         with torch.no_grad():
@@ -89,6 +93,7 @@ def check(model, batch: dict, dataset_rows: list[dict] | None = None, max_exampl
                     got = seg_labels[0].tolist()
                     masked &= all(g == -100 for g, w in zip(got, want) if w == -100) and got[1:] == list(want[1:])
     finally:
+        model.train(was_training)
         for m, p in zip(dropouts, saved):
             m.p = p
     diff = max((abs(x - y) for x, y in zip(packed, alone)), default=0.0)

@@ -100,6 +100,19 @@ def test_the_check_fails_where_attention_crosses_example_boundaries(packed_run):
     assert "EXAMPLES NOT ISOLATED" in mixed.line()
 
 
+def test_the_check_leaves_the_4bit_weights_in_their_training_layout(packed_run):
+    """An eval-mode forward on a CPU with AVX512-BF16 makes bitsandbytes repack the weights for inference, a layout
+    with no backward pass: the check, which runs before the first step, must not do that."""
+    cfg, run = packed_run
+    loaded = T.load_for_training(cfg)
+    loaded.model.eval()  # as from_pretrained leaves it
+    _, trainer, _ = packed_batch(cfg, run, loaded)
+    assert P.check_trainer(trainer).passed
+    layers = [m for m in loaded.model.modules() if hasattr(getattr(m, "weight", None), "quant_state")]
+    assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    assert not loaded.model.training, "the model's mode is restored"
+
+
 def test_training_packed_runs_the_check_first_and_records_it(packed_run):
     cfg, run = packed_run
     lines = []
