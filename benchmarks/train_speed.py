@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SETUPS = ["project", "project-as-written", "project-unpacked", "unsloth-default", "unsloth-packing", "hf"]
+SETUPS = ["project", "project-as-written", "project-unpacked", "project-packed", "unsloth-default", "unsloth-packing",
+          "hf"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Dense bf16 (fp16 for the T4) tensor-core peaks, TFLOPS, from the vendors' data sheets.
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L4": 121.0, "T4": 65.0, "A10": 125.0}
@@ -63,13 +64,15 @@ def write_mix(out: Path, rows: int, medquad: Path, pubmedqa: Path, mcq: Path, se
     return out
 
 
-def params_for(model_dir: str, mix: Path, out: Path) -> Path:
-    """The 8B params file's settings (what a user runs on a GPU), on the local model and the mix."""
+def params_for(model_dir: str, mix: Path, out: Path, base: Path) -> Path:
+    """A params file's settings (by default the 8B one, what a user runs on a GPU), on the local model and the mix."""
     import yaml
 
-    p = yaml.safe_load((ROOT / "params" / "llama-3.1-8b-instruct.yaml").read_text())
+    p = yaml.safe_load(base.read_text())
     p["run_name"] = "bench"
     p["model"]["name_or_path"] = model_dir
+    p["model"].pop("gguf_file", None)
+    p["export"] = {"formats": ["lora"]}
     p["data"] = {**p["data"], "source": str(mix), "max_samples": None, "eval_fraction": 0.02}
     p["data"].pop("split", None)
     p["eval"] = {"max_samples": 8, "max_new_tokens": 32}
@@ -112,6 +115,8 @@ def bare(setup: str, run_dir: Path, model_dir: str, out: Path, max_steps: int = 
     import datasets
     import torch
 
+    from medqlora.system import peak_memory_gb  # GPU reserved, or the process's peak RSS on a CPU
+
     if setup.startswith("unsloth"):
         from unsloth import FastLanguageModel
 
@@ -119,34 +124,46 @@ def bare(setup: str, run_dir: Path, model_dir: str, out: Path, max_steps: int = 
         model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
                                                  target_modules=TARGETS, use_gradient_checkpointing="unsloth",
                                                  random_state=3407)
+        kw = dict(r=16, alpha=16, mb=2, acc=4, lr=2e-4, optim="adamw_8bit", gc=False, seq=2048)
     else:
+        import yaml
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+        # the settings the project's setups train with (bench.yaml), so that only the stack differs
+        p = yaml.safe_load((out / "bench.yaml").read_text())
+        lora, t = p.get("lora", {}), p.get("train", {})
+        kw = dict(r=lora.get("r", 16), alpha=lora.get("alpha", 16), mb=t.get("micro_batch_size", 2),
+                  acc=t.get("gradient_accumulation", 4), lr=t.get("learning_rate", 2e-4),
+                  optim=t.get("optimizer", "adamw_torch"), gc=t.get("gradient_checkpointing", True),
+                  seq=p["model"].get("max_seq_length", 2048))
+        gpu = torch.cuda.is_available()
+        dtype = torch.bfloat16 if gpu else torch.float32
         tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0},
+            model_dir, dtype=dtype, attn_implementation="sdpa", device_map={"": 0} if gpu else None,
             quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                   bnb_4bit_use_double_quant=True,
-                                                   bnb_4bit_compute_dtype=torch.bfloat16))
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS,
-                                                 task_type="CAUSAL_LM"))
+                                                   bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=kw["gc"])
+        model = get_peft_model(model, LoraConfig(r=kw["r"], lora_alpha=kw["alpha"], lora_dropout=0.0,
+                                                 target_modules=TARGETS, task_type="CAUSAL_LM"))
     from trl import SFTConfig, SFTTrainer
 
     ds = datasets.load_from_disk(str(run_dir / "data" / "train")).select_columns(["input_ids", "labels"])
-    args = SFTConfig(output_dir=str(out / f"ckpt-{setup}"), num_train_epochs=1, per_device_train_batch_size=2,
-                     gradient_accumulation_steps=4, learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0.03,
-                     logging_steps=1, report_to=[], max_length=2048, bf16=True, optim="adamw_8bit",
-                     save_strategy="no", seed=3407, packing=setup == "unsloth-packing", max_steps=max_steps,
-                     gradient_checkpointing=setup == "hf", disable_tqdm=True)
+    gpu = torch.cuda.is_available()
+    args = SFTConfig(output_dir=str(out / f"ckpt-{setup}"), num_train_epochs=1, per_device_train_batch_size=kw["mb"],
+                     gradient_accumulation_steps=kw["acc"], learning_rate=kw["lr"], lr_scheduler_type="linear",
+                     warmup_steps=0.03, logging_steps=1, report_to=[], max_length=kw["seq"], bf16=gpu,
+                     use_cpu=not gpu, optim=kw["optim"], save_strategy="no", seed=3407,
+                     packing=setup == "unsloth-packing", max_steps=max_steps,
+                     gradient_checkpointing=setup == "hf" and kw["gc"], disable_tqdm=True)
     clock = Clock()
     tr = SFTTrainer(model=model, processing_class=tok, train_dataset=ds, args=args, callbacks=[clock.callback])
     result = tr.train()  # peak memory over the whole process (load included), as the train stage reports it
     losses = [(h["step"], h["loss"]) for h in tr.state.log_history if "loss" in h]
     return {"seconds": clock.seconds, "steps": result.global_step, "losses": losses, "epoch": tr.state.epoch,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
-            "micro_batch": 2, "accumulation": 4}
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if gpu else None,
+            "peak_memory_gib": peak_memory_gb(), "micro_batch": kw["mb"], "accumulation": kw["acc"]}
 
 
 def project(setup: str, run_dir: Path, out: Path) -> dict:
@@ -156,11 +173,16 @@ def project(setup: str, run_dir: Path, out: Path) -> dict:
     dest = runs / setup
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("checkpoints", "adapter"))
+    import yaml
+
     meta = json.loads((out / "meta.json").read_text())
-    per_step = max(8, round(8 * 2048 / meta["mean_tokens"]))  # a packed step: 2 x 4 rows of 2048 tokens
+    p = yaml.safe_load((out / "bench.yaml").read_text())
+    rows = p["train"]["micro_batch_size"] * p["train"]["gradient_accumulation"]
+    per_step = max(8, round(rows * p["model"]["max_seq_length"] / meta["mean_tokens"]))  # examples in a packed step
     extra = {"project-unpacked": ["--set", "train.packing=false", "--set", "train.micro_batch_size=8", "--set",
                                   f"train.gradient_accumulation={max(1, round(per_step / 8))}"],
-             "project-as-written": ["--set", "memory.max_micro_batch_tokens=null"]}.get(setup, [])
+             "project-as-written": ["--set", "memory.max_micro_batch_tokens=null"],
+             "project-packed": ["--set", "train.packing=true"]}.get(setup, [])
     t0 = time.time()
     subprocess.run([sys.executable, str(ROOT / "runner.py"), "--reports-dir", str(runs), "--resume", setup,
                     "--stages", "train", *extra], check=True, cwd=ROOT)
@@ -270,6 +292,8 @@ def main() -> None:
     ap.add_argument("--medquad", default=str(ROOT.parent / "shared" / "data" / "medquad_sample.jsonl"))
     ap.add_argument("--pubmedqa", default=str(ROOT.parent / "shared" / "data" / "pubmedqa_pqal.jsonl"))
     ap.add_argument("--mcq", default=str(ROOT / "data" / "medqa_train.jsonl"))
+    ap.add_argument("--base-params", default=str(ROOT / "params" / "llama-3.1-8b-instruct.yaml"),
+                    help="the params file whose settings the project setups (and hf) train with")
     ap.add_argument("--slow-steps", type=int, default=-1, help="stop hf and unsloth-default after this many "
                     "optimizer steps (their tokens/s from that part of the epoch): for the 8B shape")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -285,7 +309,7 @@ def main() -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     mix = write_mix(out / "mix.jsonl", a.rows, Path(a.medquad), Path(a.pubmedqa), Path(a.mcq))
-    params = params_for(str(Path(a.model).resolve()), mix, out)
+    params = params_for(str(Path(a.model).resolve()), mix, out, Path(a.base_params))
     shutil.rmtree(out / "prepared", ignore_errors=True)
     subprocess.run([sys.executable, str(ROOT / "runner.py"), str(params), "--reports-dir", str(out), "--run-id",
                     "prepared", "--stages", "setup,preprocess"], check=True, cwd=ROOT)

@@ -30,6 +30,10 @@ WORKSPACE_GIB = 0.24  # fixed allocator and kernel workspace
 DEQUANT_BYTES = 4.12  # per hidden x intermediate: one layer's MLP weights dequantized to 16 bits for the matmul
 # The transformers + PEFT path (no Unsloth kernels) keeps more: full fp32 logits with their gradient, and the
 # layer inputs on the GPU. Not measured on a GPU here: these are the textbook figures.
+# Packed with Unsloth where neither flash-attn nor xformers is installed, the flattened micro-batch (L = micro-batch x
+# max_seq_length tokens) attends through SDPA with a dense L x L block-diagonal mask (bf16, plus its construction):
+# measured on an H200 as 2.7 (1B shape) and 4.0 (8B shape) bytes per element at L = 16,384 (BENCHMARKS.md).
+PACKED_MASK_BYTES = 4.0
 HF_LOGITS_BYTES = 12.0
 HF_CHECKPOINTED_BYTES = 2.0
 MIN_SEQ_STEP = 64
@@ -94,6 +98,7 @@ class Settings:
     load_in_4bit: bool = True
     backend: str = "unsloth"
     dtype_bytes: int = 2  # compute dtype: 2 for bf16/fp16 on a GPU, 4 for fp32 on a CPU
+    packing: bool = False
 
     @property
     def effective_batch(self) -> int:
@@ -103,9 +108,12 @@ class Settings:
 def settings_from(cfg, backend: str) -> Settings:
     from .model import compute_dtype
 
+    from .packing import resolve
+
     t = cfg.train
     return Settings(t.micro_batch_size, t.gradient_accumulation, cfg.model.max_seq_length, t.gradient_checkpointing,
-                    t.optimizer, cfg.model.load_in_4bit, backend, compute_dtype(cfg.model).itemsize)
+                    t.optimizer, cfg.model.load_in_4bit, backend, compute_dtype(cfg.model).itemsize,
+                    resolve(t.packing, backend))
 
 
 def estimate_training(shape: ModelShape, s: Settings, lora_r: int, targets: list[str],
@@ -127,13 +135,14 @@ def estimate_training(shape: ModelShape, s: Settings, lora_r: int, targets: list
         act = tokens * ACTIVATION_FULL * (shape.hidden + shape.intermediate) * s.dtype_bytes * shape.layers
     logits = tokens * shape.vocab * (LOGITS_BYTES if unsloth else HF_LOGITS_BYTES)
     workspace = WORKSPACE_GIB * GIB + DEQUANT_BYTES * shape.hidden * shape.intermediate
+    packed_mask = {"packed-row attention mask": PACKED_MASK_BYTES * tokens ** 2} if s.packing and unsloth else {}
     parts = {"base weights (" + ("4-bit NF4, double quantization" if s.load_in_4bit else "16-bit") + ")": base,
              f"embeddings, lm_head, norms ({8 * s.dtype_bytes}-bit)": sixteen,
              "LoRA weights + gradients (fp32)": n_lora * 8,
              f"optimizer states ({'8-bit' if optim_bytes == 2 else 'fp32'} AdamW)": n_lora * optim_bytes,
              "activations" + (" (checkpointed)" if s.gradient_checkpointing else ""): act,
              "logits and loss": logits,
-             "workspace (dequantized layer, kernels)": workspace}
+             "workspace (dequantized layer, kernels)": workspace, **packed_mask}
     return {k: v / GIB for k, v in parts.items()}
 
 

@@ -89,6 +89,19 @@ def test_a_run_that_fits_gets_fewer_larger_micro_batches_within_the_token_cap_an
         MEM.total(MEM.estimate_training(LLAMA_8B, bigger, 16, targets)) + t4.context_gb > t4.limit_gb
 
 
+def test_packed_rows_add_their_attention_mask_which_grows_with_the_square_of_the_row():
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    def est(mb, packing, backend="unsloth"):
+        return MEM.estimate_training(LLAMA_8B, MEM.Settings(mb, 1, 2048, True, "adamw_8bit", backend=backend,
+                                                            packing=packing), 16, targets)
+
+    assert "packed-row attention mask" not in est(8, False)
+    assert est(8, True)["packed-row attention mask"] == pytest.approx(4.0 * 16384**2 / 2**30)  # 1 GiB
+    assert est(8, True)["packed-row attention mask"] == pytest.approx(16 * est(2, True)["packed-row attention mask"])
+    assert "packed-row attention mask" not in est(8, True, backend="hf")  # transformers' path: not measured there
+
+
 def test_a_run_that_cannot_fit_says_what_would():
     start = MEM.Settings(micro_batch_size=1, gradient_accumulation=8, max_seq_length=16384,
                          gradient_checkpointing=True, optimizer="adamw_8bit")
