@@ -74,7 +74,8 @@ def params_for(model_dir: str, mix: Path, out: Path, base: Path) -> Path:
     p["model"].pop("gguf_file", None)
     p["export"] = {"formats": ["lora"]}
     p["data"] = {**p["data"], "source": str(mix), "max_samples": None, "eval_fraction": 0.02}
-    p["data"].pop("split", None)
+    for key in ("split", "eval_source"):  # the mix is one local file; its held-out share is split off
+        p["data"].pop(key, None)
     p["eval"] = {"max_samples": 8, "max_new_tokens": 32}
     p["train"]["save_steps"] = None  # one checkpoint at the end, as the bare loops save nothing on the way
     p["train"]["logging_steps"] = 1  # every step's loss, for the loss curves
