@@ -304,6 +304,8 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
                         f"{packing_check.line()}. Packed examples would train on each other's tokens with this model "
                         f"and backend ({loaded.backend}); set train.packing: false (or auto)")
                 print_fn("packing: off for this run (train.packing auto), examples are batched unpacked")
+                loaded.optimizations = [o for o in loaded.optimizations if not o.startswith("packing")] + [
+                    "packing off: the packing check found examples attending to each other"]
                 packing = False
                 continue
         resume = _resumable_checkpoint(cfg, run, print_fn)

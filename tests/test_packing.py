@@ -136,6 +136,7 @@ def test_a_failed_check_stops_explicit_packing_and_turns_auto_packing_off(packed
     result = T.train(auto, run, T.load_for_training(auto), print_fn=lines.append)
     assert result["packing"] is False and result["steps"] == 3
     assert "packing: off for this run" in " ".join(lines)
+    assert result["optimizations"][-1].startswith("packing off")
 
 
 def test_packing_auto_is_on_with_unsloth_only_and_explicit_settings_win():
