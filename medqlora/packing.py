@@ -38,6 +38,7 @@ class PackingCheck:
     max_abs_diff: float
     tolerance: float
     prompt_masked: bool  # every masked (-100) label of each example is still masked in the packed row
+    prompt_checked: int  # examples whose unpacked labels were at hand to compare with
     losses_packed: list[float]
     losses_alone: list[float]
 
@@ -49,7 +50,7 @@ class PackingCheck:
         verdict = "examples isolated" if self.passed else "EXAMPLES NOT ISOLATED"
         return (f"packing check: {self.examples} examples in the first packed row, per-example loss packed vs alone "
                 f"max difference {self.max_abs_diff:.2e} (tolerance {self.tolerance:g}), prompt tokens "
-                f"{'masked' if self.prompt_masked else 'NOT masked'}: {verdict}")
+                f"{'masked' if self.prompt_masked else 'NOT masked'} ({self.prompt_checked} compared): {verdict}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -77,7 +78,7 @@ def check(model, batch: dict, dataset_rows: list[dict] | None = None, max_exampl
     # inference at their first eval-mode forward, for good, and that layout has no backward pass.
     was_training = model.training
     model.train()
-    packed, alone, masked, tokens = [], [], True, 0
+    packed, alone, masked, tokens, compared = [], [], True, 0, 0
     try:
         with torch.no_grad():
             for a, b in segs:
@@ -90,6 +91,7 @@ def check(model, batch: dict, dataset_rows: list[dict] | None = None, max_exampl
                 tokens += int((seg_labels[0, 1:] != -100).sum())
                 want = by_ids.get(tuple(seg_ids[0].tolist()))
                 if want is not None:  # the collator also masks each example's first token, a prompt token anyway
+                    compared += 1
                     got = seg_labels[0].tolist()
                     masked &= all(g == -100 for g, w in zip(got, want) if w == -100) and got[1:] == list(want[1:])
     finally:
@@ -99,7 +101,7 @@ def check(model, batch: dict, dataset_rows: list[dict] | None = None, max_exampl
     diff = max((abs(x - y) for x, y in zip(packed, alone)), default=0.0)
     dtype_bytes = next((p.element_size() for p in model.parameters() if p.is_floating_point() and not p.requires_grad),
                        4)
-    return PackingCheck(len(segs), tokens, diff, TOLERANCE.get(dtype_bytes, TOLERANCE[2]), masked,
+    return PackingCheck(len(segs), tokens, diff, TOLERANCE.get(dtype_bytes, TOLERANCE[2]), masked, compared,
                         [round(x, 5) for x in packed], [round(x, 5) for x in alone])
 
 

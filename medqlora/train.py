@@ -296,7 +296,8 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
                                         *callbacks])
         trainer.remove_callback(PrinterCallback)  # its raw log dicts repeat what ProgressPrinter shows
         if packing and packing_check is None:
-            packing_check = P.check_trainer(trainer, ds.select(range(min(len(ds), 256))).to_list())
+            # the unpacked rows, to compare prompt masks with (packing reorders them by length)
+            packing_check = P.check_trainer(trainer, ds.select(range(min(len(ds), 20000))).to_list())
             print_fn(packing_check.line())
             if not packing_check.passed:
                 if cfg.train.packing is True:

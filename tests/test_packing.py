@@ -94,6 +94,7 @@ def test_the_check_fails_where_attention_crosses_example_boundaries(packed_run):
     ds, trainer, batch = packed_batch(cfg, run, loaded)
     clean = P.check(loaded.model, batch, ds.to_list())
     assert clean.passed and clean.prompt_masked and clean.examples >= 4, clean
+    assert clean.prompt_checked == clean.examples
     assert clean.max_abs_diff < 1e-4
     mixed = P.check(IgnoresPackingMarks(loaded.model), batch, ds.to_list())
     assert not mixed.passed and mixed.max_abs_diff > 10 * mixed.tolerance, mixed
@@ -119,13 +120,14 @@ def test_training_packed_runs_the_check_first_and_records_it(packed_run):
     result = T.train(cfg, run, T.load_for_training(cfg), print_fn=lines.append)
     check = result["packing_check"]
     assert result["packing"] is True and check["passed"] and check["examples"] >= 4
+    assert check["prompt_checked"] == check["examples"]
     assert any(line.startswith("packing check:") and "examples isolated" in line for line in lines)
     assert result["steps"] == 3 and result["useful_tokens"] > 0 and result["useful_tokens_per_s"] > 0
 
 
 def test_a_failed_check_stops_explicit_packing_and_turns_auto_packing_off(packed_run, monkeypatch):
     cfg, run = packed_run
-    bad = P.PackingCheck(5, 100, 0.4, 1e-3, True, [1.0], [1.4])
+    bad = P.PackingCheck(5, 100, 0.4, 1e-3, True, 5, [1.0], [1.4])
     monkeypatch.setattr(P, "check_trainer", lambda *a, **k: bad)
     with pytest.raises(RuntimeError, match="NOT ISOLATED.*set train.packing: false"):
         T.train(cfg, run, T.load_for_training(cfg), print_fn=lambda *a: None)
