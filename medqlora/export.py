@@ -253,13 +253,12 @@ def formats_table(result: dict):
                      f"{c['identical']}/{c['prompts']} prompts"))
     if "gguf" in f:
         g = f["gguf"]
+        c = g.get("check", {})
         if "error" in g:
             rows.append(("gguf", "not written", None, "", g["error"]))
+        elif "error" in c:  # written, but the read-back could not run
+            rows.append(("gguf", g["file"], g["bytes"], g["quant"], f"FAILED: {c['error']}"))
         else:
-            c = g["check"]
-            if "error" in c:
-                rows.append(("gguf", g["file"], g["bytes"], g["quant"], f"FAILED: {c['error']}"))
-                return pd.DataFrame(rows, columns=["format", "where", "MiB", "made by", "check"])
             rows.append(("gguf", g["file"], g["bytes"], f"{g['quant']}, tokenizer pre {g['tokenizer_pre']}",
                          f"{'PASSED' if c['passed'] else 'FAILED'}: logits rel. RMSE {c['logits_rel_rmse']:.2e} "
                          f"(tolerance {c['tolerance']:.0e}), top-1 agreement {c['top1_agreement']:.1%}, tokenizer "

@@ -158,3 +158,11 @@ def test_auto_generation_batch_is_the_largest_that_fits_the_budget(trained_run):
     assert batch == 8 and info["why"].startswith("auto: largest batch within")
     c.eval.batch_size = 5
     assert EV.batch_for(c, ref, items, tok, print_fn=lambda *a: None)[0] == 5
+
+
+def test_a_gguf_whose_read_back_failed_is_one_failed_row_in_the_formatted_table():
+    result = {"adapter_dir": "a", "adapter": {"rank": 8, "lora_B_trained": "4/4"},
+              "formats": {"gguf": {"file": "g.gguf", "bytes": 2 * 1024**2, "quant": "q8_0",
+                                   "check": {"passed": False, "error": "could not read it back: OSError: x"}}}}
+    html = E.formats_table(result).to_html()
+    assert "FAILED: could not read it back" in html and ">2.0<" in html  # sizes in MiB, as for the other rows
