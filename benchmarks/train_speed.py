@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -221,8 +220,6 @@ def peak_tflops(card: str) -> float | None:
 
 
 def report(out: Path) -> str:
-    from medqlora.memory import ModelShape
-
     meta = json.loads((out / "meta.json").read_text())
     rows = {s: json.loads((out / f"{s}.json").read_text()) for s in SETUPS if (out / f"{s}.json").is_file()}
     n_params = meta["params"]
@@ -256,7 +253,6 @@ def report(out: Path) -> str:
     plot_losses(rows, out / "loss.png", meta)
     text = "\n".join(lines)
     (out / "table.md").write_text(text + "\n")
-    _ = ModelShape  # the parameter count came from it (meta.json)
     return text
 
 
@@ -324,24 +320,19 @@ def main() -> None:
         "shape": a.shape or Path(a.model).name, "params": ModelShape.from_config(AutoConfig.from_pretrained(a.model))
         .params(), "examples": len(lens), "useful_tokens": sum(lens), "mean_tokens": sum(lens) / len(lens),
         "p90_tokens": lens[int(0.9 * len(lens))], "max_tokens": lens[-1], "date": time.strftime("%Y-%m-%d")}))
-    gpus = a.gpus.split(",")
-    queue = a.setups.split(",")
-    running: dict[str, subprocess.Popen] = {}
-    while queue or running:
-        free = [g for g in gpus if g not in running]
-        while free and queue:
-            g, s = free.pop(0), queue.pop(0)
-            log = open(out / f"{s}.log", "w")
-            running[g] = subprocess.Popen([sys.executable, __file__, a.model, str(out), "--worker", s,
-                                           "--slow-steps", str(a.slow_steps)],
-                                          env={**os.environ, "CUDA_VISIBLE_DEVICES": g}, stdout=log,
-                                          stderr=subprocess.STDOUT, cwd=ROOT)
-            print(f"{time.strftime('%H:%M:%S')} {s} on GPU {g}", flush=True)
-        time.sleep(2)
-        for g, p in list(running.items()):
-            if p.poll() is not None:
-                print(f"{time.strftime('%H:%M:%S')} GPU {g} done (exit {p.returncode})", flush=True)
-                del running[g]
+    from medqlora.runner import run_on_gpus
+
+    printed = [None]
+
+    def tick(running: dict[str, str], codes: dict[str, int]) -> None:
+        now = sorted(running.items()), sorted(codes.items())
+        if now != printed[0]:
+            printed[0] = now
+            print(f"{time.strftime('%H:%M:%S')} running: " + ", ".join(f"{n} on GPU {g}" for g, n in now[0])
+                  + " | done: " + ", ".join(f"{n} (exit {c})" for n, c in now[1]), flush=True)
+
+    run_on_gpus([(s_, [sys.executable, __file__, a.model, str(out), "--worker", s_, "--slow-steps", str(a.slow_steps)],
+                  out / f"{s_}.log") for s_ in a.setups.split(",")], a.gpus.split(","), tick)
     print(report(out))
 
 

@@ -28,12 +28,12 @@ LOGITS_BYTES = 0.356  # per token x vocabulary entry at the loss (Unsloth's chun
 ACTIVATION_FULL = 3.11  # per token x layer, in units of (hidden + intermediate) 16-bit values, no checkpointing
 WORKSPACE_GIB = 0.24  # fixed allocator and kernel workspace
 DEQUANT_BYTES = 4.12  # per hidden x intermediate: one layer's MLP weights dequantized to 16 bits for the matmul
-# The transformers + PEFT path (no Unsloth kernels) keeps more: full fp32 logits with their gradient, and the
-# layer inputs on the GPU. Not measured on a GPU here: these are the textbook figures.
 # Packed with Unsloth where neither flash-attn nor xformers is installed, the flattened micro-batch (L = micro-batch x
 # max_seq_length tokens) attends through SDPA with a dense L x L block-diagonal mask (bf16, plus its construction):
 # measured on an H200 as 2.7 (1B shape) and 4.0 (8B shape) bytes per element at L = 16,384 (BENCHMARKS.md).
 PACKED_MASK_BYTES = 4.0
+# The transformers + PEFT path (no Unsloth kernels) keeps more: full fp32 logits with their gradient, and the
+# layer inputs on the GPU. Not measured on a GPU here: these are the textbook figures.
 HF_LOGITS_BYTES = 12.0
 HF_CHECKPOINTED_BYTES = 2.0
 MIN_SEQ_STEP = 64
@@ -107,7 +107,6 @@ class Settings:
 
 def settings_from(cfg, backend: str) -> Settings:
     from .model import compute_dtype
-
     from .packing import resolve
 
     t = cfg.train

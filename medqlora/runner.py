@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .config import ConfigError, RunConfig, changed_keys, check_inputs, load_config, save_config, stage_inputs
 from .rundir import NOTEBOOKS, STAGES, RunDir, read_json, write_json
+from .system import clock
 
 PROJECT = Path(__file__).resolve().parent.parent
 # An installed wheel has no notebooks/: the Colab Enterprise driver points this at the prepared ones.
@@ -108,16 +109,11 @@ class Progress:
         left = stages[stage_j - 1:]
         if all(self.seconds.get(s) for s in stages):
             mean = {s: sum(v) / len(v) for s, v in self.seconds.items()}
-            eta = _clock(sum(mean[s] for s in left) + (self.n_runs - run_i) * sum(mean[s] for s in stages))
+            eta = clock(sum(mean[s] for s in left) + (self.n_runs - run_i) * sum(mean[s] for s in stages))
         else:
             eta = "after the first run" if self.n_runs > 1 else "see the stage's own progress"
         return (f"[run {run_i}/{self.n_runs} {run_id} | stage {stage_j}/{len(stages)} {stage} | elapsed "
-                f"{_clock(time.time() - self.t0)} | ETA {eta}]")
-
-
-def _clock(seconds: float) -> str:
-    m, sec = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m}:{sec:02d}"
+                f"{clock(time.time() - self.t0)} | ETA {eta}]")
 
 
 def run_log(run: RunDir) -> logging.Handler:
@@ -242,6 +238,10 @@ def readable(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def notebook_kernel() -> str:
+    return os.environ.get("MEDQLORA_KERNEL", "python3")
+
+
 def run_stage(stage: str, run: RunDir, verbose: bool = False) -> tuple[str, float, str | None]:
     import papermill as pm
 
@@ -250,7 +250,7 @@ def run_stage(stage: str, run: RunDir, verbose: bool = False) -> tuple[str, floa
         with kernel_stderr_to(None if verbose else run / "run.log"):
             pm.execute_notebook(str(NOTEBOOK_DIR / NOTEBOOKS[stage]), str(run / NOTEBOOKS[stage]),
                                 parameters={"config_path": str(run.config_path), "run_dir": str(run.path)},
-                                kernel_name=os.environ.get("MEDQLORA_KERNEL", "python3"), cwd=str(PROJECT),
+                                kernel_name=notebook_kernel(), cwd=str(PROJECT),
                                 log_output=True, progress_bar=False)
         return "ok", time.time() - t0, None
     except pm.PapermillExecutionError as e:
@@ -396,7 +396,7 @@ def compare_report(run_dirs: list[str], out: Path) -> Path:
     with kernel_stderr_to(out / "compare.log"):
         pm.execute_notebook(str(NOTEBOOK_DIR / "compare.ipynb"), str(nb), cwd=str(PROJECT), progress_bar=False,
                             parameters={"run_dirs": run_dirs, "out_dir": str(out)},
-                            kernel_name=os.environ.get("MEDQLORA_KERNEL", "python3"))
+                            kernel_name=notebook_kernel())
     return notebook_html(nb)
 
 
@@ -450,41 +450,55 @@ def gpu_ids(arg: str) -> list[str]:
     return ids
 
 
-def run_parallel(jobs: list[tuple[RunConfig, str]], gpus: list[str], reports: Path, argv_common: list[str],
-                 run_ids: list[str]) -> list[int]:
-    """One child runner per run, CUDA_VISIBLE_DEVICES set to its GPU, at most one run per GPU at a time; the
-    terminal gets a combined line from the runs' summary.json files, each child's output its run folder."""
+def run_on_gpus(jobs: list[tuple[str, list[str], Path]], gpus: list[str], tick=None) -> dict[str, int]:
+    """Run each job (name, command, log file) with CUDA_VISIBLE_DEVICES set to a free GPU, in order, at most one job
+    per GPU at a time; tick(running, codes) is called every second with {gpu: name} and the exit codes so far."""
     import subprocess
 
-    queue = list(zip(run_ids, [f for _, f in jobs]))
+    queue = list(jobs)
     running: dict[str, tuple] = {}
     codes: dict[str, int] = {}
-    t0, last = time.time(), ""
     while queue or running:
         for gpu in gpus:
             if gpu not in running and queue:
-                run_id, f = queue.pop(0)
-                (reports / run_id).mkdir(parents=True, exist_ok=True)
-                log = open(reports / run_id / "terminal.log", "w")
-                proc = subprocess.Popen([sys.executable, str(PROJECT / "runner.py"), f, "--run-id", run_id,
-                                         "--reports-dir", str(reports), *argv_common], stdout=log,
-                                        stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
-                running[gpu] = (run_id, proc, log)
-        for gpu, (run_id, proc, log) in list(running.items()):
+                name, command, log_path = queue.pop(0)
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                log = open(log_path, "w")
+                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
+                running[gpu] = (name, proc, log)
+        for gpu, (name, proc, log) in list(running.items()):
             if proc.poll() is not None:
                 log.close()
-                codes[run_id] = proc.returncode
+                codes[name] = proc.returncode
                 del running[gpu]
+        if tick:
+            tick({gpu: name for gpu, (name, _, _) in running.items()}, codes)
+        time.sleep(1)
+    return codes
+
+
+def run_parallel(jobs: list[tuple[RunConfig, str]], gpus: list[str], reports: Path, argv_common: list[str],
+                 run_ids: list[str]) -> list[int]:
+    """One child runner per run, on its own GPU (run_on_gpus); the terminal gets a combined line from the runs'
+    summary.json files, each child's output its run folder."""
+    t0, last = time.time(), [""]
+
+    def tick(running: dict[str, str], codes: dict[str, int]) -> None:
         parts = []
-        for gpu, (run_id, _, _) in sorted(running.items()):
+        for gpu, run_id in sorted(running.items()):
             s = reports / run_id / "summary.json"
             done = len([x for x in (read_json(s).get("stages", []) if s.is_file() else []) if x["status"] == "ok"])
             parts.append(f"gpu {gpu}: {run_id} stage {min(done + 1, len(STAGES))}/{len(STAGES)}")
-        line = (f"[{len(codes)}/{len(run_ids)} runs done | " + " | ".join(parts) + f" | elapsed {_clock(time.time() - t0)}]")
-        if line.split("| elapsed")[0] != last:
+        line = f"[{len(codes)}/{len(run_ids)} runs done | " + " | ".join(parts) + f" | elapsed {clock(time.time() - t0)}]"
+        if line.split("| elapsed")[0] != last[0]:
             print(line, flush=True)
-            last = line.split("| elapsed")[0]
-        time.sleep(1)
+            last[0] = line.split("| elapsed")[0]
+
+    commands = [(run_id, [sys.executable, str(PROJECT / "runner.py"), f, "--run-id", run_id, "--reports-dir",
+                          str(reports), *argv_common], reports / run_id / "terminal.log")
+                for run_id, (_, f) in zip(run_ids, jobs)]
+    codes = run_on_gpus(commands, gpus, tick)
     for run_id in run_ids:
         print(f"{run_id}: exit {codes[run_id]} (output in {reports / run_id / 'terminal.log'})")
     return [codes[r] for r in run_ids]

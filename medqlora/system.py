@@ -15,6 +15,12 @@ STACK = ["torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "
 REQUIRED = ["torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "rouge_score"]
 
 
+def clock(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour up: elapsed times and ETAs."""
+    s = int(max(seconds, 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
 def in_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ
 

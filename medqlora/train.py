@@ -19,12 +19,7 @@ from transformers.trainer_callback import PrinterCallback  # noqa: E402
 
 from .config import RunConfig, changed_keys, stage_inputs
 from .rundir import RunDir
-from .system import free_memory, memory_line, memory_snapshot, peak_memory_gb
-
-
-def _clock(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+from .system import clock, free_memory, memory_line, memory_snapshot, peak_memory_gb
 
 
 class ProgressPrinter(TrainerCallback):
@@ -65,7 +60,7 @@ class ProgressPrinter(TrainerCallback):
         eta = per_step * (state.max_steps - state.global_step)
         self.print(f"step {state.global_step:>4}/{state.max_steps} | epoch {state.epoch:.2f} | "
                    f"loss {float(logs['loss']):.4f} | lr {float(logs.get('learning_rate', 0)):.2e} | "
-                   f"{per_step:.2f} s/step | elapsed {_clock(entry['elapsed_s'])} | ETA {_clock(eta)} | "
+                   f"{per_step:.2f} s/step | elapsed {clock(entry['elapsed_s'])} | ETA {clock(eta)} | "
                    f"{memory_line(snap)}")
 
 
