@@ -2,7 +2,7 @@
 """Run the medqlora notebook chain for one or more params files. See `python runner.py --help` and README.md."""
 import sys
 
-from medqlora.runner import main
+from medqlora.run.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

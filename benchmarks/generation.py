@@ -16,8 +16,8 @@ import json
 import sys
 import time
 
-from medqlora import model as M  # noqa: I001
-from medqlora.model import preload_unsloth
+from medqlora.training import model as M  # noqa: I001
+from medqlora.training.model import preload_unsloth
 
 preload_unsloth()  # before transformers, as the notebooks do
 
@@ -25,7 +25,7 @@ preload_unsloth()  # before transformers, as the notebooks do
 def measure(model, tok, items, batch: int, new_tokens: int, template: str) -> dict:
     import torch
 
-    from medqlora.evaluation import generate
+    from medqlora.evaluation.evaluate import generate
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -56,9 +56,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from medqlora import merge as MG
+    from medqlora.export import merge as MG
     from medqlora.config import load_config
-    from medqlora.rundir import RunDir
+    from medqlora.core.rundir import RunDir
 
     run = RunDir(a.run_dir)
     cfg = load_config(run.config_path)

@@ -115,7 +115,7 @@ def bare(setup: str, run_dir: Path, model_dir: str, out: Path, max_steps: int = 
     import datasets
     import torch
 
-    from medqlora.system import peak_memory_gb  # GPU reserved, or the process's peak RSS on a CPU
+    from medqlora.core.system import peak_memory_gb  # GPU reserved, or the process's peak RSS on a CPU
 
     if setup.startswith("unsloth"):
         from unsloth import FastLanguageModel
@@ -313,14 +313,14 @@ def main() -> None:
     import datasets
     from transformers import AutoConfig
 
-    from medqlora.memory import ModelShape
+    from medqlora.training.memory import ModelShape
 
     lens = sorted(len(x) for x in datasets.load_from_disk(str(out / "prepared" / "data" / "train"))["input_ids"])
     (out / "meta.json").write_text(json.dumps({
         "shape": a.shape or Path(a.model).name, "params": ModelShape.from_config(AutoConfig.from_pretrained(a.model))
         .params(), "examples": len(lens), "useful_tokens": sum(lens), "mean_tokens": sum(lens) / len(lens),
         "p90_tokens": lens[int(0.9 * len(lens))], "max_tokens": lens[-1], "date": time.strftime("%Y-%m-%d")}))
-    from medqlora.runner import run_on_gpus
+    from medqlora.run.cli import run_on_gpus
 
     printed = [None]
 

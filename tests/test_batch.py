@@ -6,9 +6,10 @@ import nbformat
 import pytest
 
 from conftest import ROOT, tiny_params
-from medqlora import comparison, runner
-from medqlora.colab import BOOTSTRAP
-from medqlora.rundir import NOTEBOOKS, STAGES, RunDir
+from medqlora.run import compare as comparison
+from medqlora.run import cli as runner
+from medqlora.run.colab import BOOTSTRAP
+from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir, notebook_dir
 
 
 def named_params(tmp_path, model_dir, sample_data, *names) -> list[str]:
@@ -106,7 +107,7 @@ def test_batch_continues_past_a_failed_run_and_builds_summary_and_comparison(tmp
 
 
 def test_run_report_joins_the_notebooks_and_says_which_failed(tmp_path):
-    from medqlora.report import run_report
+    from medqlora.run.report import run_report
 
     run = RunDir(tmp_path / "r")
     for stage in STAGES[:3]:
@@ -166,7 +167,7 @@ def test_bootstrap_cell_installs_only_when_medqlora_is_missing():
 def test_a_run_folder_uploads_to_an_fsspec_url(tmp_path):
     import fsspec
 
-    from medqlora.colab import upload
+    from medqlora.run.colab import upload
 
     run = fake_run(tmp_path / "u", "u", (0.05, 0.02, 0.08))
     (run / "checkpoints").mkdir()
@@ -184,7 +185,7 @@ def test_driver_runs_the_prepared_chain_locally_and_copies_the_run_back(tmp_path
     run folder goes back up even when the chain failed."""
     import fsspec
 
-    from medqlora import colab
+    from medqlora.run import driver
 
     params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
     assert runner.main([str(params), "--prepare-only", "--reports-dir", "memory://bucket/drv", "--run-id", "r2"]) == 0
@@ -193,13 +194,13 @@ def test_driver_runs_the_prepared_chain_locally_and_copies_the_run_back(tmp_path
     def fake_main(argv):
         calls.append(argv)
         run = Path(argv[argv.index("--reports-dir") + 1]) / "r2"
-        assert sorted(p.name for p in runner.NOTEBOOK_DIR.glob("*.ipynb")) == sorted(NOTEBOOKS.values())
+        assert sorted(p.name for p in notebook_dir().glob("*.ipynb")) == sorted(NOTEBOOKS.values())
         (run / "summary.json").write_text(json.dumps({"run_id": "r2", "status": "failed"}))
         return 1
 
     monkeypatch.setattr(runner, "main", fake_main)
-    monkeypatch.setattr(runner, "NOTEBOOK_DIR", runner.NOTEBOOK_DIR)  # restored after the test
-    code = colab.run_prepared("memory://bucket/drv/r2", "r2", list(STAGES), str(tmp_path / "local"))
+    monkeypatch.setenv("MEDQLORA_NOTEBOOK_DIR", str(notebook_dir()))  # restored after the test
+    code = driver.run_prepared("memory://bucket/drv/r2", "r2", list(STAGES), str(tmp_path / "local"))
     assert code == 1 and calls[0][1:3] == ["--reports-dir", str(tmp_path / "local")]
     with fsspec.filesystem("memory").open("/bucket/drv/r2/summary.json") as f:
         assert json.load(f)["status"] == "failed"
@@ -246,7 +247,7 @@ def test_report_to_reaches_the_trainer_and_a_missing_package_is_said_up_front(tm
                                                                               monkeypatch):
     import importlib.util
 
-    from medqlora import train as T
+    from medqlora.training import train as T
     from medqlora.config import check_inputs, load_config
 
     cfg = load_config(tiny_params(tmp_path, tiny_model_dir, *sample_data, train={"report_to": "tensorboard"}))

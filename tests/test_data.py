@@ -3,7 +3,7 @@ import json
 import pytest
 
 from conftest import SHARED_DATA, write_jsonl
-from medqlora import data as D
+from medqlora.data import formats as D
 from medqlora.config import DataConfig
 
 CASES = {

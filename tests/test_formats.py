@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from conftest import tiny_params, write_jsonl
-from medqlora import export as E
-from medqlora import gguf_export as G
-from medqlora import merge as MG
-from medqlora import model as M
-from medqlora import preprocess as P
-from medqlora import train as T
+from medqlora.export import exporter as E
+from medqlora.export import gguf as G
+from medqlora.export import merge as MG
+from medqlora.training import model as M
+from medqlora.data import preprocess as P
+from medqlora.training import train as T
 from medqlora.config import load_config
-from medqlora.rundir import RunDir
+from medqlora.core.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_a_k_quant_is_said_early_and_the_other_formats_still_exported(trained_ru
 def test_evaluation_through_merged_weights_gives_the_adapters_answers(trained_run):
     """eval.merge: both models answer from the dequantized base, the fine-tuned one with the adapter merged in;
     greedy answers equal those of the 4-bit base with the adapter on top."""
-    from medqlora import evaluation as EV
+    from medqlora.evaluation import evaluate as EV
 
     cfg, run = trained_run
     lora_only = cfg.model_copy(deep=True)
@@ -137,8 +137,8 @@ def test_evaluation_through_merged_weights_gives_the_adapters_answers(trained_ru
 
 
 def test_auto_generation_batch_is_the_largest_that_fits_the_budget(trained_run):
-    from medqlora import evaluation as EV
-    from medqlora import memory
+    from medqlora.evaluation import evaluate as EV
+    from medqlora.training import memory
 
     cfg, run = trained_run
     ref, _ = M.resolve_model(cfg.model)

@@ -15,12 +15,12 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_unsloth_trains_exports_and_reloads(tmp_path, tokenizer_dir):
-    from medqlora import export as E
-    from medqlora import model as M
-    from medqlora import preprocess as P
-    from medqlora import train as T
+    from medqlora.export import exporter as E
+    from medqlora.training import model as M
+    from medqlora.data import preprocess as P
+    from medqlora.training import train as T
     from medqlora.config import load_config
-    from medqlora.rundir import RunDir
+    from medqlora.core.rundir import RunDir
     from medqlora.testing import make_tiny_llama
 
     model_dir = make_tiny_llama(tmp_path / "m", tokenizer_dir, hidden=256, layers=2, heads=4, kv_heads=2,
@@ -60,11 +60,11 @@ def test_unsloth_resume_reports_the_same_totals_as_an_uninterrupted_run(tmp_path
     """Unsloth replaces the trainer's inner loop: the history-based figures must hold there too."""
     from test_train import Crash
 
-    from medqlora import model as M
-    from medqlora import preprocess as P
-    from medqlora import train as T
+    from medqlora.training import model as M
+    from medqlora.data import preprocess as P
+    from medqlora.training import train as T
     from medqlora.config import load_config
-    from medqlora.rundir import RunDir
+    from medqlora.core.rundir import RunDir
     from medqlora.testing import make_tiny_llama
 
     model_dir = make_tiny_llama(tmp_path / "m", tokenizer_dir, hidden=256, layers=2, heads=4, kv_heads=2,
@@ -101,12 +101,12 @@ def test_unsloth_packs_by_default_and_keeps_packed_examples_apart(tmp_path, toke
     from test_packing import IgnoresPackingMarks
     from trl import SFTTrainer
 
-    from medqlora import model as M
-    from medqlora import packing as PK
-    from medqlora import preprocess as P
-    from medqlora import train as T
+    from medqlora.training import model as M
+    from medqlora.training import packing as PK
+    from medqlora.data import preprocess as P
+    from medqlora.training import train as T
     from medqlora.config import load_config
-    from medqlora.rundir import RunDir
+    from medqlora.core.rundir import RunDir
     from medqlora.testing import make_tiny_llama
 
     model_dir = make_tiny_llama(tmp_path / "m", tokenizer_dir, hidden=256, layers=2, heads=4, kv_heads=2,

@@ -1,18 +1,18 @@
 """Memory that manages itself: the estimate's arithmetic against real models, the optimization order, runs that
 cannot fit refused up front, out-of-memory recovery in real training and in generation, memory.jsonl."""
-import json
 import math
 
 import pytest
 import torch
 
-from conftest import ROOT, tiny_params, write_jsonl
-from medqlora import memory as MEM
-from medqlora import model as M
-from medqlora import preprocess as P
-from medqlora import train as T
+from conftest import tiny_params, write_jsonl
+from medqlora.training import memory as MEM
+from medqlora.training import model as M
+from medqlora.data import preprocess as P
+from medqlora.training import train as T
 from medqlora.config import load_config
-from medqlora.rundir import RunDir
+from medqlora.core.rundir import RunDir
+from medqlora.core import memory_log
 
 # Llama 3.1 8B's real shape (config.json values), for planning arithmetic without any weights
 LLAMA_8B = MEM.ModelShape(hidden=4096, layers=32, intermediate=14336, heads=32, kv_heads=8, vocab=128256, tied=False,
@@ -117,7 +117,7 @@ def test_a_run_that_cannot_fit_says_what_would():
 
 
 def test_runner_refuses_a_config_that_cannot_fit_its_budget_with_exit_2(tmp_path, tiny_model_dir, sample_data, capsys):
-    from medqlora import runner as R
+    from medqlora.run import cli as R
 
     params = tiny_params(tmp_path, tiny_model_dir, *sample_data, memory={"budget_gb": 1.0})
     assert R.main([str(params), "--check"]) == 2
@@ -167,9 +167,9 @@ def test_out_of_memory_in_real_training_halves_the_micro_batch_and_finishes(tmp_
     assert result["effective_settings"]["gradient_accumulation"] == 2, "the effective batch stays 4"
     assert result["resumed_from"].endswith("checkpoint-4")
     assert any("out of memory at step 5; retrying with micro-batch 2" in x for x in lines)
-    events = [r["event"] for r in MEM.read_records(run) if r["stage"] == "train"]
+    events = [r["event"] for r in memory_log.read_records(run) if r["stage"] == "train"]
     assert "step 1" in events and "out of memory at step 5: micro-batch 4 -> 2" in events and "adapter saved" in events
-    assert MEM.peaks_by_stage(run)["train"] > 0
+    assert memory_log.peaks_by_stage(run)["train"] > 0
 
 
 def test_out_of_memory_at_micro_batch_1_stops_with_advice(tmp_path, tiny_model_dir):
@@ -187,7 +187,7 @@ def test_out_of_memory_at_micro_batch_1_stops_with_advice(tmp_path, tiny_model_d
 def test_generation_halves_its_batch_when_out_of_memory(tiny_model_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from medqlora.evaluation import generate
+    from medqlora.evaluation.evaluate import generate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     real = model.generate

@@ -1,6 +1,6 @@
 import pytest
 
-from medqlora.scoring import (closed_distribution, extract_choice, extract_decision, intervals, loops,
+from medqlora.evaluation.scoring import (closed_distribution, extract_choice, extract_decision, intervals, loops,
                               paired_bootstrap, rouge_scores, score, split_reasoning)
 
 OPTS = {"A": "Vitamin A", "B": "Vitamin C", "C": "Iron", "D": "Zinc"}
@@ -113,7 +113,7 @@ def test_every_metric_gets_intervals_for_both_models_and_the_change():
 
 def test_sampling_settings_reach_generate():
     from medqlora.config import RunConfig
-    from medqlora.evaluation import sampling
+    from medqlora.evaluation.evaluate import sampling
 
     cfg = RunConfig.model_validate({"run_name": "t", "model": {"name_or_path": "m"}, "data": {"source": "x.jsonl"}})
     assert sampling(cfg) == {"do_sample": False, "repetition_penalty": 1.0}
@@ -128,7 +128,7 @@ def test_the_shipped_evaluate_metrics_give_the_pipelines_numbers():
 
     import medqlora
 
-    root = Path(medqlora.__file__).parent / "metrics"
+    root = Path(medqlora.__file__).parent / "evaluation" / "metrics"
     preds, refs = ["<think>hmm</think>vitamin c deficiency", "iron overload"], ["vitamin c deficiency", "iron lack"]
     rouge = evaluate.load(str(root / "medqa_rouge")).compute(predictions=preds, references=refs)
     pipeline = score([{"kind": "freetext", "reference": r} for r in refs], preds)

@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_params, write_jsonl
-from medqlora import model as M
-from medqlora import packing as P
-from medqlora import preprocess as PP
-from medqlora import train as T
+from medqlora.training import model as M
+from medqlora.training import packing as P
+from medqlora.data import preprocess as PP
+from medqlora.training import train as T
 from medqlora.config import load_config
-from medqlora.rundir import RunDir
+from medqlora.core.rundir import RunDir
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import datasets
 import pytest
 
 from conftest import ROOT, write_jsonl
-from medqlora import preprocess as P
+from medqlora.data import preprocess as P
 from medqlora.config import RunConfig
-from medqlora.data import DataError
-from medqlora.rundir import RunDir
+from medqlora.data.formats import DataError
+from medqlora.core.rundir import RunDir
 
 
 def config(tokenizer_dir, **data) -> RunConfig:

@@ -1,7 +1,7 @@
 import pytest
-from medqlora.data import Example
-from medqlora.prompts import build_completion, build_prompt, tokenize_example, user_text
-from medqlora.scoring import answer_part
+from medqlora.data.formats import Example
+from medqlora.data.prompts import build_completion, build_prompt, tokenize_example, user_text
+from medqlora.evaluation.scoring import answer_part
 
 FREE = Example("1", "freetext", "What causes scurvy?", "Vitamin C deficiency.")
 MCQ = Example("2", "choice", "Scurvy is caused by lack of?", "B", options={"A": "Vitamin A", "B": "Vitamin C"})
@@ -57,7 +57,7 @@ def test_reasoning_answer_is_after_the_thought():
 
 @pytest.mark.parametrize("template", ["chat", "reasoning", "plain"])
 def test_evaluation_feeds_the_prompt_tokens_training_saw(tokenizer, template):
-    from medqlora.prompts import adds_special_tokens
+    from medqlora.data.prompts import adds_special_tokens
 
     ex = Example("1", "freetext", "What causes scurvy?", "Vitamin C deficiency.")
     prompt = build_prompt(ex, tokenizer, template)

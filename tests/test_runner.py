@@ -110,13 +110,13 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     assert list(ev["sets"]) == ["held-out", "bench"] and ev["sets"]["bench"]["n_items"] == 5
     assert ev["sets"]["bench"]["metrics"]["base"]["n_choice"] == 5 and ev["metrics"] == ev["sets"]["held-out"]["metrics"]
     assert (run / "eval" / "answers_bench.jsonl").is_file()
-    from medqlora.evaluation import category_table
-    from medqlora.rundir import RunDir
+    from medqlora.evaluation.evaluate import category_table
+    from medqlora.core.rundir import RunDir
 
     by_category = category_table(RunDir(run))  # the bundled data's specialty column
     assert by_category["items"].sum() == 6 and len(by_category) >= 2
     # the export carries the evaluation and the project's commit, and still verifies; the zip is beside it
-    from medqlora.export import verify
+    from medqlora.export.exporter import verify
 
     meta = json.loads((run / "export" / "training_metadata.json").read_text())
     assert set(meta["evaluation"]) == {"held-out", "bench"} and meta["evaluation"]["bench"]["n_items"] == 5
@@ -126,7 +126,7 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     # the researcher's own questions, answered side by side with the generation settings shown
     assert [q["question"] for q in ev["queries"]] == ["What is the first-line treatment of anaphylaxis?"]
     assert ev["generation"]["repetition_penalty"] == 1.1 and ev["generation"]["do_sample"] is False
-    asked = subprocess.run([sys.executable, "-m", "medqlora.ask", str(run), "What causes scurvy?", "--max-new-tokens",
+    asked = subprocess.run([sys.executable, "-m", "medqlora.evaluation.ask", str(run), "What causes scurvy?", "--max-new-tokens",
                             "6"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert asked.returncode == 0, asked.stderr[-2000:]
     assert "Q: What causes scurvy?" in asked.stdout and "fine-tuned:" in asked.stdout

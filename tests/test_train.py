@@ -6,12 +6,12 @@ import torch
 from transformers import TrainerCallback
 
 from conftest import tiny_params, write_jsonl
-from medqlora import export as E
-from medqlora import model as M
-from medqlora import preprocess as P
-from medqlora import train as T
+from medqlora.export import exporter as E
+from medqlora.training import model as M
+from medqlora.data import preprocess as P
+from medqlora.training import train as T
 from medqlora.config import load_config
-from medqlora.rundir import RunDir
+from medqlora.core.rundir import RunDir
 
 
 @pytest.fixture

@@ -1,0 +1,45 @@
+"""What every config section shares: the error type, the strict base model, and path helpers."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+)
+
+
+class ConfigError(ValueError):
+    """Invalid params or inputs; the runner exits 2 on it."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+
+# ---------------------------------------------------------------- input checks (before any notebook runs)
+
+LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".csv.gz")
+
+
+def is_local_path(source: str, base: Path | None = None) -> bool:
+    """A path (has a data-file suffix or a folder part) as opposed to a hub dataset/model id."""
+    if "://" in source:
+        return False
+    return (source.startswith((".", "/", "~")) or source.lower().endswith(LOCAL_DATA_SUFFIXES)
+            or (Path(base or Path.cwd()) / source).exists())
+
+
+
+
+
+def model_folder(name_or_path: str) -> Path:
+    """pkg://name -> the installed package's folder; anything else unchanged."""
+    if name_or_path.startswith("pkg://"):
+        spec = importlib.util.find_spec(name_or_path[len("pkg://"):])
+        if spec is None or spec.origin is None:
+            raise ConfigError(f"model package {name_or_path} is not installed")
+        return Path(spec.origin).parent
+    return Path(name_or_path)

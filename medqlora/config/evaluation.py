@@ -1,0 +1,53 @@
+"""eval: section (held-out answers, benchmark sets, generation settings)."""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import (
+    Field,
+    field_validator,
+)
+
+from medqlora.config.base import Section
+
+
+class EvalSetConfig(Section):
+    name: str = Field(description="Short name, shown in the report (e.g. pubmedqa, medmcqa).")
+    source: str = Field(description="Local file, fsspec URL or hub dataset, in any supported format.")
+    config_name: str | None = Field(None, description="Hub dataset configuration.")
+    split: str = Field("test", description="Split of the source to read.")
+    format: Literal["auto", "qa", "alpaca", "chat", "reasoning", "mcq", "pubmedqa"] = Field("auto")
+    columns: dict[str, str] = Field(default_factory=dict, description="As data.columns.")
+    max_items: int | None = Field(200, ge=1, description="Items scored from this set (None: all).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,40}", v) or v == "held-out":
+            raise ValueError("use letters, digits, '_' and '-' (it names a file); 'held-out' is taken")
+        return v
+
+
+class EvalConfig(Section):
+    max_samples: int | None = Field(60, ge=1, description="Held-out items to generate for (None: all).")
+    max_new_tokens: int = Field(128, ge=1, description="Answer length for free-text items.")
+    max_new_tokens_choice: int = Field(16, ge=1, description="Answer length for multiple-choice and yes/no items.")
+    batch_size: int | Literal["auto"] = Field(
+        "auto", description="Prompts generated together. auto: the largest power of two whose estimated memory stays "
+        "within memory.max_fraction of the budget, up to max_batch_size.")
+    max_batch_size: int = Field(128, ge=1, description="Upper bound for batch_size: auto.")
+    merge: bool | Literal["auto"] = Field(
+        "auto", description="Fine-tuned answers from weights with the adapter merged in (the 4-bit base dequantized "
+        "once; faster) instead of the adapter on top. auto: merge when the dequantized weights take at most a "
+        "quarter of the memory budget.")
+    show_examples: int = Field(8, ge=0, description="Side-by-side answers shown in the report.")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0: greedy decoding (reproducible); above 0: sampling.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling share (with temperature > 0).")
+    repetition_penalty: float = Field(1.0, ge=1.0, le=3.0, description="Above 1 discourages repeating tokens.")
+    queries: list[str] = Field(
+        default_factory=list, description="Your own questions, with no reference: answered by the base and the "
+        "fine-tuned model side by side in the report.")
+    sets: list[EvalSetConfig] = Field(
+        default_factory=list, description="Benchmark sets scored besides the held-out split, each reported apart; "
+        "training questions found in any of them are dropped as leaks.")

@@ -1,0 +1,86 @@
+"""RunConfig: the sections joined, and which settings each stage's output depends on."""
+from __future__ import annotations
+
+import re
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from medqlora.config.base import Section
+from medqlora.config.data import DataConfig
+from medqlora.config.evaluation import EvalConfig
+from medqlora.config.export import ExportConfig
+from medqlora.config.model import LoraConfig, ModelConfig
+from medqlora.config.training import MemoryConfig, TrainConfig
+
+
+class RunConfig(Section):
+    run_name: str = Field(description="Short name; the run id is <run_name>-<timestamp>.")
+    model: ModelConfig
+    data: DataConfig
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names the run folder)")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunConfig":
+        if self.model.backend == "unsloth" and not self.model.load_in_4bit and self.model.dtype == "float32":
+            raise ValueError("model.backend=unsloth does not train in float32; set model.dtype to auto or bfloat16")
+        if self.train.packing is True and self.model.max_seq_length < 64:
+            raise ValueError("train.packing needs model.max_seq_length of at least 64")
+        return self
+
+
+# ---------------------------------------------------------------- what each stage's output depends on
+
+# Settings that change no stage's output: display, logging, checkpoint bookkeeping and where caches live
+# (a run's saved config.yaml holds cache_dir spelled out, so comparing it would call every resume stale).
+_NO_EFFECT = {"model": {"cache_dir"}, "train": {"logging_steps", "save_steps", "save_total_limit",
+                                                "gradient_checkpointing", "report_to"}, "eval": {"show_examples"}}
+_SETUP_KEYS = {"name_or_path", "gguf_file", "backend", "load_in_4bit"}
+# Sections each stage reads, cumulatively: a stage's output also depends on everything before it.
+_STAGE_SECTIONS = {"setup": ["model"], "preprocess": ["model", "data"], "train": ["model", "data", "lora", "train"],
+                   "export": ["model", "data", "lora", "train", "export"],
+                   "evaluate": ["model", "data", "lora", "train", "export", "eval"]}
+
+
+def stage_inputs(cfg: "RunConfig", stage: str) -> dict:
+    """The settings a stage's output depends on (its own and its predecessors'): when any of them changes,
+    the stage's output is stale and must be made again."""
+    dumped = cfg.model_dump(mode="json")
+    out = {sec: {k: v for k, v in dumped[sec].items() if k not in _NO_EFFECT.get(sec, ())}
+           for sec in _STAGE_SECTIONS[stage]}
+    if "train" in out:  # how a batch is split into micro-batches changes memory, not what is learnt
+        t = out["train"]
+        t["effective_batch"] = t.pop("micro_batch_size") * t.pop("gradient_accumulation")
+    if stage == "setup":  # setup checks the machine and resolves the base model: only which model matters
+        out["model"] = {k: v for k, v in out["model"].items() if k in _SETUP_KEYS}
+    return out
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, with old -> new values. A key on one side only
+    (a record from another medqlora version, with fewer or more settings) is not a change."""
+    out = []
+    for k in sorted(set(old) & set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return out
+
+
+# ---------------------------------------------------------------- loading

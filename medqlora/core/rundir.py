@@ -1,0 +1,97 @@
+"""The run folder: where each stage writes its artifacts and result, and where the next stage reads them.
+
+reports/<run_id>/
+  config.yaml            resolved config (what every stage reads)
+  NN_stage.ipynb         executed notebooks
+  results/<stage>.json   each stage's result (the runner builds summary.json from these)
+  data/                  prepared train dataset, eval items (preprocess)
+  checkpoints/ adapter/  trainer checkpoints and the final adapter (train)
+  export/                the deliverable: adapter, metadata, model card, manifest (export)
+  plots/                 PNG figures shown in the notebooks
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+STAGES = ["setup", "preprocess", "train", "export", "evaluate"]
+NOTEBOOKS = {s: f"{i:02d}_{s}.ipynb" for i, s in enumerate(STAGES, start=1)}
+PROJECT = Path(__file__).resolve().parents[2]  # the checkout: notebooks/, params/, reports/
+
+
+def notebook_dir() -> Path:
+    """The stage notebooks: the checkout's, or MEDQLORA_NOTEBOOK_DIR (an installed wheel has none: the Colab Enterprise
+    driver points it at the prepared ones)."""
+    return Path(os.environ.get("MEDQLORA_NOTEBOOK_DIR", PROJECT / "notebooks"))
+
+
+class StageInputError(RuntimeError):
+    """A stage was run on a run folder that lacks what an earlier stage writes."""
+
+
+def write_json(path: Path, obj) -> None:
+    """Write through a temporary file so that a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def train_data(self) -> Path:
+        return self.path / "data" / "train"
+
+    @property
+    def eval_items(self) -> Path:
+        return self.path / "data" / "eval.jsonl"
+
+    def eval_set_path(self, name: str) -> Path:
+        """Items of a benchmark eval set (eval.sets), prepared like the held-out ones."""
+        return self.path / "data" / f"eval_{name}.jsonl"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
+
+    def plot(self, name: str) -> Path:
+        (self.path / "plots").mkdir(exist_ok=True)
+        return self.path / "plots" / name
+
+    def result_path(self, stage: str) -> Path:
+        return self.path / "results" / f"{stage}.json"
+
+    def save_result(self, stage: str, result: dict) -> None:
+        write_json(self.result_path(stage), result)
+        from medqlora.core.memory_log import record  # memory_log writes into a RunDir
+
+        record(self, stage, "end")
+
+    def result(self, stage: str) -> dict:
+        """An earlier stage's result, or a clear error naming the stage to run first."""
+        p = self.result_path(stage)
+        if not p.is_file():
+            raise StageInputError(f"{self.path} has no {stage} result ({p}); run the {stage} stage first "
+                                  f"(python runner.py --resume {self.path.name}, or notebooks/{NOTEBOOKS[stage]})")
+        return read_json(p)

@@ -1,0 +1,1 @@
+"""The preprocess stage: reading files row by row (sources), formats, prompt templates, tokenizing."""

@@ -1,0 +1,292 @@
+"""Stage 2: load, detect, validate, split, format, tokenize with the prompt masked, and save into the run folder."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medqlora.data import formats as D
+from medqlora.data.formats import Example
+from medqlora.config import RunConfig
+from medqlora.data.prompts import build_completion, build_prompt, tokenize_example
+from medqlora.core.rundir import RunDir
+
+
+@dataclass
+class Prepared:
+    source_format: str
+    columns: dict[str, str]
+    checks: D.Checks
+    train_lengths: list[int]
+    eval_lengths: list[int]
+    eval_items: list[dict]
+    example: dict  # one tokenized training example, for the marked-span display
+    fingerprint: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    benchmarks: dict = field(default_factory=dict)  # eval set name -> {source, read, kept, dropped, path}
+
+
+def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
+    t0 = time.time()
+    dc = cfg.data
+    rows, columns = D.open_rows(dc.source, dc, dc.split)
+    if not columns:
+        raise D.DataError(f"{dc.source} has no readable rows; see the runner's data check for why")
+    fmt, mapping = D.resolve_format(columns, dc)
+    checks, seen, notes = D.Checks(), set(), []
+
+    eval_examples: list[D.Example] = []
+    if dc.eval_source:
+        erows, ecols = D.open_rows(dc.eval_source, dc, dc.eval_split)
+        efmt, emap = D.resolve_format(ecols, dc)
+        eval_examples = list(D.iter_examples(erows, efmt, emap, checks, seen, dc.on_bad_rows, dc.eval_source))
+    eval_questions = {D.question_key(e) for e in eval_examples}
+    benchmarks = {es.name: read_benchmark(es, cfg, tokenizer) for es in cfg.eval.sets}
+    in_benchmark = {k: name for name, b in benchmarks.items() for k in b["keys"]}
+
+    max_len = cfg.model.max_seq_length
+    train_lengths, eval_lengths, all_lengths, first = [], [], [], {}
+
+    def tokenized(ex: D.Example, prompt_only: bool = False) -> dict | None:
+        """Prompt + completion tokens; over-long examples are dropped and counted. Eval items are measured on
+        their prompt alone: the reference is scored against, never fed to the model."""
+        prompt = build_prompt(ex, tokenizer, dc.template, dc.system_prompt)
+        completion = build_completion(ex, prompt, tokenizer, dc.template)
+        tok = tokenize_example(prompt, completion, tokenizer, dc.template)
+        if not prompt_only and tok["n_tokens"] == tok["n_prompt_tokens"]:
+            checks.drop("no trained tokens: the answer tokenizes to nothing after the prompt (check the chat "
+                        "template and data.template)", ex.question)
+            return None
+        n = tok["n_prompt_tokens"] if prompt_only else tok["n_tokens"]
+        all_lengths.append(n)
+        if n > max_len:
+            what = "prompt" if prompt_only else "prompt + answer"
+            checks.drop(f"over-long: {n} tokens ({what}) > model.max_seq_length {max_len}", ex.question)
+            return None
+        tok["prompt"], tok["completion"] = prompt, completion
+        return tok
+
+    kept_eval = []
+
+    def add_eval(ex: D.Example) -> None:
+        tok = tokenized(ex, prompt_only=True)
+        if tok:
+            kept_eval.append({**ex.to_dict(), "prompt": tok["prompt"], "reference": reference_text(ex)})
+            eval_lengths.append(tok["n_prompt_tokens"])
+            checks.keep("eval", ex.kind)
+
+    for ex in eval_examples:
+        add_eval(ex)
+
+    def train_rows():
+        for ex in D.iter_examples(rows, fmt, mapping, checks, seen, dc.on_bad_rows, dc.source):
+            if not dc.eval_source and D.in_eval_split(ex, dc.eval_fraction, dc.seed):
+                add_eval(ex)
+                continue
+            if D.question_key(ex) in eval_questions:
+                checks.drop("leak: question is also in the eval set", ex.question)
+                continue
+            if D.question_key(ex) in in_benchmark:
+                checks.drop(f"leak: question is also in eval set {in_benchmark[D.question_key(ex)]}", ex.question)
+                continue
+            tok = tokenized(ex)
+            if tok is None:
+                continue
+            checks.keep("train", ex.kind)
+            train_lengths.append(tok["n_tokens"])
+            if not first:
+                first.update(tok)
+            yield {"id": ex.id, "kind": ex.kind, "input_ids": tok["input_ids"], "labels": tok["labels"],
+                   "n_tokens": tok["n_tokens"]}
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    out = run.train_data
+
+    with tempfile.TemporaryDirectory(prefix="medqlora-prep-") as cache:
+        # Written to Arrow in chunks as rows stream by; the nonce keeps a stale cache from being reused.
+        try:
+            ds = datasets.Dataset.from_generator(train_rows, cache_dir=cache,
+                                                 gen_kwargs={}, fingerprint=f"prep-{time.time_ns()}")
+        except datasets.exceptions.DatasetGenerationError as e:
+            # datasets wraps what the generator raised; show the real cause, or say that no row was left
+            if checks.kept.get("train"):
+                raise (e.__cause__ or e) from None
+            if isinstance(e.__cause__, D.DataError):
+                raise e.__cause__ from None
+        # Nothing is written to the run folder until the data is known to be worth training on.
+        assert checks.balanced(), f"row accounting is off: {checks}"
+        refuse_meaningless(checks, dc, max_len, all_lengths, kept_eval)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp = out.with_name("train.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds.save_to_disk(str(tmp))
+        tmp.rename(out)
+    eval_text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept_eval)
+    run.eval_items.write_text(eval_text)
+    for name, b in benchmarks.items():
+        text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in b.pop("items"))
+        run.eval_set_path(name).write_text(text)
+        eval_text += text
+        b.pop("keys")
+    h = hashlib.sha256()
+    for f in sorted(out.glob("*.arrow")):
+        h.update(f.read_bytes())
+    h.update(eval_text.encode())
+    if any(k.startswith("eval/") for k in checks.kinds) and dc.eval_source is None:
+        notes.append(f"eval split: {dc.eval_fraction:.0%} of questions by hash (seed {dc.seed})")
+    return Prepared(fmt, mapping, checks, train_lengths, eval_lengths, kept_eval, first, h.hexdigest(),
+                    time.time() - t0, notes, benchmarks)
+
+
+def read_benchmark(es, cfg: RunConfig, tokenizer) -> dict:
+    """A benchmark eval set: read, normalized and checked like the training data (its own counts), prompts built
+    with the run's template; items whose prompt is longer than max_seq_length are dropped and counted."""
+    from medqlora.data.check import set_config
+
+    dc = set_config(cfg.data, es)
+    rows, columns = D.open_rows(dc.source, dc, dc.split)
+    fmt, mapping = D.resolve_format(columns, dc)
+    checks, items = D.Checks(), []
+    for ex in D.iter_examples(rows, fmt, mapping, checks, set(), dc.on_bad_rows, dc.source):
+        prompt = build_prompt(ex, tokenizer, cfg.data.template, cfg.data.system_prompt)
+        n = tokenize_example(prompt, "", tokenizer, cfg.data.template)["n_prompt_tokens"]
+        if n > cfg.model.max_seq_length:
+            checks.drop(f"over-long: {n} prompt tokens > model.max_seq_length {cfg.model.max_seq_length}", ex.question)
+            continue
+        checks.keep(es.name, ex.kind)
+        items.append({**ex.to_dict(), "prompt": prompt, "reference": reference_text(ex)})
+    if not items:
+        raise D.DataError(f"eval set {es.name} ({es.source}): no usable items ({checks.read} read, dropped "
+                          f"{checks.dropped})")
+    return {"source": es.source, "format": fmt, "read": checks.read, "kept": len(items), "dropped": checks.dropped,
+            "items": items, "keys": {D.question_key(Example.from_dict(i)) for i in items}}
+
+
+def refuse_meaningless(checks: D.Checks, dc, max_len: int, lengths: list[int], kept_eval: list) -> None:
+    """Stop, with the counts and the fix, when what is left is not the run that was asked for."""
+    import numpy as np
+
+    n_train, dropped = checks.kept.get("train", 0), sum(checks.dropped.values())
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(checks.dropped.items(), key=lambda kv: -kv[1]))
+    fixes = []
+    if checks.dropped.get("over-long"):
+        keep95 = int(np.percentile(lengths, 95)) if lengths else max_len
+        fixes.append(f"{checks.dropped['over-long']} rows are longer than model.max_seq_length {max_len}; "
+                     f"--set model.max_seq_length={-(-keep95 // 64) * 64} would keep 95% of the examples")
+    if checks.dropped.get("duplicate"):
+        fixes.append(f"{checks.dropped['duplicate']} rows repeat an earlier question and answer")
+    if checks.dropped.get("leak"):
+        fixes.append(f"{checks.dropped['leak']} training questions are also in the eval set")
+    if checks.dropped.get("no trained tokens"):
+        fixes.append("every dropped 'no trained tokens' example had its whole answer masked: the prompt template "
+                     "does not leave the answer after the prompt")
+    if set(checks.dropped) - {"over-long", "duplicate", "leak", "no trained tokens"}:
+        fixes.append("see the data checks table (or run with data.on_bad_rows: fail) for the rows and lines")
+    problems = []
+    if checks.read and dropped / checks.read > dc.max_drop_fraction:
+        problems.append(f"{dropped} of {checks.read} rows dropped ({dropped / checks.read:.0%}, more than "
+                        f"data.max_drop_fraction {dc.max_drop_fraction:.0%})")
+    if n_train < dc.min_train_examples:
+        problems.append(f"{n_train} training examples left, fewer than data.min_train_examples {dc.min_train_examples}")
+    if not kept_eval:
+        problems.append("no eval items left")
+        fixes.append("give data.eval_source or raise data.eval_fraction")
+    if problems:
+        raise D.DataError("; ".join(problems) + (f". Dropped: {reasons}" if reasons else "") + ". "
+                          + "; ".join(fixes + ["if this is what you meant (a smoke test), raise data.max_drop_fraction "
+                                               "or lower data.min_train_examples"]))
+
+
+def reference_text(ex: D.Example) -> str:
+    """The text ROUGE compares against: the answer for free text, the long answer or explanation otherwise."""
+    if ex.kind == "freetext":
+        return ex.answer
+    return ex.explanation or ex.answer
+
+
+# ---------------------------------------------------------------- what the notebook shows
+
+
+def checks_table(p: Prepared):
+    import pandas as pd
+
+    rows = [("rows read", p.checks.read)]
+    rows += [(f"dropped: {k}", v) for k, v in sorted(p.checks.dropped.items())]
+    rows += [(f"kept: {k}", v) for k, v in sorted(p.checks.kinds.items())]
+    rows += [(f"kept: {k} (all)", v) for k, v in sorted(p.checks.kept.items())]
+    rows += [("read = kept + dropped", "yes" if p.checks.balanced() else "NO")]
+    return pd.DataFrame(rows, columns=["check", "rows"]).set_index("check")
+
+
+def dropped_table(p: Prepared):
+    import pandas as pd
+
+    rows = [(s["reason"], s["row"]) for v in p.checks.samples.values() for s in v]
+    return pd.DataFrame(rows, columns=["why dropped (first 3 of each reason)", "row"])
+
+
+def length_stats(p: Prepared):
+    import numpy as np
+    import pandas as pd
+
+    out = {}
+    for name, lens in (("train (prompt + answer)", p.train_lengths), ("eval (prompt only)", p.eval_lengths)):
+        a = np.array(lens or [0])
+        out[name] = {"examples": len(lens), "mean": a.mean(), "p50": np.percentile(a, 50),
+                     "p90": np.percentile(a, 90), "p99": np.percentile(a, 99), "max": a.max(),
+                     "total tokens": a.sum()}
+    return pd.DataFrame(out).T.round(1)
+
+
+def plot_lengths(p: Prepared, cfg: RunConfig, path: Path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.hist([p.train_lengths, p.eval_lengths], bins=30, label=["train", "eval"], stacked=True)
+    longest, limit = max(p.train_lengths + p.eval_lengths), cfg.model.max_seq_length
+    if limit <= longest * 1.5:
+        ax.axvline(limit, color="red", ls="--", label=f"max_seq_length {limit}")
+        ax.set_xlim(0, limit * 1.05)
+    else:  # far off to the right: say it rather than squash the histogram
+        ax.set_title(f"longest example {longest} tokens; max_seq_length {limit}", fontsize=10)
+    ax.set_xlabel("tokens per example (prompt + answer)")
+    ax.set_ylabel("examples")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return fig
+
+
+def marked_example(p: Prepared, tokenizer) -> str:
+    """One training example decoded, the trained span (labels != -100) between »» and ««."""
+    ids, labels = p.example["input_ids"], p.example["labels"]
+    n = sum(1 for x in labels if x == -100)
+    assert all(x == -100 for x in labels[:n]) and all(x != -100 for x in labels[n:])
+    return (tokenizer.decode(ids[:n]) + "»»" + tokenizer.decode(ids[n:]) + "««\n\n"
+            f"[{n} prompt tokens masked, {len(ids) - n} answer tokens trained]")
+
+
+def save_result(p: Prepared, cfg: RunConfig, run: RunDir) -> dict:
+    import numpy as np
+
+    result = {"format": p.source_format, "columns": p.columns, "rows_read": p.checks.read,
+              "dropped": p.checks.dropped, "kept": p.checks.kept, "kinds": p.checks.kinds,
+              "train_tokens": sum(p.train_lengths), "max_tokens": max(p.train_lengths + p.eval_lengths),
+              "max_seq_length": cfg.model.max_seq_length,
+              "eval_from": (f"data.eval_source {cfg.data.eval_source}" if cfg.data.eval_source else
+                            f"a hash split of data.source {cfg.data.source}: {cfg.data.eval_fraction:.0%} of its "
+                            f"questions (seed {cfg.data.seed})"),
+              "p99_tokens": int(np.percentile(p.train_lengths, 99)) if p.train_lengths else None,
+              "fingerprint": p.fingerprint, "train_data": str(run.train_data), "eval_items": str(run.eval_items),
+              "seconds": round(p.seconds, 2), "notes": p.notes,
+              "eval_sets": {name: {**b, "path": str(run.eval_set_path(name))} for name, b in p.benchmarks.items()}}
+    run.save_result("preprocess", result)
+    return result

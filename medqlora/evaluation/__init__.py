@@ -1,0 +1,1 @@
+"""The evaluate stage: generation, scoring and metrics, asking a trained run."""

@@ -1,0 +1,1 @@
+"""The export stage: adapter, manifest and copies, merged 16-bit weights, GGUF."""

@@ -1,0 +1,230 @@
+"""GGUF files (llama.cpp, Ollama, LM Studio) written from a merged model with the `gguf` package's writer,
+tensor-name maps and quantizers: no llama.cpp build needed.
+
+Covered: Llama-architecture models (Llama 3.x, SmolLM2, DeepSeek-R1-Distill-Llama) and Qwen2 (DeepSeek-R1-
+Distill-Qwen) with byte-level BPE tokenizers, at the quantizations the package can make in Python (f32, f16,
+bf16, q8_0, q5_0, q5_1, q4_0, q4_1). K-quants (q4_k_m, ...) need llama.cpp's `llama-quantize`; asking for one
+raises GGUFUnsupported, and the export notebook says so while the other formats are still exported.
+Q/K projections are permuted as llama.cpp's convert_hf_to_gguf.py does (transformers undoes it when reading).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from medqlora.config import GGUF_MAKEABLE, NEEDS_LLAMA_CPP
+
+# Quantization -> gguf file type, for the names the schema accepts (config.GGUF_MAKEABLE).
+MAKEABLE = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",
+            "q5_0": "MOSTLY_Q5_0", "q5_1": "MOSTLY_Q5_1", "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1"}
+assert tuple(MAKEABLE) == GGUF_MAKEABLE
+ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
+# Relative RMS error of the logits, GGUF read back against the merged model, that each quantization allows.
+TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "bf16": 2e-2, "q8_0": 5e-2, "q5_0": 0.15, "q5_1": 0.15, "q4_0": 0.3,
+             "q4_1": 0.3}
+
+
+class GGUFUnsupported(ValueError):
+    """This model or quantization cannot be written here; the message says what to use instead."""
+
+
+def check_supported(model_type: str, quant: str) -> None:
+    if quant in NEEDS_LLAMA_CPP:
+        raise GGUFUnsupported(
+            f"export.gguf_quant {quant!r} is a llama.cpp K-quant, which the gguf Python package cannot make; "
+            f"choose one of {sorted(MAKEABLE)} (q8_0 is near-lossless), or quantize the exported f16 GGUF with "
+            f"llama.cpp: llama-quantize model-f16.gguf model-{quant}.gguf {quant.upper()}")
+    if quant not in MAKEABLE:
+        raise GGUFUnsupported(f"export.gguf_quant {quant!r} is unknown; choose one of {sorted(MAKEABLE)}")
+    if model_type not in ARCHITECTURES:
+        raise GGUFUnsupported(
+            f"GGUF export covers {sorted(ARCHITECTURES)} models, not {model_type!r}; convert the exported merged "
+            "model with llama.cpp's convert_hf_to_gguf.py")
+
+
+def tokenizer_pre(model_cfg) -> str:
+    """The pre-tokenizer name llama.cpp keys its regex on: the source GGUF's when the base came from one, else
+    recognised from the model's name ('default' otherwise: llama.cpp then splits words its generic way)."""
+    if model_cfg.gguf_file:
+        import gguf
+
+        from medqlora.training.model import converted_folder
+
+        src, _ = converted_folder(model_cfg)
+        field = gguf.GGUFReader(str(src)).fields.get("tokenizer.ggml.pre")
+        if field is not None:
+            return field.contents()
+    name = model_cfg.name_or_path.lower()
+    for key, pre in (("deepseek-r1-distill-qwen", "deepseek-r1-qwen"), ("llama-3", "llama-bpe"),
+                     ("llama3", "llama-bpe"), ("deepseek-r1-distill-llama", "llama-bpe"), ("qwen2", "qwen2"),
+                     ("smollm", "smollm")):
+        if key in name:
+            return pre
+    return "default"
+
+
+def _permute(w, n_head: int, n_head_kv: int | None):
+    """llama.cpp's Q/K row order (interleaved rotary halves); transformers' GGUF reader reverses it."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _llama3_rope_factors(cfg: dict, head_dim: int):
+    """The rope_freqs tensor llama.cpp expects for Llama 3.1+ rope scaling (as convert_hf_to_gguf.py computes it)."""
+    import numpy as np
+
+    rs = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    if rs.get("rope_type") != "llama3":
+        return None
+    base = rs.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    factor, low, high = rs.get("factor", 8.0), rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+    old_ctx = rs.get("original_max_position_embeddings", 8192)
+    out = []
+    for freq in 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)):
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_ctx / high:
+            out.append(1.0)
+        elif wavelen > old_ctx / low:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def _tokenizer_fields(model_dir: Path, pre: str | None):
+    """Tokens, types and the pre-tokenizer name from tokenizer.json (byte-level BPE only)."""
+    import gguf
+
+    tj = json.loads((model_dir / "tokenizer.json").read_text())
+    model = tj["model"]
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(tj.get("pre_tokenizer")):
+        raise GGUFUnsupported("GGUF export writes byte-level BPE tokenizers (Llama 3, Qwen2, SmolLM2); this one is "
+                              f"{model.get('type')}; convert the merged model with llama.cpp's convert_hf_to_gguf.py")
+    vocab = dict(model["vocab"])
+    special = set()
+    for t in tj.get("added_tokens", []):
+        vocab[t["content"]] = t["id"]
+        if t.get("special"):
+            special.add(t["id"])
+    size = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    types = [gguf.TokenType.UNUSED] * size
+    for text, i in vocab.items():
+        tokens[i] = text
+        types[i] = gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+    return tokens, types, pre or "default"
+
+
+def write_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "q8_0", name: str = "model",
+               tokenizer_pre: str | None = None) -> dict:
+    """Write `out_file` from a merged model folder (safetensors + config + tokenizer)."""
+    import gguf
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+
+    model_dir, out_file = Path(model_dir), Path(out_file)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    check_supported(cfg.get("model_type"), quant)
+    t0 = time.time()
+    arch = getattr(gguf.MODEL_ARCH, ARCHITECTURES[cfg["model_type"]])
+    n_layers, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads", n_head)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
+    names = gguf.get_tensor_name_map(arch, n_layers)
+    qtype = getattr(gguf.GGMLQuantizationType, quant.upper())
+    tmp = out_file.with_name(out_file.name + ".tmp")  # a half-written GGUF never sits under its final name
+    w = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
+    w.add_name(name)
+    w.add_context_length(cfg.get("max_position_embeddings", 2048))
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_dimension_count(head_dim)
+    rope = cfg.get("rope_parameters") or {}
+    w.add_rope_freq_base(float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))))
+    w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-5))
+    w.add_vocab_size(cfg["vocab_size"])
+    w.add_file_type(getattr(gguf.LlamaFileType, MAKEABLE[quant]))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    tokens, types, pre = _tokenizer_fields(model_dir, tokenizer_pre)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    counts = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                t = st.get_tensor(key).to(torch.float32)
+                if key == "lm_head.weight" and cfg.get("tie_word_embeddings"):
+                    continue  # tied: llama.cpp reads the output layer from token_embd
+                if key.endswith("q_proj.weight") and arch == gguf.MODEL_ARCH.LLAMA:
+                    t = _permute(t, n_head, n_head)
+                elif key.endswith("k_proj.weight") and arch == gguf.MODEL_ARCH.LLAMA:
+                    t = _permute(t, n_head, n_kv)
+                gname = names.get_name(key, try_suffixes=(".weight", ".bias"))
+                if gname is None:
+                    raise GGUFUnsupported(f"tensor {key} has no GGUF name for {cfg['model_type']}")
+                data = t.numpy()
+                block = gguf.GGML_QUANT_SIZES[qtype][0]
+                # 1-D tensors (norms, biases) stay f32, as in llama.cpp; quantized rows must hold whole blocks
+                if data.ndim == 1 or data.shape[-1] % block:
+                    tq, q = gguf.GGMLQuantizationType.F32, data
+                else:
+                    tq, q = qtype, gguf.quants.quantize(data, qtype)
+                w.add_tensor(gname, q, raw_dtype=tq if q.dtype == np.uint8 or tq == gguf.GGMLQuantizationType.BF16
+                             else None)
+                counts[tq.name] = counts.get(tq.name, 0) + 1
+    factors = _llama3_rope_factors(cfg, head_dim)
+    if factors is not None and arch == gguf.MODEL_ARCH.LLAMA:
+        w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.rename(out_file)
+    return {"file": str(out_file), "quant": quant, "bytes": out_file.stat().st_size, "tensors": counts,
+            "tokenizer_pre": pre, "seconds": round(time.time() - t0, 1)}
+
+
+def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str], quant: str) -> dict:
+    """Read the GGUF back with transformers and compare it with the merged model on the same prompts: logits
+    (relative RMS error against the quantization's tolerance, top-1 agreement), the tokenizer (same ids) and
+    the architecture metadata. Weights are read with the merged model's config, so rope scaling that transformers'
+    GGUF reader ignores (Llama 3.1+) does not blur the weight check; the metadata is compared separately."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file, merged_dir = Path(gguf_file), Path(merged_dir)
+    ref_cfg = AutoConfig.from_pretrained(str(merged_dir))
+    ref = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32)
+    back = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, config=ref_cfg,
+                                                dtype=torch.float32)
+    n_bytes = 2 * 4 * sum(p.numel() for p in ref.parameters())
+    device = "cuda" if torch.cuda.is_available() and n_bytes < 0.8 * torch.cuda.mem_get_info()[0] else "cpu"
+    ref, back = ref.to(device).eval(), back.to(device).eval()
+    tok = AutoTokenizer.from_pretrained(str(merged_dir))
+    gtok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    same_ids = sum(tok(p)["input_ids"] == gtok(p)["input_ids"] for p in prompts)
+    from medqlora.export.merge import logits_agreement
+
+    logits = logits_agreement(ref, back, tok, prompts)
+    meta_cfg = AutoConfig.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+            "vocab_size")
+    meta_diff = {k: (getattr(meta_cfg, k, None), getattr(ref_cfg, k, None)) for k in keys
+                 if getattr(meta_cfg, k, None) != getattr(ref_cfg, k, None)}
+    del ref, back
+    return {"prompts": len(prompts), **logits, "tolerance": TOLERANCE[quant],
+            "tokenizer_same_ids": f"{same_ids}/{len(prompts)}", "metadata_differs": meta_diff,
+            "passed": logits["logits_rel_rmse"] <= TOLERANCE[quant] and same_ids == len(prompts) and not meta_diff}

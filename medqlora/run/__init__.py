@@ -1,0 +1,1 @@
+"""On top: the CLI that chains the notebooks, batches, comparison, reports, Colab Enterprise, notebook helpers."""

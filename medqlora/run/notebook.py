@@ -1,0 +1,92 @@
+"""What every stage notebook does first, and small display helpers, so that notebooks stay thin."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from medqlora.config import RunConfig, load_config
+from medqlora.core.rundir import RunDir
+
+# Messages that say nothing about this run and bury the report's real output.
+_QUIET = [r".*TqdmWarning.*", r".*IProgress not found.*", r".*clean_up_tokenization_spaces.*",
+          r".*torch.utils.checkpoint.*use_reentrant.*", r".*`torch_dtype` is deprecated.*"]
+
+
+# Set on import: notebooks import this module before the libraries whose import emits them.
+for _pat in _QUIET:
+    warnings.filterwarnings("ignore", message=_pat)
+warnings.filterwarnings("ignore", category=UserWarning, module="torch.utils.checkpoint")
+warnings.filterwarnings("ignore", category=SyntaxWarning)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# bitsandbytes asks for the hub-hosted 'kernels' CPU gemm, which offline machines cannot fetch; it falls back.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def _merges(config_path: str) -> bool:
+    """Whether export.formats asks for a merged model (Unsloth then merges, and must be imported first)."""
+    import yaml
+
+    try:
+        formats = (yaml.safe_load(Path(config_path).read_text()) or {}).get("export", {}).get("formats", [])
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+    return bool(set(formats or []) - {"lora"})
+
+
+def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir]:
+    """Load the run config, open the run folder, quieten noise, and print what this stage will use."""
+    if stage in ("train", "evaluate") or (stage == "export" and _merges(config_path)):
+        from medqlora.training.model import preload_unsloth
+
+        preload_unsloth()  # before anything below imports transformers
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    cap = os.environ.get("MEDQLORA_GPU_CAP_GB")  # act as a smaller card (e.g. 15 for a T4) on a big one
+    if cap:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(float(cap) * 1024**3 / torch.cuda.mem_get_info()[1])
+    cfg = load_config(config_path)
+    run = RunDir(run_dir)
+    from medqlora.core.memory_log import record
+
+    record(run, stage, "start")
+    print(f"stage {stage} | run {run.path.resolve()} | config {Path(config_path).resolve()}")
+    print(f"model {cfg.model.name_or_path}" + (f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else "")
+          + f" | backend {cfg.model.backend} | data {cfg.data.source}")
+    return cfg, run
+
+
+def kv_table(d: dict, name: str = "value"):
+    """A dict (nested one level) as a two-column table; long values wrap instead of being cut at 50 characters."""
+    import pandas as pd
+
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            flat[k] = v
+    df = pd.DataFrame({name: {k: "" if v is None else str(v) for k, v in flat.items()}})
+    return df.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap"})
+
+
+def text_table(rows: list[dict]):
+    """Rows of text (answers, prompts) as a left-aligned table that wraps long text, in Jupyter and in HTML."""
+    import pandas as pd
+
+    return pd.DataFrame(rows).style.hide(axis="index").set_properties(
+        **{"text-align": "left", "white-space": "pre-wrap", "vertical-align": "top"})

@@ -1,0 +1,416 @@
+"""Stage 3: 4-bit base + LoRA, trained with TRL's SFTTrainer on the prepared (prompt-masked) dataset."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medqlora.core import memory_log
+from medqlora.training import memory
+from medqlora.training import model as M
+from medqlora.training import packing as P
+
+M.preload_unsloth()  # before transformers: Unsloth patches it on import
+from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_callback import PrinterCallback  # noqa: E402
+
+from medqlora.config import RunConfig, changed_keys, stage_inputs
+from medqlora.core.rundir import RunDir
+from medqlora.core.system import clock, free_memory, memory_line, memory_snapshot, peak_memory_gb
+
+
+class ProgressPrinter(TrainerCallback):
+    """Plain-text progress with ETA (survives in a saved notebook, unlike a widget).
+
+    It also stamps every loss entry of the trainer's log_history with the run's cumulative training
+    seconds and memory, so that the history restored from a checkpoint tells the whole story after a resume."""
+
+    def __init__(self, print_fn=print):
+        self.print = print_fn
+        self.t0 = None
+        self.start_step = 0
+        self.seconds_before = 0.0  # training seconds spent before the checkpoint this session resumed from
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.time()
+        self.start_step = state.global_step  # > 0 when resumed from a checkpoint
+        self.seconds_before = seconds_at(state.log_history, state.global_step)
+        resumed = f", resumed at step {state.global_step}" if state.global_step else ""
+        self.print(f"training {state.max_steps} steps ({args.num_train_epochs:g} epochs{resumed}) | {memory_line()}")
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # the last step's loss is always logged, whatever logging_steps says
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs or "loss" not in logs:
+            return
+        elapsed = time.time() - self.t0
+        snap = memory_snapshot()
+        entry = state.log_history[-1]  # the dict the trainer keeps (and saves with each checkpoint)
+        entry["elapsed_s"] = round(self.seconds_before + elapsed, 2)
+        entry["rss_gb"] = round(snap["rss_gb"], 3)
+        if "gpu_peak_gb" in snap:
+            entry["gpu_peak_gb"] = round(snap["gpu_peak_gb"], 3)
+        per_step = elapsed / max(state.global_step - self.start_step, 1)
+        eta = per_step * (state.max_steps - state.global_step)
+        self.print(f"step {state.global_step:>4}/{state.max_steps} | epoch {state.epoch:.2f} | "
+                   f"loss {float(logs['loss']):.4f} | lr {float(logs.get('learning_rate', 0)):.2e} | "
+                   f"{per_step:.2f} s/step | elapsed {clock(entry['elapsed_s'])} | ETA {clock(eta)} | "
+                   f"{memory_line(snap)}")
+
+
+def loss_entries(log_history: list[dict]) -> list[dict]:
+    """The trainer's per-logging-step entries that carry a training loss, in step order."""
+    return [h for h in log_history if "loss" in h and "step" in h]
+
+
+def seconds_at(log_history: list[dict], step: int) -> float:
+    """Training seconds spent up to `step`, from the stamped history (extrapolated past the last stamp)."""
+    stamped = [h for h in loss_entries(log_history) if "elapsed_s" in h and h["step"] <= step]
+    if not stamped:
+        return 0.0
+    last = stamped[-1]
+    per_step = last["elapsed_s"] / max(last["step"], 1)
+    return last["elapsed_s"] + per_step * (step - last["step"])
+
+
+def summarize_history(log_history: list[dict], total_steps: int) -> dict:
+    """Training figures rebuilt from the trainer's whole log history, the same for a resumed run as for one
+    that ran uninterrupted: losses, first and final loss, mean training loss, epoch table."""
+    entries = loss_entries(log_history)
+    losses = [(h["step"], float(h["loss"])) for h in entries]
+    # Each logged loss is the mean over the steps since the previous log: weight it by that span.
+    weighted, prev = 0.0, 0
+    for step, loss in losses:
+        weighted += loss * (step - prev)
+        prev = step
+    epochs: dict[int, list[dict]] = {}
+    for h in entries:
+        epochs.setdefault(max(1, math.ceil(round(h.get("epoch", 0), 6))), []).append(h)
+    table = []
+    for ep, hs in sorted(epochs.items()):
+        last = hs[-1]
+        table.append({"epoch": round(last.get("epoch", ep), 2), "step": last["step"],
+                      "train_loss": sum(float(h["loss"]) for h in hs) / len(hs),
+                      "learning_rate": last.get("learning_rate"), "elapsed_s": last.get("elapsed_s"),
+                      "rss_gb": last.get("rss_gb"), "gpu_peak_gb": last.get("gpu_peak_gb")})
+    return {"losses": losses, "first_loss": losses[0][1] if losses else None,
+            "final_loss": losses[-1][1] if losses else None,
+            "train_loss": weighted / prev if prev else None, "logged_steps": prev,
+            "seconds": round(seconds_at(log_history, total_steps), 1), "epochs_table": table}
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    backend: str
+    ref: str
+    resolve_notes: dict
+    params: dict
+    load_seconds: float
+    memory: dict
+    optimizations: list[str] = field(default_factory=list)
+
+
+def load_for_training(cfg: RunConfig, run: RunDir | None = None) -> Loaded:
+    t0 = time.time()
+    backend = M.resolve_backend(cfg.model)
+    ref, notes = M.resolve_model(cfg.model)
+    try:
+        model, tok = M.load_base(ref, cfg.model, backend, for_training=True)
+    except OSError as e:
+        raise RuntimeError(M.load_hint(ref, e)) from e
+    if run is not None:
+        memory_log.record(run, "train", "base model loaded")
+    model = M.add_lora(model, cfg, backend)
+    if run is not None:
+        memory_log.record(run, "train", "LoRA added")
+    opts = [f"backend: {backend}" + (" (FastLanguageModel)" if backend == "unsloth" else " (transformers + PEFT)"),
+            "4-bit NF4 base weights, double quantization" if cfg.model.load_in_4bit else "16/32-bit base weights",
+            f"LoRA r={cfg.lora.r} alpha={cfg.lora.alpha} on {', '.join(cfg.lora.target_modules)}"
+            + (" (rsLoRA)" if cfg.lora.rslora else ""),
+            f"compute dtype {M.compute_dtype(cfg.model)}".replace("torch.", "")]
+    if cfg.train.gradient_checkpointing:
+        opts.append("gradient checkpointing" + (" (Unsloth's offloaded)" if backend == "unsloth" else ""))
+    opts.append("prompt tokens masked: loss on answers only")
+    if P.resolve(cfg.train.packing, backend):
+        opts.append("packing: examples share rows of model.max_seq_length, kept apart by the attention mask")
+    elif cfg.train.group_by_length:
+        opts.append("length-grouped batches (less padding)")
+    return Loaded(model, tok, backend, ref, notes, M.parameter_counts(model), time.time() - t0, memory_snapshot(), opts)
+
+
+def architecture_table(loaded: Loaded):
+    import pandas as pd
+
+    c = loaded.model.config
+    rows = {"architecture": (getattr(c, "architectures", None) or ["?"])[0], "layers": getattr(c, "num_hidden_layers", None),
+            "hidden size": getattr(c, "hidden_size", None), "attention heads": getattr(c, "num_attention_heads", None),
+            "kv heads": getattr(c, "num_key_value_heads", None), "vocabulary": getattr(c, "vocab_size", None),
+            "total parameters": f"{loaded.params['total']:,}", "trainable (LoRA)": f"{loaded.params['trainable']:,}",
+            "trainable share": f"{loaded.params['trainable_pct']:.2f}%", "model loaded from": loaded.ref,
+            "load time": f"{loaded.load_seconds:.1f} s", "memory after load": memory_line(loaded.memory)}
+    return pd.DataFrame({"value": {k: str(v) for k, v in rows.items()}})
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def _resumable_checkpoint(cfg: RunConfig, run: RunDir, print_fn) -> str | None:
+    """The newest checkpoint, if it was made from exactly what this run trains (model, data, LoRA and every
+    training setting that changes the result); else the checkpoints are removed and training starts over."""
+    folder = run / "checkpoints"
+    made_from = {**stage_inputs(cfg, "train"), "data_fingerprint": run.result("preprocess")["fingerprint"]}
+    stamp = folder / "made_from.json"
+    last = _last_checkpoint(folder)
+    if last and stamp.is_file():
+        old = json.loads(stamp.read_text())
+        if old == made_from:
+            print_fn(f"resuming from {last}")
+            return last
+        print_fn(f"checkpoints in {folder} were made with other settings ({', '.join(changed_keys(old, made_from))}): "
+                 "starting over")
+    elif last:
+        print_fn(f"checkpoints in {folder} have no record of what made them: starting over")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    stamp.write_text(json.dumps(made_from))
+    return None
+
+
+def sft_config(cfg: RunConfig, run: RunDir, packing: bool):
+    import torch
+    from trl import SFTConfig
+
+    t = cfg.train
+    dtype = M.compute_dtype(cfg.model)
+    if t.report_to == "tensorboard":  # transformers 5 reads the event-file folder from the environment only
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
+    return SFTConfig(
+        output_dir=str(run / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.scheduler, weight_decay=t.weight_decay,
+        # a float below 1 is a share of the optimizer steps the trainer really runs (max_steps, packing included)
+        warmup_steps=t.warmup_ratio, optim=t.optimizer, seed=t.seed,
+        logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps" if t.save_steps else "epoch",
+        save_steps=t.save_steps or 500, save_total_limit=t.save_total_limit,
+        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=t.gradient_checkpointing and not cfg.model.load_in_4bit,
+        max_length=cfg.model.max_seq_length, packing=packing,
+        train_sampling_strategy="group_by_length" if t.group_by_length and not packing else "random",
+        report_to=[] if t.report_to == "none" else [t.report_to], run_name=run.path.name, disable_tqdm=True, dataset_num_proc=None, remove_unused_columns=True)
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """A NaN or infinite loss ends training at once, with the step and what to change."""
+
+    def __init__(self, learning_rate: float):
+        self.lr = learning_rate
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} at step {state.global_step}: the run diverged. Lower "
+                f"train.learning_rate (now {self.lr:g}; try {self.lr / 4:g}), keep warmup on (train.warmup_ratio), "
+                "and on a card without bf16 check for fp16 overflow (model.dtype)")
+
+
+class MemoryRecorder(TrainerCallback):
+    """Memory at each logged step and each epoch end, into the run's memory.jsonl."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "loss" in logs:
+            memory_log.record(self.run, "train", f"step {state.global_step}")
+
+    def on_epoch_end(self, args, state, control, **kw):
+        memory_log.record(self.run, "train", f"epoch {round(state.epoch or 0, 2)} end")
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks=(), plan=None) -> dict:
+    """Train; resume from the newest checkpoint in the run folder if a previous attempt left one.
+
+    `plan` (memory.plan_training) gives the settings fitted to the memory budget; a CUDA out-of-memory error
+    halves the micro-batch (doubling accumulation, so the effective batch stays) and goes on from the newest
+    checkpoint, up to memory.oom_retries times. Every figure in the result comes from the trainer's log history,
+    which a resumed trainer restores from the checkpoint: a resumed run reports the same totals as one that ran
+    through."""
+    import datasets
+    import torch
+    from trl import SFTTrainer
+
+    user_cfg = cfg
+    cfg = plan.cfg if plan is not None else cfg
+    ds = datasets.load_from_disk(str(run.train_data))
+    prepared_at = run.result("preprocess").get("max_seq_length")
+    if prepared_at is not None and prepared_at != user_cfg.model.max_seq_length:
+        raise ValueError(f"the data in {run.train_data} was prepared for model.max_seq_length {prepared_at}, this "
+                         f"config trains at {user_cfg.model.max_seq_length}; rerun the preprocess stage "
+                         "(runner.py --resume reruns it when the setting changed)")
+    dropped_for_length = 0
+    if cfg.model.max_seq_length < user_cfg.model.max_seq_length:  # shortened by the memory plan
+        n = len(ds)
+        ds = ds.filter(lambda r: r["n_tokens"] <= cfg.model.max_seq_length)
+        dropped_for_length = n - len(ds)
+        print_fn(f"memory: max_seq_length {cfg.model.max_seq_length}: {dropped_for_length} of {n} training examples "
+                 "are longer and are left out")
+    useful_tokens_per_epoch = int(sum(ds["n_tokens"])) if "n_tokens" in ds.column_names else None
+    ds = ds.select_columns(["input_ids", "labels"])
+    initial_lora = {k: v.detach().clone() for k, v in loaded.model.named_parameters() if v.requires_grad}
+    memory_log.record(run, "train", "before training")
+    # Training reads no KV cache, and with one transformers' attention would not keep packed examples apart (TRL's
+    # default chunked loss already calls the model without one; the plain loss does not).
+    use_cache = getattr(loaded.model.config, "use_cache", None)
+    loaded.model.config.use_cache = False
+    packing = P.resolve(cfg.train.packing, loaded.backend)
+    packing_check = None
+    oom_log: list[dict] = []
+    t0 = time.time()
+    while True:
+        args = sft_config(cfg, run, packing)
+        progress = ProgressPrinter(print_fn)
+        trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=ds, processing_class=loaded.tokenizer,
+                             callbacks=[progress, StopOnNonFiniteLoss(cfg.train.learning_rate), MemoryRecorder(run),
+                                        *callbacks])
+        trainer.remove_callback(PrinterCallback)  # its raw log dicts repeat what ProgressPrinter shows
+        if packing and packing_check is None:
+            # the unpacked rows, to compare prompt masks with (packing reorders them by length)
+            packing_check = P.check_trainer(trainer, ds.select(range(min(len(ds), 20000))).to_list())
+            print_fn(packing_check.line())
+            if not packing_check.passed:
+                if cfg.train.packing is True:
+                    raise RuntimeError(
+                        f"{packing_check.line()}. Packed examples would train on each other's tokens with this model "
+                        f"and backend ({loaded.backend}); set train.packing: false (or auto)")
+                print_fn("packing: off for this run (train.packing auto), examples are batched unpacked")
+                loaded.optimizations = [o for o in loaded.optimizations if not o.startswith("packing")] + [
+                    "packing off: the packing check found examples attending to each other"]
+                packing = False
+                continue
+        resume = _resumable_checkpoint(cfg, run, print_fn)
+        if resume is None:  # from the start: undo whatever a failed attempt did to the LoRA weights
+            with torch.no_grad():
+                for k, v in loaded.model.named_parameters():
+                    if k in initial_lora:
+                        v.copy_(initial_lora[k])
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+            break
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            step, error = trainer.state.global_step, str(e).splitlines()[0][:200]
+        # Out of memory. Freed here, outside the except block: the exception's frames hold the failed step's tensors.
+        mb, acc = cfg.train.micro_batch_size, cfg.train.gradient_accumulation
+        del trainer
+        free_memory(reset_peak=True)
+        if mb == 1 or len(oom_log) >= cfg.memory.oom_retries:
+            raise memory.MemoryFitError(
+                f"out of GPU memory at step {step} with micro-batch {mb} after {len(oom_log)} retries: lower "
+                f"model.max_seq_length (now {cfg.model.max_seq_length}) or set memory.allow_shorter_seq: true, "
+                "keep train.gradient_checkpointing on, use train.optimizer: adamw_8bit, lower lora.r, or use a "
+                f"card with more memory ({error})")
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.micro_batch_size, cfg.train.gradient_accumulation = mb // 2, acc * 2
+        oom_log.append({"at_step": step, "micro_batch": [mb, mb // 2], "accumulation": [acc, acc * 2],
+                        "error": error})
+        memory_log.record(run, "train", f"out of memory at step {step}: micro-batch {mb} -> {mb // 2}")
+        print_fn(f"memory: out of memory at step {step}; retrying with micro-batch {mb // 2} and accumulation "
+                 f"{acc * 2} (effective batch {mb * acc}) from the newest checkpoint")
+    session_seconds = time.time() - t0
+    loaded.model.config.use_cache = use_cache
+    trainer.save_model(str(run.adapter_dir))
+    loaded.tokenizer.save_pretrained(str(run.adapter_dir))
+    memory_log.record(run, "train", "adapter saved")
+    state = trainer.state
+    history = summarize_history(state.log_history, state.global_step)
+    session_steps = state.global_step - progress.start_step
+    peak = round(peak_memory_gb(), 2)
+    result = {"backend": loaded.backend, "base_model": loaded.ref, "steps": state.global_step,
+              "epochs": round(state.epoch or 0, 3), "examples": len(ds), **history,
+              "seconds_per_step": round(history["seconds"] / max(state.global_step, 1), 3),
+              "packing": packing, "packing_check": packing_check.to_dict() if packing_check else None,
+              "examples_per_step": round(len(ds) * (state.epoch or 0) / max(state.global_step, 1), 1),
+              **throughput(useful_tokens_per_epoch, state.epoch, history["seconds"]),
+              "warmup_steps": args.get_warmup_steps(state.max_steps), "logging_steps": cfg.train.logging_steps,
+              "peak_memory_gb": peak, "params": loaded.params,
+              "optimizations": loaded.optimizations, "resumed_from": resume,
+              "sessions": {"this_session_steps": session_steps, "this_session_seconds": round(session_seconds, 1)},
+              "effective_settings": {"micro_batch_size": cfg.train.micro_batch_size,
+                                     "gradient_accumulation": cfg.train.gradient_accumulation,
+                                     "gradient_checkpointing": cfg.train.gradient_checkpointing,
+                                     "optimizer": cfg.train.optimizer, "max_seq_length": cfg.model.max_seq_length},
+              "memory": {"plan": plan.to_dict() if plan is not None else None, "oom_retries": oom_log,
+                         "measured_peak_gb": peak, "dropped_for_length": dropped_for_length},
+              "adapter_dir": str(run.adapter_dir)}
+    if plan is not None and plan.shape is not None:  # the estimate for the settings that really trained
+        est = memory.total(memory.estimate_training(plan.shape, memory.settings_from(cfg, loaded.backend),
+                                                    cfg.lora.r, cfg.lora.target_modules))
+        result["memory"]["estimate_vs_measured"] = round(est, 2), peak
+        print_fn(f"memory: estimated peak {est:.2f} GiB (without the {plan.context_gb} GiB context) at micro-batch "
+                 f"{cfg.train.micro_batch_size} x {cfg.model.max_seq_length} tokens (the worst case), measured {peak} "
+                 "GiB")
+    if not history["losses"]:
+        print_fn("no loss was logged: the run was already complete at the checkpoint it resumed from, "
+                 "and that checkpoint holds no history")
+    return result
+
+
+def throughput(tokens_per_epoch: int | None, epochs: float | None, seconds: float) -> dict:
+    """Useful (non-padding) tokens trained and their rate: the figure that compares packed with unpacked runs."""
+    if not tokens_per_epoch or not epochs or not seconds:
+        return {"useful_tokens": None, "useful_tokens_per_s": None}
+    tokens = round(tokens_per_epoch * epochs)
+    return {"useful_tokens": tokens, "useful_tokens_per_s": round(tokens / seconds, 1)}
+
+
+def fmt_rate(result: dict) -> str:
+    rate = result.get("useful_tokens_per_s")
+    packed = "packed" if result.get("packing") else "unpacked"
+    per_step = f", {result['examples_per_step']:g} examples per optimizer step" if result.get("examples_per_step") else ""
+    return (f"{rate:,.0f} useful tokens/s, {packed}" if rate else packed) + per_step
+
+
+def fmt_loss(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def epoch_table(result: dict):
+    import pandas as pd
+
+    table = pd.DataFrame(result["epochs_table"])
+    return table.set_index("epoch") if len(table) else table
+
+
+def plot_loss(result: dict, path: Path):
+    import matplotlib.pyplot as plt
+
+    steps, losses = zip(*result["losses"]) if result["losses"] else ((), ())
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.plot(steps, losses, marker=".", lw=1)
+    for row in result["epochs_table"]:
+        ax.axvline(row["step"], color="grey", ls=":", lw=0.8)
+    ax.set_xlabel("optimizer step (dotted: epoch ends)")
+    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_title(f"{result['steps']} steps, loss {fmt_loss(result['first_loss'])} -> {fmt_loss(result['final_loss'])}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return fig
