@@ -25,7 +25,7 @@ preload_unsloth()  # before transformers, as the notebooks do
 def measure(model, tok, items, batch: int, new_tokens: int, template: str) -> dict:
     import torch
 
-    from medqlora.evaluation.evaluate import generate
+    from medqlora.evaluation.generate import generate
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -56,9 +56,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from medqlora.export import merge as MG
     from medqlora.config import load_config
     from medqlora.core.rundir import RunDir
+    from medqlora.export import merge as MG
 
     run = RunDir(a.run_dir)
     cfg = load_config(run.config_path)

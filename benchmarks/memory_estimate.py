@@ -18,10 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from medqlora.training import train as T  # first: it imports Unsloth before transformers
-from medqlora.training import memory as MEM  # noqa: I001
 from medqlora.config import RunConfig
 from medqlora.core.rundir import RunDir
+from medqlora.training import memory as MEM  # noqa: I001
+from medqlora.training import train as T  # first: it imports Unsloth before transformers
 
 
 def prepared_run(folder: Path, seq: int, rows: int, vocab: int) -> RunDir:

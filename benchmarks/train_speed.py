@@ -320,7 +320,7 @@ def main() -> None:
         "shape": a.shape or Path(a.model).name, "params": ModelShape.from_config(AutoConfig.from_pretrained(a.model))
         .params(), "examples": len(lens), "useful_tokens": sum(lens), "mean_tokens": sum(lens) / len(lens),
         "p90_tokens": lens[int(0.9 * len(lens))], "max_tokens": lens[-1], "date": time.strftime("%Y-%m-%d")}))
-    from medqlora.run.cli import run_on_gpus
+    from medqlora.run.batch import run_on_gpus
 
     printed = [None]
 

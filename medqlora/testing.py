@@ -23,7 +23,12 @@ def make_tiny_llama(out: str | Path, tokenizer_dir: str | None = None, hidden: i
                     heads: int = 4, kv_heads: int = 2, intermediate: int = 128, seed: int = 0,
                     dtype: str = "float32") -> str:
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir or default_tokenizer_dir())
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,

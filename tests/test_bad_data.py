@@ -5,13 +5,13 @@ import json
 import random
 
 import pytest
-
 from conftest import ROOT
-from medqlora.data import preprocess as P
-from medqlora.run import cli as R
+
 from medqlora.config import load_config
-from medqlora.data.formats import DataError
 from medqlora.core.rundir import RunDir
+from medqlora.data import preprocess as P
+from medqlora.data.formats import DataError
+from medqlora.run import cli as R
 
 BUNDLED = [json.loads(line) for line in (ROOT / "data" / "medqa_train.jsonl").read_text().splitlines()]
 KNOWN_REASONS = {"unreadable", "empty question", "empty answer", "duplicate", "over-long", "leak", "malformed chat",
@@ -190,8 +190,8 @@ def test_fuzz_every_corrupted_file_is_refused_clearly_or_read_with_every_drop_co
 
 
 def test_a_byte_order_mark_and_windows_line_ends_lose_nothing(tmp_path):
-    from medqlora.data import formats as D
     from medqlora.config import DataConfig
+    from medqlora.data import formats as D
 
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\r\n" for r in BUNDLED[:5]).encode())

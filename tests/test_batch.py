@@ -4,12 +4,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import ROOT, tiny_params
-from medqlora.run import compare as comparison
-from medqlora.run import cli as runner
-from medqlora.run.colab import BOOTSTRAP
+
 from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir, notebook_dir
+from medqlora.run import cli as runner
+from medqlora.run import compare as comparison
+from medqlora.run.colab import BOOTSTRAP
 
 
 def named_params(tmp_path, model_dir, sample_data, *names) -> list[str]:
@@ -247,8 +247,8 @@ def test_report_to_reaches_the_trainer_and_a_missing_package_is_said_up_front(tm
                                                                               monkeypatch):
     import importlib.util
 
-    from medqlora.training import train as T
     from medqlora.config import check_inputs, load_config
+    from medqlora.training import train as T
 
     cfg = load_config(tiny_params(tmp_path, tiny_model_dir, *sample_data, train={"report_to": "tensorboard"}))
     run = RunDir(tmp_path / "run")

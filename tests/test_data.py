@@ -1,10 +1,10 @@
 import json
 
 import pytest
-
 from conftest import SHARED_DATA, write_jsonl
-from medqlora.data import formats as D
+
 from medqlora.config import DataConfig
+from medqlora.data import formats as D
 
 CASES = {
     "qa": ({"question": "What causes scurvy?", "answer": "Vitamin C deficiency."},

@@ -1,7 +1,7 @@
 import json
 
-from medqlora.export.exporter import MANIFEST, build_manifest, copy_to, verify
 from medqlora.core.rundir import write_json
+from medqlora.export.exporter import MANIFEST, build_manifest, copy_to, verify
 
 
 def make_folder(tmp_path):
@@ -74,8 +74,8 @@ def test_copy_to_fsspec_destination_reads_back_and_writes_the_manifest_last(tmp_
 def test_zip_holds_the_export_with_its_manifest(tmp_path):
     import zipfile
 
-    from medqlora.export.exporter import make_zip
     from medqlora.core.rundir import RunDir
+    from medqlora.export.exporter import make_zip
 
     make_folder(tmp_path)
     z = make_zip(RunDir(tmp_path))

@@ -4,16 +4,16 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_params, write_jsonl
+
+from medqlora.config import load_config
+from medqlora.core.rundir import RunDir
+from medqlora.data import preprocess as P
 from medqlora.export import exporter as E
 from medqlora.export import gguf as G
 from medqlora.export import merge as MG
 from medqlora.training import model as M
-from medqlora.data import preprocess as P
 from medqlora.training import train as T
-from medqlora.config import load_config
-from medqlora.core.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_evaluation_through_merged_weights_gives_the_adapters_answers(trained_ru
 
 
 def test_auto_generation_batch_is_the_largest_that_fits_the_budget(trained_run):
-    from medqlora.evaluation import evaluate as EV
+    from medqlora.evaluation import generate as GEN
     from medqlora.training import memory
 
     cfg, run = trained_run
@@ -147,17 +147,17 @@ def test_auto_generation_batch_is_the_largest_that_fits_the_budget(trained_run):
     c = cfg.model_copy(deep=True)
     c.eval.batch_size = "auto"
     c.memory.budget_gb = 64.0
-    batch, info = EV.batch_for(c, ref, items, tok, print_fn=lambda *a: None)
+    batch, info = GEN.batch_for(c, ref, items, tok, print_fn=lambda *a: None)
     assert batch == c.eval.max_batch_size == 128, "a roomy budget: capped by eval.max_batch_size"
     shape, total = memory.model_shape(ref), None
     # a budget that fits 8 sequences but not 16 picks 8
     total = len(tok(items[0]["prompt"])["input_ids"]) + max(c.eval.max_new_tokens, c.eval.max_new_tokens_choice)
     at = {b: memory.total(memory.estimate_generation(shape, b, total, True)) for b in (8, 16)}
     c.memory.budget_gb = (at[8] + at[16]) / 2 / c.memory.max_fraction
-    batch, info = EV.batch_for(c, ref, items, tok, print_fn=lambda *a: None)
+    batch, info = GEN.batch_for(c, ref, items, tok, print_fn=lambda *a: None)
     assert batch == 8 and info["why"].startswith("auto: largest batch within")
     c.eval.batch_size = 5
-    assert EV.batch_for(c, ref, items, tok, print_fn=lambda *a: None)[0] == 5
+    assert GEN.batch_for(c, ref, items, tok, print_fn=lambda *a: None)[0] == 5
 
 
 def test_a_gguf_whose_read_back_failed_is_one_failed_row_in_the_formatted_table():

@@ -5,7 +5,6 @@ Run there with: MEDQLORA_TOKENIZER_DIR=<tokenizer folder> python -m pytest -m gp
 import importlib.util
 
 import pytest
-
 from conftest import tiny_params, write_jsonl
 
 torch = pytest.importorskip("torch")
@@ -15,13 +14,13 @@ pytestmark = [pytest.mark.gpu,
 
 
 def test_unsloth_trains_exports_and_reloads(tmp_path, tokenizer_dir):
-    from medqlora.export import exporter as E
-    from medqlora.training import model as M
-    from medqlora.data import preprocess as P
-    from medqlora.training import train as T
     from medqlora.config import load_config
     from medqlora.core.rundir import RunDir
+    from medqlora.data import preprocess as P
+    from medqlora.export import exporter as E
     from medqlora.testing import make_tiny_llama
+    from medqlora.training import model as M
+    from medqlora.training import train as T
 
     model_dir = make_tiny_llama(tmp_path / "m", tokenizer_dir, hidden=256, layers=2, heads=4, kv_heads=2,
                                 intermediate=512)
@@ -60,12 +59,12 @@ def test_unsloth_resume_reports_the_same_totals_as_an_uninterrupted_run(tmp_path
     """Unsloth replaces the trainer's inner loop: the history-based figures must hold there too."""
     from test_train import Crash
 
-    from medqlora.training import model as M
-    from medqlora.data import preprocess as P
-    from medqlora.training import train as T
     from medqlora.config import load_config
     from medqlora.core.rundir import RunDir
+    from medqlora.data import preprocess as P
     from medqlora.testing import make_tiny_llama
+    from medqlora.training import model as M
+    from medqlora.training import train as T
 
     model_dir = make_tiny_llama(tmp_path / "m", tokenizer_dir, hidden=256, layers=2, heads=4, kv_heads=2,
                                 intermediate=512)
@@ -101,13 +100,13 @@ def test_unsloth_packs_by_default_and_keeps_packed_examples_apart(tmp_path, toke
     from test_packing import IgnoresPackingMarks
     from trl import SFTTrainer
 
-    from medqlora.training import model as M
-    from medqlora.training import packing as PK
-    from medqlora.data import preprocess as P
-    from medqlora.training import train as T
     from medqlora.config import load_config
     from medqlora.core.rundir import RunDir
+    from medqlora.data import preprocess as P
     from medqlora.testing import make_tiny_llama
+    from medqlora.training import model as M
+    from medqlora.training import packing as PK
+    from medqlora.training import train as T
 
     model_dir = make_tiny_llama(tmp_path / "m", tokenizer_dir, hidden=256, layers=2, heads=4, kv_heads=2,
                                 intermediate=512)

@@ -4,15 +4,17 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_params, write_jsonl
-from medqlora.training import memory as MEM
-from medqlora.training import model as M
-from medqlora.data import preprocess as P
-from medqlora.training import train as T
+
 from medqlora.config import load_config
-from medqlora.core.rundir import RunDir
 from medqlora.core import memory_log
+from medqlora.core.rundir import RunDir
+from medqlora.data import preprocess as P
+from medqlora.training import callbacks as CB
+from medqlora.training import memory as MEM
+from medqlora.training import memory_plan as PLAN
+from medqlora.training import model as M
+from medqlora.training import train as T
 
 # Llama 3.1 8B's real shape (config.json values), for planning arithmetic without any weights
 LLAMA_8B = MEM.ModelShape(hidden=4096, layers=32, intermediate=14336, heads=32, kv_heads=8, vocab=128256, tied=False,
@@ -55,7 +57,7 @@ def test_estimate_parts_move_the_way_the_settings_say():
 def test_optimizations_apply_in_order_and_keep_the_effective_batch():
     start = MEM.Settings(micro_batch_size=16, gradient_accumulation=2, max_seq_length=4096,
                          gradient_checkpointing=False, optimizer="adamw_torch")
-    p = MEM.plan(LLAMA_8B, start, 16, ["q_proj", "k_proj", "v_proj", "o_proj"], budget=15.0, source="test",
+    p = PLAN.plan(LLAMA_8B, start, 16, ["q_proj", "k_proj", "v_proj", "o_proj"], budget=15.0, source="test",
                  max_fraction=0.8)
     names = [s["step"] for s in p.steps]
     assert names[0].startswith("gradient checkpointing on") and names[1] == "optimizer adamw_torch -> adamw_8bit"
@@ -70,17 +72,17 @@ def test_a_run_that_fits_gets_fewer_larger_micro_batches_within_the_token_cap_an
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     start = MEM.Settings(micro_batch_size=2, gradient_accumulation=4, max_seq_length=2048,
                          gradient_checkpointing=True, optimizer="adamw_8bit")
-    roomy = MEM.plan(LLAMA_8B, start, 16, targets, budget=80.0, source="test", max_fraction=0.8,
+    roomy = PLAN.plan(LLAMA_8B, start, 16, targets, budget=80.0, source="test", max_fraction=0.8,
                      max_micro_batch_tokens=16384)
     assert (roomy.settings.micro_batch_size, roomy.settings.gradient_accumulation) == (8, 1)
     assert roomy.settings.effective_batch == 8 and all(s["grows"] and s["saving_gb"] < 0 for s in roomy.steps)
-    capped = MEM.plan(LLAMA_8B, start, 16, targets, budget=80.0, source="test", max_fraction=0.8,
+    capped = PLAN.plan(LLAMA_8B, start, 16, targets, budget=80.0, source="test", max_fraction=0.8,
                       max_micro_batch_tokens=8192)
     assert capped.settings.micro_batch_size == 4, "4 x 2048 tokens is the cap"
-    as_written = MEM.plan(LLAMA_8B, start, 16, targets, budget=80.0, source="test", max_fraction=0.8)
+    as_written = PLAN.plan(LLAMA_8B, start, 16, targets, budget=80.0, source="test", max_fraction=0.8)
     assert as_written.settings.micro_batch_size == 2 and not as_written.steps
     # a T4's budget: grows only as far as the estimate still fits
-    t4 = MEM.plan(LLAMA_8B, start, 16, targets, budget=14.7, source="test", max_fraction=0.8,
+    t4 = PLAN.plan(LLAMA_8B, start, 16, targets, budget=14.7, source="test", max_fraction=0.8,
                   max_micro_batch_tokens=16384)
     assert t4.estimate_gb <= t4.limit_gb
     bigger = MEM.Settings(**{**start.__dict__, "micro_batch_size": 2 * t4.settings.micro_batch_size,
@@ -105,14 +107,14 @@ def test_packed_rows_add_their_attention_mask_which_grows_with_the_square_of_the
 def test_a_run_that_cannot_fit_says_what_would():
     start = MEM.Settings(micro_batch_size=1, gradient_accumulation=8, max_seq_length=16384,
                          gradient_checkpointing=True, optimizer="adamw_8bit")
-    with pytest.raises(MEM.MemoryFitError, match=r"model.max_seq_length \d+ would fit .*allow_shorter_seq.*"
+    with pytest.raises(PLAN.MemoryFitError, match=r"model.max_seq_length \d+ would fit .*allow_shorter_seq.*"
                                                  r"a card with at least \d+ GiB"):
-        MEM.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8)
-    p = MEM.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8,
+        PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8)
+    p = PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8,
                  allow_shorter_seq=True, min_seq=300)
     assert p.settings.max_seq_length == 8192 and p.steps[-1]["step"] == "max_seq_length 16384 -> 8192"
-    with pytest.raises(MEM.MemoryFitError):  # never below the data's p99 length
-        MEM.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8,
+    with pytest.raises(PLAN.MemoryFitError):  # never below the data's p99 length
+        PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8,
                  allow_shorter_seq=True, min_seq=12000)
 
 
@@ -156,7 +158,7 @@ def test_out_of_memory_in_real_training_halves_the_micro_batch_and_finishes(tmp_
                                          "gradient_accumulation": 1, "learning_rate": 1e-2, "group_by_length": False}))
     run = RunDir(tmp_path / "run")
     P.save_result(P.prepare(cfg, run, M.load_tokenizer(tiny_model_dir, cfg.model)), cfg, run)
-    plan = MEM.plan_training(cfg, run, print_fn=lambda *a: None)
+    plan = PLAN.plan_training(cfg, run, print_fn=lambda *a: None)
     lines = []
     result = T.train(cfg, run, T.load_for_training(plan.cfg), print_fn=lines.append, callbacks=[InjectOOM(at=5)],
                      plan=plan)
@@ -180,14 +182,14 @@ def test_out_of_memory_at_micro_batch_1_stops_with_advice(tmp_path, tiny_model_d
                                   train={"max_steps": 3, "micro_batch_size": 1}))
     run = RunDir(tmp_path / "run")
     P.save_result(P.prepare(cfg, run, M.load_tokenizer(tiny_model_dir, cfg.model)), cfg, run)
-    with pytest.raises(MEM.MemoryFitError, match=r"out of GPU memory at step 2 with micro-batch 1.*max_seq_length"):
+    with pytest.raises(PLAN.MemoryFitError, match=r"out of GPU memory at step 2 with micro-batch 1.*max_seq_length"):
         T.train(cfg, run, T.load_for_training(cfg), print_fn=lambda *a: None, callbacks=[InjectOOM(at=2)])
 
 
 def test_generation_halves_its_batch_when_out_of_memory(tiny_model_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from medqlora.evaluation.evaluate import generate
+    from medqlora.evaluation.generate import generate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     real = model.generate
@@ -209,7 +211,7 @@ def test_generation_halves_its_batch_when_out_of_memory(tiny_model_dir, tokenize
 
 
 def test_a_diverging_loss_stops_with_the_step_and_what_to_change():
-    cb = T.StopOnNonFiniteLoss(learning_rate=2e-4)
+    cb = CB.StopOnNonFiniteLoss(learning_rate=2e-4)
 
     class S:
         global_step = 7

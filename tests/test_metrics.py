@@ -1,7 +1,16 @@
 import pytest
 
-from medqlora.evaluation.scoring import (closed_distribution, extract_choice, extract_decision, intervals, loops,
-                              paired_bootstrap, rouge_scores, score, split_reasoning)
+from medqlora.evaluation.scoring import (
+    closed_distribution,
+    extract_choice,
+    extract_decision,
+    intervals,
+    loops,
+    paired_bootstrap,
+    rouge_scores,
+    score,
+    split_reasoning,
+)
 
 OPTS = {"A": "Vitamin A", "B": "Vitamin C", "C": "Iron", "D": "Zinc"}
 CDIFF = {"A": "Clindamycin", "B": "Oral vancomycin", "C": "Metronidazole IV", "D": "Fecal transplant",
@@ -113,7 +122,7 @@ def test_every_metric_gets_intervals_for_both_models_and_the_change():
 
 def test_sampling_settings_reach_generate():
     from medqlora.config import RunConfig
-    from medqlora.evaluation.evaluate import sampling
+    from medqlora.evaluation.generate import sampling
 
     cfg = RunConfig.model_validate({"run_name": "t", "model": {"name_or_path": "m"}, "data": {"source": "x.jsonl"}})
     assert sampling(cfg) == {"do_sample": False, "repetition_penalty": 1.0}

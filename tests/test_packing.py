@@ -3,14 +3,14 @@ import datasets
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_params, write_jsonl
-from medqlora.training import model as M
-from medqlora.training import packing as P
-from medqlora.data import preprocess as PP
-from medqlora.training import train as T
+
 from medqlora.config import load_config
 from medqlora.core.rundir import RunDir
+from medqlora.data import preprocess as PP
+from medqlora.training import model as M
+from medqlora.training import packing as P
+from medqlora.training import train as T
 
 
 @pytest.fixture

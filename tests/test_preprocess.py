@@ -3,12 +3,12 @@ import json
 
 import datasets
 import pytest
-
 from conftest import ROOT, write_jsonl
-from medqlora.data import preprocess as P
+
 from medqlora.config import RunConfig
-from medqlora.data.formats import DataError
 from medqlora.core.rundir import RunDir
+from medqlora.data import preprocess as P
+from medqlora.data.formats import DataError
 
 
 def config(tokenizer_dir, **data) -> RunConfig:

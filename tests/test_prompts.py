@@ -1,4 +1,5 @@
 import pytest
+
 from medqlora.data.formats import Example
 from medqlora.data.prompts import build_completion, build_prompt, tokenize_example, user_text
 from medqlora.evaluation.scoring import answer_part

@@ -10,7 +10,6 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-
 from conftest import ROOT, tiny_params, write_jsonl
 from test_data import CASES
 
@@ -110,8 +109,8 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     assert list(ev["sets"]) == ["held-out", "bench"] and ev["sets"]["bench"]["n_items"] == 5
     assert ev["sets"]["bench"]["metrics"]["base"]["n_choice"] == 5 and ev["metrics"] == ev["sets"]["held-out"]["metrics"]
     assert (run / "eval" / "answers_bench.jsonl").is_file()
-    from medqlora.evaluation.evaluate import category_table
     from medqlora.core.rundir import RunDir
+    from medqlora.evaluation.tables import category_table
 
     by_category = category_table(RunDir(run))  # the bundled data's specialty column
     assert by_category["items"].sum() == 6 and len(by_category) >= 2

@@ -3,15 +3,16 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_params, write_jsonl
 from transformers import TrainerCallback
 
-from conftest import tiny_params, write_jsonl
-from medqlora.export import exporter as E
-from medqlora.training import model as M
-from medqlora.data import preprocess as P
-from medqlora.training import train as T
 from medqlora.config import load_config
 from medqlora.core.rundir import RunDir
+from medqlora.data import preprocess as P
+from medqlora.export import exporter as E
+from medqlora.training import history as H
+from medqlora.training import model as M
+from medqlora.training import train as T
 
 
 @pytest.fixture
@@ -157,7 +158,7 @@ def test_resume_at_the_final_step_finishes_with_the_whole_history(tmp_path, tiny
     assert again["resumed_from"].endswith("checkpoint-8") and again["sessions"]["this_session_steps"] == 0
     assert again["losses"] == first["losses"] and again["first_loss"] == first["first_loss"]
     assert again["train_loss"] == pytest.approx(first["train_loss"])
-    T.plot_loss(again, tmp_path / "loss.png")
+    H.plot_loss(again, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 1000
 
 
@@ -171,7 +172,7 @@ def test_smoke_run_shorter_than_logging_steps_logs_first_and_last_loss_and_warms
     assert result["first_loss"] > 0 and result["final_loss"] > 0
     assert result["warmup_steps"] == 1, "0.2 x 5 real steps, not 0.2 x 50 epochs' worth"
     run.save_result("train", result)
-    T.plot_loss(result, tmp_path / "loss.png")
+    H.plot_loss(result, tmp_path / "loss.png")
     card = E.model_card(cfg, result, json.loads(run.result_path("preprocess").read_text()))
     assert f"{result['first_loss']:.4f} -> {result['final_loss']:.4f}" in card
 

@@ -30,3 +30,37 @@ def peaks_by_stage(run) -> dict[str, float]:
         if v is not None:
             out[r["stage"]] = max(out.get(r["stage"], 0.0), v)
     return out
+
+
+def stage_table(run, stage: str):
+    import pandas as pd
+
+    rows = [r for r in read_records(run) if r["stage"] == stage and not r["event"].startswith("step ")]
+    cols = [c for c in ("event", "gpu_allocated_gb", "gpu_reserved_gb", "gpu_peak_gb", "gpu_free_gb", "rss_gb",
+                        "ram_used_gb") if any(c in r for r in rows)]
+    return pd.DataFrame(rows)[cols].set_index("event") if rows else pd.DataFrame()
+
+
+def plot_run(run, path: Path):
+    import matplotlib.pyplot as plt
+
+    recs = read_records(run)
+    if not recs:
+        return None
+    t0 = recs[0]["time"]
+    key = "gpu_reserved_gb" if "gpu_reserved_gb" in recs[0] else "rss_gb"
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.plot([r["time"] - t0 for r in recs], [r.get(key, 0) for r in recs], marker=".", lw=1)
+    stages = []
+    for r in recs:
+        if not stages or stages[-1][0] != r["stage"]:
+            stages.append((r["stage"], r["time"] - t0))
+    for name, t in stages:
+        ax.axvline(t, color="grey", ls=":", lw=0.8)
+        ax.text(t, ax.get_ylim()[1] * 0.95, name, fontsize=8, rotation=90, va="top")
+    ax.set_xlabel("seconds since the run's first record (dotted: stage starts)")
+    ax.set_ylabel("GPU reserved (GiB)" if key.startswith("gpu") else "process RSS (GiB)")
+    ax.set_title("memory over the whole run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return fig

@@ -9,7 +9,6 @@ from medqlora.data import formats as D
 from medqlora.data.sources import PEEK_ROWS, DataError, _open, kind_of, open_rows
 
 
-
 def preflight(cfg: DataConfig, eval_sets=()) -> list[str]:
     """Problems with data.source and data.eval_source found by reading their first rows: an empty or
     unreadable file, a file that is not what its suffix says, columns that match no format, or first

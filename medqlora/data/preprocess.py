@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medqlora.config import RunConfig
+from medqlora.core.rundir import RunDir
 from medqlora.data import formats as D
 from medqlora.data.formats import Example
-from medqlora.config import RunConfig
 from medqlora.data.prompts import build_completion, build_prompt, tokenize_example
-from medqlora.core.rundir import RunDir
 
 
 @dataclass

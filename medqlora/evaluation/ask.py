@@ -13,10 +13,10 @@ from pathlib import Path
 
 
 def ask(run_dir: str | Path, questions: list[str], max_new_tokens: int | None = None, print_fn=print) -> list[dict]:
-    from medqlora.training import model as M
     from medqlora.config import load_config
-    from medqlora.evaluation.evaluate import answer_queries, sampling
     from medqlora.core.rundir import RunDir
+    from medqlora.evaluation.generate import answer_queries, sampling
+    from medqlora.training import model as M
 
     run = RunDir(run_dir)
     cfg = load_config(run.config_path)

@@ -10,8 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from medqlora.core import memory_log
 from medqlora.config import RunConfig, save_config
+from medqlora.core import memory_log
 from medqlora.core.rundir import RunDir, read_json, write_json
 from medqlora.core.system import versions
 

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 from medqlora.config import RunConfig
-from medqlora.data.prompts import adds_special_tokens
 from medqlora.core.system import free_memory
-
+from medqlora.data.prompts import adds_special_tokens
 
 # Relative RMS logit error that rounding the merged weights to 16 bits stays within, used when the reference has no
 # adapter to switch off: bf16 keeps 8 mantissa bits, fp16 11 (the offline default measured 3.4e-2 to 5.9e-2 in bf16).

@@ -48,9 +48,9 @@ def project_source_default() -> str:
     """MEDQLORA_PROJECT_SOURCE, else this checkout's origin pinned at its commit, else '' (the doc says how)."""
     if os.environ.get("MEDQLORA_PROJECT_SOURCE"):
         return os.environ["MEDQLORA_PROJECT_SOURCE"]
-    from medqlora.export.exporter import git_commit
-
     import subprocess
+
+    from medqlora.export.exporter import git_commit
 
     try:
         url = subprocess.run(["git", "remote", "get-url", "origin"], capture_output=True, text=True, timeout=10,

@@ -7,8 +7,14 @@ metric is marked among the runs whose change is a win.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+from datetime import datetime
 from pathlib import Path
+
+from medqlora.core.rundir import PROJECT, notebook_dir
+from medqlora.run.stages import EXIT_INVALID, EXIT_OK, kernel_stderr_to, notebook_kernel
 
 METRICS = ("rougeL", "rouge1", "accuracy", "looping", "hit_token_limit")
 LOWER_IS_BETTER = {"looping", "hit_token_limit"}
@@ -178,3 +184,34 @@ def summary_md(runs: list[dict]) -> str:
         lines.append(f"| {r['run']} | {status} | {r['model']} | {r['train_seconds'] or ''} | "
                      f"{'; '.join(by_run.get(r['run'], [])) or 'n/a'} |")
     return "\n".join(lines) + "\n"
+
+
+def compare_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="runner.py compare", description="Comparison report (notebook + HTML) for "
+                                "run folders: one row per run, every metric with intervals.")
+    p.add_argument("runs", nargs="+", help="run folders (reports/<run_id>)")
+    p.add_argument("--out", help="folder for compare.ipynb / compare.html (default: reports/compare-<time>)")
+    a = p.parse_args(argv)
+    missing = [r for r in a.runs if not (Path(r) / "config.yaml").is_file()]
+    if missing:
+        print(f"error: not run folders (no config.yaml): {missing}", file=sys.stderr)
+        return EXIT_INVALID
+    out = Path(a.out or PROJECT / "reports" / f"compare-{datetime.now():%Y%m%d-%H%M%S}")
+    print(f"comparison report: {compare_report([str(Path(r).resolve()) for r in a.runs], out)}")
+    return EXIT_OK
+
+
+def compare_report(run_dirs: list[str], out: Path) -> Path:
+    """Execute notebooks/compare.ipynb for these runs into out/, with its HTML export beside it."""
+    import papermill as pm
+
+    from medqlora.run.report import notebook_html
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    nb = out / "compare.ipynb"
+    with kernel_stderr_to(out / "compare.log"):
+        pm.execute_notebook(str(notebook_dir() / "compare.ipynb"), str(nb), cwd=str(PROJECT), progress_bar=False,
+                            parameters={"run_dirs": run_dirs, "out_dir": str(out)},
+                            kernel_name=notebook_kernel())
+    return notebook_html(nb)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medqlora.run.colab import BOOTSTRAP
 from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir
+from medqlora.run.colab import BOOTSTRAP
 
 
 def combined_notebook(run: RunDir, title: str):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -10,100 +9,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medqlora.core import memory_log
-from medqlora.training import memory
+from medqlora.training import memory, memory_plan
 from medqlora.training import model as M
 from medqlora.training import packing as P
 
 M.preload_unsloth()  # before transformers: Unsloth patches it on import
-from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 
 from medqlora.config import RunConfig, changed_keys, stage_inputs
 from medqlora.core.rundir import RunDir
-from medqlora.core.system import clock, free_memory, memory_line, memory_snapshot, peak_memory_gb
-
-
-class ProgressPrinter(TrainerCallback):
-    """Plain-text progress with ETA (survives in a saved notebook, unlike a widget).
-
-    It also stamps every loss entry of the trainer's log_history with the run's cumulative training
-    seconds and memory, so that the history restored from a checkpoint tells the whole story after a resume."""
-
-    def __init__(self, print_fn=print):
-        self.print = print_fn
-        self.t0 = None
-        self.start_step = 0
-        self.seconds_before = 0.0  # training seconds spent before the checkpoint this session resumed from
-
-    def on_train_begin(self, args, state, control, **kw):
-        self.t0 = time.time()
-        self.start_step = state.global_step  # > 0 when resumed from a checkpoint
-        self.seconds_before = seconds_at(state.log_history, state.global_step)
-        resumed = f", resumed at step {state.global_step}" if state.global_step else ""
-        self.print(f"training {state.max_steps} steps ({args.num_train_epochs:g} epochs{resumed}) | {memory_line()}")
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step >= state.max_steps:
-            control.should_log = True  # the last step's loss is always logged, whatever logging_steps says
-        return control
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        if not logs or "loss" not in logs:
-            return
-        elapsed = time.time() - self.t0
-        snap = memory_snapshot()
-        entry = state.log_history[-1]  # the dict the trainer keeps (and saves with each checkpoint)
-        entry["elapsed_s"] = round(self.seconds_before + elapsed, 2)
-        entry["rss_gb"] = round(snap["rss_gb"], 3)
-        if "gpu_peak_gb" in snap:
-            entry["gpu_peak_gb"] = round(snap["gpu_peak_gb"], 3)
-        per_step = elapsed / max(state.global_step - self.start_step, 1)
-        eta = per_step * (state.max_steps - state.global_step)
-        self.print(f"step {state.global_step:>4}/{state.max_steps} | epoch {state.epoch:.2f} | "
-                   f"loss {float(logs['loss']):.4f} | lr {float(logs.get('learning_rate', 0)):.2e} | "
-                   f"{per_step:.2f} s/step | elapsed {clock(entry['elapsed_s'])} | ETA {clock(eta)} | "
-                   f"{memory_line(snap)}")
-
-
-def loss_entries(log_history: list[dict]) -> list[dict]:
-    """The trainer's per-logging-step entries that carry a training loss, in step order."""
-    return [h for h in log_history if "loss" in h and "step" in h]
-
-
-def seconds_at(log_history: list[dict], step: int) -> float:
-    """Training seconds spent up to `step`, from the stamped history (extrapolated past the last stamp)."""
-    stamped = [h for h in loss_entries(log_history) if "elapsed_s" in h and h["step"] <= step]
-    if not stamped:
-        return 0.0
-    last = stamped[-1]
-    per_step = last["elapsed_s"] / max(last["step"], 1)
-    return last["elapsed_s"] + per_step * (step - last["step"])
-
-
-def summarize_history(log_history: list[dict], total_steps: int) -> dict:
-    """Training figures rebuilt from the trainer's whole log history, the same for a resumed run as for one
-    that ran uninterrupted: losses, first and final loss, mean training loss, epoch table."""
-    entries = loss_entries(log_history)
-    losses = [(h["step"], float(h["loss"])) for h in entries]
-    # Each logged loss is the mean over the steps since the previous log: weight it by that span.
-    weighted, prev = 0.0, 0
-    for step, loss in losses:
-        weighted += loss * (step - prev)
-        prev = step
-    epochs: dict[int, list[dict]] = {}
-    for h in entries:
-        epochs.setdefault(max(1, math.ceil(round(h.get("epoch", 0), 6))), []).append(h)
-    table = []
-    for ep, hs in sorted(epochs.items()):
-        last = hs[-1]
-        table.append({"epoch": round(last.get("epoch", ep), 2), "step": last["step"],
-                      "train_loss": sum(float(h["loss"]) for h in hs) / len(hs),
-                      "learning_rate": last.get("learning_rate"), "elapsed_s": last.get("elapsed_s"),
-                      "rss_gb": last.get("rss_gb"), "gpu_peak_gb": last.get("gpu_peak_gb")})
-    return {"losses": losses, "first_loss": losses[0][1] if losses else None,
-            "final_loss": losses[-1][1] if losses else None,
-            "train_loss": weighted / prev if prev else None, "logged_steps": prev,
-            "seconds": round(seconds_at(log_history, total_steps), 1), "epochs_table": table}
+from medqlora.core.system import (
+    free_memory,
+    memory_line,
+    memory_snapshot,
+    peak_memory_gb,
+)
+from medqlora.training.callbacks import (
+    MemoryRecorder,
+    ProgressPrinter,
+    StopOnNonFiniteLoss,
+)
+from medqlora.training.history import summarize_history, throughput
 
 
 @dataclass
@@ -210,35 +136,6 @@ def sft_config(cfg: RunConfig, run: RunDir, packing: bool):
         report_to=[] if t.report_to == "none" else [t.report_to], run_name=run.path.name, disable_tqdm=True, dataset_num_proc=None, remove_unused_columns=True)
 
 
-class StopOnNonFiniteLoss(TrainerCallback):
-    """A NaN or infinite loss ends training at once, with the step and what to change."""
-
-    def __init__(self, learning_rate: float):
-        self.lr = learning_rate
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss} at step {state.global_step}: the run diverged. Lower "
-                f"train.learning_rate (now {self.lr:g}; try {self.lr / 4:g}), keep warmup on (train.warmup_ratio), "
-                "and on a card without bf16 check for fp16 overflow (model.dtype)")
-
-
-class MemoryRecorder(TrainerCallback):
-    """Memory at each logged step and each epoch end, into the run's memory.jsonl."""
-
-    def __init__(self, run: RunDir):
-        self.run = run
-
-    def on_log(self, args, state, control, logs=None, **kw):
-        if logs and "loss" in logs:
-            memory_log.record(self.run, "train", f"step {state.global_step}")
-
-    def on_epoch_end(self, args, state, control, **kw):
-        memory_log.record(self.run, "train", f"epoch {round(state.epoch or 0, 2)} end")
-
-
 def _is_oom(e: BaseException) -> bool:
     import torch
 
@@ -248,7 +145,7 @@ def _is_oom(e: BaseException) -> bool:
 def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks=(), plan=None) -> dict:
     """Train; resume from the newest checkpoint in the run folder if a previous attempt left one.
 
-    `plan` (memory.plan_training) gives the settings fitted to the memory budget; a CUDA out-of-memory error
+    `plan` (memory_plan.plan_training) gives the settings fitted to the memory budget; a CUDA out-of-memory error
     halves the micro-batch (doubling accumulation, so the effective batch stays) and goes on from the newest
     checkpoint, up to memory.oom_retries times. Every figure in the result comes from the trainer's log history,
     which a resumed trainer restores from the checkpoint: a resumed run reports the same totals as one that ran
@@ -323,7 +220,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
         del trainer
         free_memory(reset_peak=True)
         if mb == 1 or len(oom_log) >= cfg.memory.oom_retries:
-            raise memory.MemoryFitError(
+            raise memory_plan.MemoryFitError(
                 f"out of GPU memory at step {step} with micro-batch {mb} after {len(oom_log)} retries: lower "
                 f"model.max_seq_length (now {cfg.model.max_seq_length}) or set memory.allow_shorter_seq: true, "
                 "keep train.gradient_checkpointing on, use train.optimizer: adamw_8bit, lower lora.r, or use a "
@@ -374,43 +271,3 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
     return result
 
 
-def throughput(tokens_per_epoch: int | None, epochs: float | None, seconds: float) -> dict:
-    """Useful (non-padding) tokens trained and their rate: the figure that compares packed with unpacked runs."""
-    if not tokens_per_epoch or not epochs or not seconds:
-        return {"useful_tokens": None, "useful_tokens_per_s": None}
-    tokens = round(tokens_per_epoch * epochs)
-    return {"useful_tokens": tokens, "useful_tokens_per_s": round(tokens / seconds, 1)}
-
-
-def fmt_rate(result: dict) -> str:
-    rate = result.get("useful_tokens_per_s")
-    packed = "packed" if result.get("packing") else "unpacked"
-    per_step = f", {result['examples_per_step']:g} examples per optimizer step" if result.get("examples_per_step") else ""
-    return (f"{rate:,.0f} useful tokens/s, {packed}" if rate else packed) + per_step
-
-
-def fmt_loss(v) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
-
-
-def epoch_table(result: dict):
-    import pandas as pd
-
-    table = pd.DataFrame(result["epochs_table"])
-    return table.set_index("epoch") if len(table) else table
-
-
-def plot_loss(result: dict, path: Path):
-    import matplotlib.pyplot as plt
-
-    steps, losses = zip(*result["losses"]) if result["losses"] else ((), ())
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.plot(steps, losses, marker=".", lw=1)
-    for row in result["epochs_table"]:
-        ax.axvline(row["step"], color="grey", ls=":", lw=0.8)
-    ax.set_xlabel("optimizer step (dotted: epoch ends)")
-    ax.set_ylabel("training loss (answer tokens)")
-    ax.set_title(f"{result['steps']} steps, loss {fmt_loss(result['first_loss'])} -> {fmt_loss(result['final_loss'])}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return fig

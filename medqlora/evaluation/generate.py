@@ -1,0 +1,123 @@
+"""Generation: the items to answer, sampling settings, batched greedy (or sampled) answers, and the batch that fits."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from medqlora.data.prompts import adds_special_tokens
+from medqlora.evaluation.scoring import (
+    prompt_opens_think,
+    split_reasoning,
+)
+from medqlora.training import memory, memory_plan
+
+
+def select_items(path: Path, max_samples: int | None) -> list[dict]:
+    items = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return items[:max_samples] if max_samples else items
+
+
+def sampling(cfg) -> dict:
+    """generate() keyword arguments from eval.temperature / top_p / repetition_penalty (greedy at 0)."""
+    e = cfg.eval
+    kw = {"do_sample": e.temperature > 0, "repetition_penalty": e.repetition_penalty}
+    if e.temperature > 0:
+        kw.update(temperature=e.temperature, top_p=e.top_p)
+    return kw
+
+
+def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_tokens_choice: int,
+             batch_size: int, label: str, print_fn=print, oom_retries: int = 3, oom_log: list | None = None,
+             template: str = "chat", sampling_kw: dict | None = None) -> list[dict]:
+    """Greedy answers for every item ({text, new_tokens, hit_limit}), batched with left padding, the prompt
+    tokenized exactly as in training; progress printed per batch. Out of GPU memory, the batch is halved and the
+    same prompts are tried again (up to oom_retries times, logged in oom_log)."""
+    import torch
+
+    from medqlora.core.system import free_memory
+    from medqlora.training.train import _is_oom
+
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    answers: list[dict | None] = [None] * len(items)
+    oom_log = oom_log if oom_log is not None else []
+    # Short-answer items get a short budget; within a group, similar lengths share a batch.
+    groups = {}
+    for i, it in enumerate(items):
+        groups.setdefault(it["kind"] == "freetext", []).append(i)
+    t0, done, new_tokens = time.time(), 0, 0
+    for is_free, idx in groups.items():
+        idx.sort(key=lambda i: len(items[i]["prompt"]))
+        budget = max_new_tokens if is_free else max_new_tokens_choice
+        pos = 0
+        while pos < len(idx):
+            chunk = idx[pos:pos + batch_size]
+            try:
+                enc = tokenizer([items[i]["prompt"] for i in chunk], return_tensors="pt", padding=True,
+                                add_special_tokens=adds_special_tokens(template)).to(device)
+                with torch.no_grad():
+                    out = model.generate(**enc, max_new_tokens=budget, **(sampling_kw or {"do_sample": False}),
+                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            except Exception as e:
+                if not _is_oom(e) or batch_size == 1 or len(oom_log) >= oom_retries:
+                    raise
+                free_memory(reset_peak=True)
+                oom_log.append({"label": label, "batch_size": [batch_size, batch_size // 2]})
+                print_fn(f"{label}: out of memory at batch {batch_size}; going on at batch {batch_size // 2}")
+                batch_size //= 2
+                continue
+            gen = out[:, enc["input_ids"].shape[1]:]
+            for i, g in zip(chunk, gen):
+                n = int((g != tokenizer.pad_token_id).sum())
+                ended = tokenizer.eos_token_id in g.tolist()
+                answers[i] = {"text": tokenizer.decode(g, skip_special_tokens=True).strip(), "new_tokens": n,
+                              "hit_limit": not ended and n >= budget}
+                new_tokens += n
+            pos += len(chunk)
+            done += len(chunk)
+            el = time.time() - t0
+            print_fn(f"{label}: {done}/{len(items)} answered | {new_tokens / el:.1f} new tokens/s | "
+                     f"elapsed {el:.0f} s | ETA {el / done * (len(items) - done):.0f} s")
+    return answers
+
+
+def batch_for(cfg, ref: str, items: list[dict], tok, print_fn=print, merged: bool = False) -> tuple[int, dict]:
+    """eval.batch_size, or (auto) the largest batch whose estimated generation peak stays within
+    memory.max_fraction of the budget, at most eval.max_batch_size and the number of items."""
+    e = cfg.eval
+    longest = max(len(tok(it["prompt"], add_special_tokens=adds_special_tokens(cfg.data.template))["input_ids"])
+                  for it in items)
+    total = longest + max(e.max_new_tokens, e.max_new_tokens_choice)
+    shape = memory.model_shape(ref)
+    four_bit = cfg.model.load_in_4bit and not merged
+    if e.batch_size != "auto":
+        batch = e.batch_size
+        why = "eval.batch_size"
+    else:
+        budget, where = memory_plan.budget_gb(cfg)
+        limit = cfg.memory.max_fraction * budget
+        batch = 1
+        while batch * 2 <= min(e.max_batch_size, len(items)) and \
+                memory.total(memory.estimate_generation(shape, batch * 2, total, four_bit)) <= limit:
+            batch *= 2
+        why = f"auto: largest batch within {limit:.1f} GiB ({cfg.memory.max_fraction:.0%} of {where})"
+    est = memory.estimate_generation(shape, batch, total, four_bit)
+    print_fn(f"generation batch {batch} ({why}); estimated peak " + ", ".join(f"{k} {v:.2f}" for k, v in est.items())
+             + f" GiB for {longest} prompt + {total - longest} new tokens")
+    return batch, {"batch_size": batch, "why": why, "estimate_gb": {k: round(v, 3) for k, v in est.items()}}
+
+
+def answer_queries(cfg, model, tok, questions: list[str], kw: dict) -> list[str]:
+    """The researcher's own questions (no reference), answered with the run's prompt template by the model as it
+    stands (the caller switches the adapter off for the base); the final answer, without a reasoning block."""
+    from medqlora.data.formats import Example
+    from medqlora.data.prompts import build_prompt
+
+    items = [{"kind": "freetext", "prompt": build_prompt(Example(f"q{i}", "freetext", q, ""), tok, cfg.data.template,
+                                                          cfg.data.system_prompt)} for i, q in enumerate(questions)]
+    e = cfg.eval
+    out = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, min(len(items), 16), "queries",
+                   **{**kw, "print_fn": lambda *a: None})
+    opened = prompt_opens_think(items)
+    return [split_reasoning(a["text"], opened)[1] or a["text"] for a in out]

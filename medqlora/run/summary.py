@@ -1,0 +1,98 @@
+"""summary.json and summary.md: each stage's status and the run's figures, rewritten after every stage."""
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+from medqlora.config import RunConfig
+from medqlora.core.rundir import STAGES, RunDir, read_json, write_json
+
+
+class Summary:
+    """summary.json, rewritten after every stage so that a crashed run still says how far it got."""
+
+    def __init__(self, run: RunDir, run_id: str, cfg: RunConfig, params_file: str):
+        self.run, self.path = run, run / "summary.json"
+        old = read_json(self.path) if self.path.is_file() else {}
+        self.data = {"run_id": run_id, "status": "running", "params_file": params_file,
+                     "model": cfg.model.name_or_path + (f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else ""),
+                     "run_dir": str(run.path), "started": old.get("started") or datetime.now().isoformat(timespec="seconds"),
+                     "stages": old.get("stages", []), "data": None, "train": None, "metrics": None,
+                     "artifacts": {"adapter_dir": None}, "error": None,
+                     "rerun_of": old.get("rerun_of"), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+    def stage(self, name: str) -> dict | None:
+        return next((s for s in self.data["stages"] if s["name"] == name), None)
+
+    def stage_status(self, name: str) -> str | None:
+        return (self.stage(name) or {}).get("status")
+
+    def record(self, name: str, status: str, seconds: float, notebook: Path, error: str | None = None,
+               inputs: dict | None = None):
+        self.data["stages"] = [s for s in self.data["stages"] if s["name"] != name]
+        self.data["stages"].append({"name": name, "status": status, "seconds": round(seconds, 1),
+                                    "notebook": str(notebook), "error": error, "inputs": inputs})
+        self.data["stages"].sort(key=lambda s: STAGES.index(s["name"]))
+        self.collect()
+        self.save()
+
+    def collect(self):
+        run = self.run
+        self.data["train"] = self.data["metrics"] = None
+        self.data["artifacts"] = {"adapter_dir": None}
+        self.data["data"] = None
+        if run.result_path("preprocess").is_file():
+            p = read_json(run.result_path("preprocess"))
+            self.data["data"] = {k: p.get(k) for k in ("format", "rows_read", "kept", "dropped", "max_seq_length")}
+        if run.result_path("train").is_file():
+            t = read_json(run.result_path("train"))
+            self.data["train"] = {k: t.get(k) for k in ("backend", "steps", "epochs", "first_loss", "final_loss",
+                                                         "train_loss", "seconds", "seconds_per_step",
+                                                         "warmup_steps", "peak_memory_gb")}
+            self.data["train"]["effective_settings"] = t.get("effective_settings")
+            self.data["train"]["memory_plan_steps"] = ((t.get("memory") or {}).get("plan") or {}).get("steps")
+            self.data["train"]["oom_retries"] = (t.get("memory") or {}).get("oom_retries")
+        from medqlora.core.memory_log import peaks_by_stage
+
+        self.data["memory_peaks_gb"] = peaks_by_stage(run)
+        if run.result_path("export").is_file():
+            e = read_json(run.result_path("export"))
+            self.data["artifacts"] = {"adapter_dir": e["adapter_dir"], "export_dir": e["export_dir"]}
+        if run.result_path("evaluate").is_file():
+            self.data["metrics"] = read_json(run.result_path("evaluate"))["metrics"]
+
+    def finish(self, status: str, error: str | None = None):
+        self.data.update(status=status, error=error, finished=datetime.now().isoformat(timespec="seconds"))
+        self.save()
+
+    def save(self):
+        write_json(self.path, self.data)
+        (self.run / "summary.md").write_text(readable(self.data))
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def readable(s: dict) -> str:
+    lines = [f"# {s['run_id']}: {s['status']}", "", f"model: {s['model']}", ""]
+    lines += ["| stage | status | seconds | notebook |", "|---|---|---|---|"]
+    lines += [f"| {x['name']} | {x['status']} | {x['seconds']} | {Path(x['notebook']).name} |" for x in s["stages"]]
+    if s.get("data"):
+        d = s["data"]
+        dropped = ", ".join(f"{k} {v}" for k, v in (d["dropped"] or {}).items()) or "none"
+        lines += ["", f"data ({d['format']}): {d['rows_read']} rows read, kept {d['kept']}, dropped: {dropped}"]
+    if s.get("train"):
+        t = s["train"]
+        lines += ["", f"training ({t['backend']}): {t['steps']} steps, loss {_num(t['first_loss'])} -> "
+                  f"{_num(t['final_loss'])}, {t['seconds']} s, peak memory {t['peak_memory_gb']} GiB"]
+    if s.get("metrics"):
+        lines += ["", "| metric | base | fine-tuned |", "|---|---|---|"]
+        for k in ("rouge1", "rouge2", "rougeL", "accuracy", "parse_rate", "looping", "hit_token_limit", "n_freetext",
+                  "n_choice"):
+            lines.append(f"| {k} | {_num(s['metrics']['base'].get(k))} | {_num(s['metrics']['finetuned'].get(k))} |")
+    if s.get("error"):
+        lines += ["", f"error: {s['error']}"]
+    lines += ["", "All five notebooks in one file: [report.html](report.html); full log: run.log"]
+    return "\n".join(lines) + "\n"
