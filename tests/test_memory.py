@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from conftest import tiny_params, write_jsonl
+from transformers import TrainerCallback
 
 from medqlora.config import load_config
 from medqlora.core import memory_log
@@ -136,7 +137,7 @@ def test_old_budget_key_still_works_with_a_message(tmp_path, tiny_model_dir, sam
         assert load_config(params).memory.budget_gb == 14.7
 
 
-class InjectOOM(T.TrainerCallback):
+class InjectOOM(TrainerCallback):
     """Raises the error CUDA raises, once, at step `at`: the recovery path runs as it would on a full GPU."""
 
     def __init__(self, at: int):
