@@ -1,8 +1,8 @@
 """Estimated against measured peak training memory, through the project's own train stage (Unsloth on a GPU).
 
 For each (max_seq_length, micro-batch) it prepares a run folder of rows exactly max_seq_length tokens long (the
-estimate's worst case: full micro-batches of longest rows), trains 3 steps with medqlora.train.train, and prints
-one JSON line: the estimate by part (medqlora.memory) and the measured peak (torch's max reserved and allocated).
+estimate's worst case: full micro-batches of longest rows), trains 3 steps with medqlora.training.train.train, and prints
+one JSON line: the estimate by part (medqlora.training.memory) and the measured peak (torch's max reserved and allocated).
 The model is loaded once per call; its weights are part of both figures.
 
     python benchmarks/memory_estimate.py MODEL_DIR [SEQxMB ...] [--optimizer adamw_8bit] [--no-checkpointing]
