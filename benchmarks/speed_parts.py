@@ -13,6 +13,9 @@ def fixed_loop(model_dir: str, steps: int = 20, warmup: int = 3, batch: int = 4,
     """Bare Unsloth, r=16 on all 7 projections, its gradient checkpointing, a plain loop of forward + backward +
     AdamW on batch x seq random tokens (no data, no padding, no trainer): tokens/s over `steps` after `warmup`."""
     import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("unsloth-fixed: the fixed-shape loop needs Unsloth on a GPU (none here)")
     from unsloth import FastLanguageModel
 
     model, _ = FastLanguageModel.from_pretrained(model_dir, max_seq_length=seq, load_in_4bit=True, dtype=None)
@@ -20,15 +23,13 @@ def fixed_loop(model_dir: str, steps: int = 20, warmup: int = 3, batch: int = 4,
                                              target_modules=TARGETS, use_gradient_checkpointing="unsloth",
                                              random_state=3407)
     model.train()
-    gpu = torch.cuda.is_available()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     vocab = model.config.vocab_size
-    ids = torch.randint(10, vocab - 10, (batch, seq), device="cuda" if gpu else "cpu")
+    ids = torch.randint(10, vocab - 10, (batch, seq), device="cuda")
     first = None
     for i in range(warmup + steps):
         if i == warmup:
-            if gpu:
-                torch.cuda.synchronize()
+            torch.cuda.synchronize()
             t0 = time.time()
         t_step = time.time()
         loss = model(input_ids=ids, labels=ids).loss
@@ -36,15 +37,13 @@ def fixed_loop(model_dir: str, steps: int = 20, warmup: int = 3, batch: int = 4,
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i == 0:
-            if gpu:
-                torch.cuda.synchronize()
+            torch.cuda.synchronize()
             first = time.time() - t_step
-    if gpu:
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
     s = time.time() - t0
     return {"seconds": s, "steps": steps, "losses": [(steps, float(loss))], "epoch": 1.0, "first_step_seconds": first,
-            "fixed_tokens": steps * batch * seq, "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30
-            if gpu else None, "micro_batch": batch, "accumulation": 1}
+            "fixed_tokens": steps * batch * seq, "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+            "micro_batch": batch, "accumulation": 1}
 
 
 def stage_parts(run_dir: Path, stage: str = "train") -> dict:

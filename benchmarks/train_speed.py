@@ -215,8 +215,7 @@ def worker(setup: str, run_dir: Path, model_dir: str, params: Path, out: Path, s
     elif setup == "unsloth-fixed":
         from speed_parts import fixed_loop
 
-        res = fixed_loop(model_dir, steps=20 if torch.cuda.is_available() else 2, seq=2048 if torch.cuda.is_available()
-                         else 64)
+        res = fixed_loop(model_dir)
     else:
         res = bare(setup, run_dir, model_dir, out, slow_steps if setup in ("hf", "unsloth-default") else -1)
     # a run stopped at max_steps saw that share of the epoch (random order: its expected share of the tokens)
