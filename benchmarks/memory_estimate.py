@@ -70,9 +70,14 @@ def peak_breakdown(snapshot: dict, top: int = 14) -> dict:
         for ev in trace:
             a, addr, size = ev.get("action"), ev.get("addr"), ev.get("size", 0)
             if a == "alloc":
-                frames = [f for f in ev.get("frames", []) if not any(s in f.get("filename", "") for s in SKIP)]
-                f = frames[0] if frames else (ev.get("frames") or [{}])[0]
-                key = f"{Path(f.get('filename', '?')).name}:{f.get('line', '?')} {f.get('name', '?')}"
+                every = ev.get("frames", [])
+                frames = [f for f in every if not any(s in f.get("filename", "") for s in SKIP)]
+                f = frames[0] if frames else (every or [{}])[0]
+                names = {x.get("name", "") for x in every}
+                phase = ("packing check" if "check" in names and any(x.get("filename", "").endswith("packing.py")
+                                                                     for x in every)
+                         else "backward" if any("backward" in n for n in names) else "forward/other")
+                key = f"{phase} | {Path(f.get('filename', '?')).name}:{f.get('line', '?')} {f.get('name', '?')}"
                 live[addr] = (size, key)
                 cur += size
                 if cur > peak:
@@ -100,7 +105,16 @@ def main(argv=None) -> int:
     p.add_argument("--profile", nargs="*", default=[], help="SEQxMB configs to record the allocator's history for")
     p.add_argument("--jsonl", default=None, help="also append each row to this file")
     p.add_argument("--tag", default="", help="a label kept in each row (e.g. no-xformers)")
+    p.add_argument("--no-packing-check", action="store_true", help="skip the train stage's packing check (to see "
+                   "what it adds to the peak)")
+    p.add_argument("--no-cudnn", action="store_true", help="SDPA without its cuDNN backend")
     a = p.parse_args(argv)
+    if a.no_cudnn:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    if a.no_packing_check:
+        from medqlora.training import packing as PK
+
+        T.P.check_trainer = lambda trainer, rows=None: PK.PackingCheck(0, 0, 0.0, 1.0, True, 0, [], [])
     shape = MEM.model_shape(a.model)
     pairs = [tuple(int(x) for x in c.split("x")) for c in a.configs]
     profile = {tuple(int(x) for x in c.split("x")) for c in a.profile}
@@ -135,7 +149,9 @@ def main(argv=None) -> int:
                 settings = MEM.settings_from(cfg, loaded.backend)
                 parts = MEM.estimate_training(shape, settings, cfg.lora.r, cfg.lora.target_modules)
                 row = {"model": Path(a.model).name, "hidden": shape.hidden, "layers": shape.layers,
-                       "vocab": shape.vocab, "tied": shape.tied, "r": r, "seq": seq, "mb": mb, "tag": a.tag,
+                       "vocab": shape.vocab, "tied": shape.tied, "r": r, "seq": seq, "mb": mb,
+                       "tag": a.tag + (" no-packing-check" if a.no_packing_check else "") + (" no-cudnn" if a.no_cudnn
+                                                                                           else ""),
                        "packing": result["packing"], "optimizer": a.optimizer, "checkpointing": not a.no_checkpointing,
                        "attention": attention_path(), **ce_chunks(seq * mb, shape.vocab, shape.hidden),
                        "estimate_gb": round(MEM.total(parts), 3), "parts": {k: round(v, 3) for k, v in parts.items()},

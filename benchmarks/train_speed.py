@@ -24,7 +24,7 @@ multiple-choice items, then prepared by the project's preprocess stage (chat tem
     python benchmarks/train_speed.py --report OUT_DIR      # the table and the loss plot again
 Each setup's row names the attention path Unsloth took (benchmarks/attention_path.py: packed and dense backends,
 whether flash-attn / xformers were importable); the project setups add the train stage's seconds by part.
---skip-prepare reuses OUT_DIR's prepared data (e.g. a second pass with another site, without xformers).
+--setups "" only prepares; --skip-prepare reuses OUT_DIR's prepared data (e.g. a second pass with another site, without xformers).
 """
 from __future__ import annotations
 
@@ -198,8 +198,12 @@ def project(setup: str, run_dir: Path, out: Path) -> dict:
     eff = r["effective_settings"]
     from speed_parts import stage_parts
 
+    try:
+        parts = stage_parts(dest)
+    except Exception as e:  # noqa: BLE001 (the timing breakdown must not lose the run's figures)
+        parts = {"error": f"{type(e).__name__}: {e}"[:200]}
     return {"seconds": r["seconds"], "steps": r["steps"], "losses": r["losses"], "peak_reserved_gib": None,
-            "stage_parts": stage_parts(dest), "tokens_per_s_reported": r.get("useful_tokens_per_s"),
+            "stage_parts": parts, "tokens_per_s_reported": r.get("useful_tokens_per_s"),
             "peak_memory_gib": r["peak_memory_gb"], "stage_seconds": stage_s, "runner_seconds": round(wall, 1),
             "micro_batch": eff["micro_batch_size"], "accumulation": eff["gradient_accumulation"],
             "packing": r.get("packing"), "packing_check": r.get("packing_check"),
@@ -349,6 +353,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not a.skip_prepare:
         prepare(a, out)
+    if not a.setups:  # --setups "": only the data (e.g. while the GPU does something else)
+        return
     from medqlora.run.batch import run_on_gpus
 
     printed = [None]
