@@ -138,6 +138,12 @@ def main(argv=None) -> int:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
                 start_gb = torch.cuda.memory_allocated() / MEM.GIB if gpu else 0.0
+                # Unsloth's SFTTrainer takes max_length == 1024 (TRL's default) for "not given" and trains at the length
+                # the model was loaded with instead: loaded once at the longest length, rows of 1,024 were packed to
+                # 8,192 (3x the tokens a micro-batch; how issue 17.9's -36% was measured). The stage loads at its own.
+                for m in (loaded.model, getattr(loaded.model, "get_base_model", lambda: None)()):
+                    if m is not None and hasattr(m, "max_seq_length"):
+                        m.max_seq_length = seq
                 recording = gpu and (seq, mb) in profile
                 if recording:
                     torch.cuda.memory._record_memory_history(max_entries=400000, stacks="python")
