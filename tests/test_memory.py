@@ -38,6 +38,18 @@ def test_shape_counts_what_the_real_model_and_peft_count(tiny_model_dir):
     assert LLAMA_8B.linear_params() == pytest.approx(6.98e9, rel=0.01)
 
 
+def test_random_models_take_a_larger_vocabulary_and_an_untied_head(tmp_path):
+    """What the GPU memory runs build (python -m medqlora.testing --vocab 128256 --untied): Llama 3's vocabulary with
+    the offline tokenizer, and the 8B's own output layer, counted by the estimate's shape."""
+    from medqlora.testing import make_tiny_llama
+
+    shape = MEM.model_shape(make_tiny_llama(tmp_path / "m", vocab=50000, tied=False, max_positions=4096))
+    assert (shape.vocab, shape.tied) == (50000, False)
+    assert shape.params() == shape.linear_params() + 2 * 50000 * shape.hidden
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        make_tiny_llama(tmp_path / "small", vocab=100)
+
+
 def test_estimate_parts_move_the_way_the_settings_say():
     s = MEM.Settings(micro_batch_size=4, gradient_accumulation=1, max_seq_length=2048, gradient_checkpointing=False,
                      optimizer="adamw_torch")

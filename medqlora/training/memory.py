@@ -3,9 +3,10 @@
 
 The estimate adds up what a QLoRA step holds at its peak (in the spirit of `accelerate estimate-memory`, plus
 the parts it leaves out): 4-bit NF4 weights with their double-quantized scales, the parts kept in 16 bits
-(embeddings, lm_head, norms), LoRA weights + gradients + optimizer states, activations per token per layer
-(with and without gradient checkpointing), the logits/loss buffer, and the CUDA context. Its activation,
-logits and workspace coefficients were measured on an H200 (below; benchmarks/memory_estimate.py re-measures).
+(embeddings, lm_head, norms), LoRA weights + gradients + optimizer states, the activations (with Unsloth's
+offloaded checkpointing: one layer's working set, or one chunk of its fused loss if larger; without checkpointing:
+every layer's), the dense packed-row mask where Unsloth would build one, and the CUDA context. Its coefficients were
+measured on an H200 (below; benchmarks/memory_estimate.py re-measures; README "How close the estimate is").
 """
 from __future__ import annotations
 
