@@ -6,7 +6,9 @@ Every answer is forced to exactly --new-tokens tokens (min_new_tokens), so the f
 It uses the stage's own generate() on a finished run's held-out prompts (repeated up to --prompts).
 
     python benchmarks/generation.py reports/<run_id> [--new-tokens 128] [--prompts 128] [--batches 1 32 64 128]
-Prints one JSON line per measurement (GENROW {...}) and a table at the end.
+Prints one JSON line per measurement (GENROW {...}) and a table at the end. Each row also gives its warm-up pass
+(one batch before the timed pass; the first row's warm-up carries the one-time cost: compilation, caches) apart
+from the steady rate, and the model's load seconds.
 """
 from __future__ import annotations
 
@@ -30,8 +32,13 @@ def measure(model, tok, items, batch: int, new_tokens: int, template: str) -> di
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    generate(model, tok, items[:min(len(items), batch)], new_tokens, new_tokens, batch, "warm-up", print_fn=lambda *a: None,
-             template=template, sampling_kw={"do_sample": False, "min_new_tokens": new_tokens})
+    t0 = time.time()
+    warm = generate(model, tok, items[:min(len(items), batch)], new_tokens, new_tokens, batch, "warm-up",
+                    print_fn=lambda *a: None, template=template,
+                    sampling_kw={"do_sample": False, "min_new_tokens": new_tokens})
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    warm_s, warm_n = time.time() - t0, sum(a["new_tokens"] for a in warm)
     t0 = time.time()
     out = generate(model, tok, items, new_tokens, new_tokens, batch, "timed", print_fn=lambda *a: None,
                    template=template, sampling_kw={"do_sample": False, "min_new_tokens": new_tokens})
@@ -40,8 +47,10 @@ def measure(model, tok, items, batch: int, new_tokens: int, template: str) -> di
     s = time.time() - t0
     n = sum(a["new_tokens"] for a in out)
     peak = torch.cuda.max_memory_reserved() / 1024**3 if torch.cuda.is_available() else None
+    # the warm-up pass (one batch, untimed in the steady rate) carries the one-time cost: its rate shown apart
     return {"batch": batch, "prompts": len(items), "new_tokens": n, "seconds": round(s, 2),
-            "new_tokens_per_s": round(n / s, 1), "peak_reserved_gb": None if peak is None else round(peak, 2)}
+            "new_tokens_per_s": round(n / s, 1), "warmup_seconds": round(warm_s, 2),
+            "warmup_new_tokens_per_s": round(warm_n / max(warm_s, 1e-9), 1), "peak_reserved_gb": None if peak is None else round(peak, 2)}
 
 
 def main(argv=None) -> int:

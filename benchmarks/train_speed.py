@@ -9,6 +9,8 @@
                      padding-free on by itself)
   unsloth-packing    the same bare loop with packing=True
   hf                 transformers + PEFT + bitsandbytes QLoRA, SDPA attention, gradient checkpointing, padded batches
+  unsloth-fixed      the fixed-shape bare loop: Unsloth, 4 x 2,048 random tokens, no data, forward + backward + AdamW
+                     (the ceiling; its tokens/s are those tokens, not the mix's)
 
 All use r=16 on the 7 projections, micro-batch 2 x accumulation 4 (unless the memory plan grows it), adamw_8bit,
 lr 2e-4, max length 2048. Useful tokens = the prepared examples' own tokens (no padding), divided by the time from
@@ -20,6 +22,9 @@ multiple-choice items, then prepared by the project's preprocess stage (chat tem
 
     python benchmarks/train_speed.py MODEL_DIR OUT_DIR [--rows 800] [--gpus 0,1,2,3] [--setups ...]
     python benchmarks/train_speed.py --report OUT_DIR      # the table and the loss plot again
+Each setup's row names the attention path Unsloth took (benchmarks/attention_path.py: packed and dense backends,
+whether flash-attn / xformers were importable); the project setups add the train stage's seconds by part.
+--setups "" only prepares; --skip-prepare reuses OUT_DIR's prepared data (e.g. a second pass with another site, without xformers).
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUPS = ["project", "project-as-written", "project-unpacked", "project-packed", "unsloth-default", "unsloth-packing",
-          "hf"]
+          "hf", "unsloth-fixed"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Dense bf16 (fp16 for the T4) tensor-core peaks, TFLOPS, from the vendors' data sheets.
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L4": 121.0, "T4": 65.0, "A10": 125.0}
@@ -191,7 +196,14 @@ def project(setup: str, run_dir: Path, out: Path) -> dict:
     summary = json.loads((dest / "summary.json").read_text())
     stage_s = next(s["seconds"] for s in summary["stages"] if s["name"] == "train")
     eff = r["effective_settings"]
+    from speed_parts import stage_parts
+
+    try:
+        parts = stage_parts(dest)
+    except Exception as e:  # noqa: BLE001 (the timing breakdown must not lose the run's figures)
+        parts = {"error": f"{type(e).__name__}: {e}"[:200]}
     return {"seconds": r["seconds"], "steps": r["steps"], "losses": r["losses"], "peak_reserved_gib": None,
+            "stage_parts": parts, "tokens_per_s_reported": r.get("useful_tokens_per_s"),
             "peak_memory_gib": r["peak_memory_gb"], "stage_seconds": stage_s, "runner_seconds": round(wall, 1),
             "micro_batch": eff["micro_batch_size"], "accumulation": eff["gradient_accumulation"],
             "packing": r.get("packing"), "packing_check": r.get("packing_check"),
@@ -200,15 +212,22 @@ def project(setup: str, run_dir: Path, out: Path) -> dict:
 
 def worker(setup: str, run_dir: Path, model_dir: str, params: Path, out: Path, slow_steps: int = -1) -> None:
     import torch
+    from attention_path import attention_path, label
 
     if setup.startswith("project"):
         res = project(setup, run_dir, out)
+    elif setup == "unsloth-fixed":
+        from speed_parts import fixed_loop
+
+        res = fixed_loop(model_dir)
     else:
         res = bare(setup, run_dir, model_dir, out, slow_steps if setup in ("hf", "unsloth-default") else -1)
     # a run stopped at max_steps saw that share of the epoch (random order: its expected share of the tokens)
-    tokens = round(useful_tokens(run_dir) * min(res.get("epoch") or 1.0, 1.0))
-    res.update(setup=setup, useful_tokens=tokens, useful_tokens_per_s=tokens / res["seconds"],
-               card=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+    tokens = res.get("fixed_tokens") or round(useful_tokens(run_dir) * min(res.get("epoch") or 1.0, 1.0))
+    # the project's stage trains in a notebook kernel of its own, on the same packages: same dispatch as here
+    path = attention_path() if setup != "hf" else {"unsloth": False}
+    res.update(setup=setup, useful_tokens=tokens, useful_tokens_per_s=tokens / res["seconds"], attention=path,
+               attention_label=label(path), card=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
     (out / f"{setup}.json").write_text(json.dumps(res, indent=1))
 
 
@@ -229,9 +248,11 @@ def report(out: Path) -> str:
     lines = [f"{meta['shape']} shape, {meta['examples']} examples, {meta['useful_tokens']:,} useful tokens "
              f"(mean {meta['mean_tokens']:.0f}, p90 {meta['p90_tokens']}, max {meta['max_tokens']}), {card}, "
              f"{meta['date']}", "",
-             "| setup | micro-batch x accumulation | optimizer steps | examples per step | useful tokens/s | "
-             "x bare packing | x Unsloth defaults | x HF stack | peak memory GiB | MFU | final loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| setup | attention | micro-batch x accumulation | optimizer steps | examples per step | useful tokens/s | "
+             "x bare packing | x Unsloth defaults | x HF stack | x fixed loop | peak memory GiB | MFU | final loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    if "unsloth-fixed" in rows:
+        ref["unsloth-fixed"] = rows["unsloth-fixed"]["useful_tokens_per_s"]
     for s, r in rows.items():
         rate = r["useful_tokens_per_s"]
         ratio = lambda k: f"{rate / ref[k]:.2f}" if k in ref else "-"  # noqa: E731
@@ -239,13 +260,18 @@ def report(out: Path) -> str:
         mfu = f"{6 * n_params * rate / (peak * 1e12):.1%}" if peak else "-"
         steps = f"{r['steps']}" + (f" (of {round(r['steps'] / r['epoch'])})" if (r.get("epoch") or 1) < 0.999 else "")
         per_step = meta["examples"] * min(r.get("epoch") or 1.0, 1.0) / r["steps"]
-        lines.append(f"| {s} | {r['micro_batch']} x {r['accumulation']} | {steps} | {per_step:.0f} | {rate:,.0f} | "
-                     f"{ratio('unsloth-packing')} | {ratio('unsloth-default')} | {ratio('hf')} | {mem:.2f} | {mfu} | "
+        if s == "unsloth-fixed":
+            per_step = r["useful_tokens"] / r["steps"] / 2048  # rows of random tokens, no examples
+        lines.append(f"| {s} | {r.get('attention_label', '?')} | {r['micro_batch']} x {r['accumulation']} | {steps} | "
+                     f"{per_step:.0f} | {rate:,.0f} | {ratio('unsloth-packing')} | {ratio('unsloth-default')} | "
+                     f"{ratio('hf')} | {ratio('unsloth-fixed')} | {mem:.2f} | {mfu} | "
                      f"{r['losses'][-1][1]:.3f} |")
     p = rows.get("project")
     if p:
         lines += ["", f"project train stage: {p['stage_seconds']} s as a notebook, {p['seconds']:.1f} s of it in "
                   f"the training loop; memory plan: {'; '.join(p['memory_plan_steps']) or 'as written'}"]
+        if p.get("stage_parts"):
+            lines.append("train stage by part (s): " + ", ".join(f"{k} {v}" for k, v in p["stage_parts"].items()))
         if p.get("packing_check"):
             c = p["packing_check"]
             lines.append(f"packing check: {c['examples']} examples, max per-example loss difference "
@@ -278,6 +304,25 @@ def plot_losses(rows: dict, path: Path, meta: dict) -> None:
     fig.savefig(path, dpi=110)
 
 
+def prepare(a, out: Path) -> None:
+    """The mix, bench.yaml, the prepared run folder (setup + preprocess through runner.py) and meta.json."""
+    mix = write_mix(out / "mix.jsonl", a.rows, Path(a.medquad), Path(a.pubmedqa), Path(a.mcq))
+    params = params_for(str(Path(a.model).resolve()), mix, out, Path(a.base_params))
+    shutil.rmtree(out / "prepared", ignore_errors=True)
+    subprocess.run([sys.executable, str(ROOT / "runner.py"), str(params), "--reports-dir", str(out), "--run-id",
+                    "prepared", "--stages", "setup,preprocess"], check=True, cwd=ROOT)
+    import datasets
+    from transformers import AutoConfig
+
+    from medqlora.training.memory import ModelShape
+
+    lens = sorted(len(x) for x in datasets.load_from_disk(str(out / "prepared" / "data" / "train"))["input_ids"])
+    (out / "meta.json").write_text(json.dumps({
+        "shape": a.shape or Path(a.model).name, "params": ModelShape.from_config(AutoConfig.from_pretrained(a.model))
+        .params(), "examples": len(lens), "useful_tokens": sum(lens), "mean_tokens": sum(lens) / len(lens),
+        "p90_tokens": lens[int(0.9 * len(lens))], "max_tokens": lens[-1], "date": time.strftime("%Y-%m-%d")}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?")
@@ -295,6 +340,7 @@ def main() -> None:
                     "optimizer steps (their tokens/s from that part of the epoch): for the 8B shape")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--report", action="store_true", help="only rebuild table.md and loss.png from OUT")
+    ap.add_argument("--skip-prepare", action="store_true", help="reuse OUT's prepared data, bench.yaml and meta.json")
     a = ap.parse_args()
     out = Path(a.out).resolve()
     if a.report:
@@ -305,21 +351,10 @@ def main() -> None:
         worker(a.worker, out / "prepared", str(Path(a.model).resolve()), params, out, a.slow_steps)
         return
     out.mkdir(parents=True, exist_ok=True)
-    mix = write_mix(out / "mix.jsonl", a.rows, Path(a.medquad), Path(a.pubmedqa), Path(a.mcq))
-    params = params_for(str(Path(a.model).resolve()), mix, out, Path(a.base_params))
-    shutil.rmtree(out / "prepared", ignore_errors=True)
-    subprocess.run([sys.executable, str(ROOT / "runner.py"), str(params), "--reports-dir", str(out), "--run-id",
-                    "prepared", "--stages", "setup,preprocess"], check=True, cwd=ROOT)
-    import datasets
-    from transformers import AutoConfig
-
-    from medqlora.training.memory import ModelShape
-
-    lens = sorted(len(x) for x in datasets.load_from_disk(str(out / "prepared" / "data" / "train"))["input_ids"])
-    (out / "meta.json").write_text(json.dumps({
-        "shape": a.shape or Path(a.model).name, "params": ModelShape.from_config(AutoConfig.from_pretrained(a.model))
-        .params(), "examples": len(lens), "useful_tokens": sum(lens), "mean_tokens": sum(lens) / len(lens),
-        "p90_tokens": lens[int(0.9 * len(lens))], "max_tokens": lens[-1], "date": time.strftime("%Y-%m-%d")}))
+    if not a.skip_prepare:
+        prepare(a, out)
+    if not a.setups:  # --setups "": only the data (e.g. while the GPU does something else)
+        return
     from medqlora.run.batch import run_on_gpus
 
     printed = [None]

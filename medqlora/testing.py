@@ -2,6 +2,9 @@
 
 Speed and memory do not depend on weight values, and no machine here can download weights.
     python -m medqlora.testing OUT_DIR [--hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 128]
+        [--vocab 128256 --untied --max-positions 8192]
+--vocab pads the embedding (and lm_head) past the tokenizer's entries, to measure a larger vocabulary's memory
+(Llama 3's 128,256) with the same tokenizer; --untied gives the output layer its own weights (Llama 3.1 8B).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ def default_tokenizer_dir() -> str:
 
 def make_tiny_llama(out: str | Path, tokenizer_dir: str | None = None, hidden: int = 64, layers: int = 2,
                     heads: int = 4, kv_heads: int = 2, intermediate: int = 128, seed: int = 0,
-                    dtype: str = "float32") -> str:
+                    dtype: str = "float32", vocab: int | None = None, tied: bool = True,
+                    max_positions: int = 2048) -> str:
     import torch
     from transformers import (
         AutoTokenizer,
@@ -31,9 +35,11 @@ def make_tiny_llama(out: str | Path, tokenizer_dir: str | None = None, hidden: i
     )
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir or default_tokenizer_dir())
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
+    if vocab is not None and vocab < len(tok):
+        raise ValueError(f"vocab {vocab} is smaller than the tokenizer's {len(tok)} entries")
+    cfg = LlamaConfig(vocab_size=vocab or len(tok), hidden_size=hidden, intermediate_size=intermediate,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                      max_position_embeddings=2048, tie_word_embeddings=True,
+                      max_position_embeddings=max_positions, tie_word_embeddings=tied,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     with torch.device("cuda" if torch.cuda.is_available() and dtype != "float32" else "cpu"):  # big shapes: GPU
@@ -53,7 +59,10 @@ if __name__ == "__main__":
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the offline default's)")
     p.add_argument("--dtype", default="float32", help="bfloat16: built on the GPU when there is one (fast)")
+    p.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the tokenizer's)")
+    p.add_argument("--untied", action="store_true", help="an output layer of its own (default: tied to the embedding)")
+    p.add_argument("--max-positions", type=int, default=2048)
     a = p.parse_args()
     path = make_tiny_llama(a.out, a.tokenizer, a.hidden, a.layers, a.heads, a.kv_heads, a.intermediate,
-                           dtype=a.dtype)
+                           dtype=a.dtype, vocab=a.vocab, tied=not a.untied, max_positions=a.max_positions)
     print(f"random-weight Llama ({a.layers} layers, hidden {a.hidden}) saved to {path}")

@@ -38,6 +38,18 @@ def test_shape_counts_what_the_real_model_and_peft_count(tiny_model_dir):
     assert LLAMA_8B.linear_params() == pytest.approx(6.98e9, rel=0.01)
 
 
+def test_random_models_take_a_larger_vocabulary_and_an_untied_head(tmp_path):
+    """What the GPU memory runs build (python -m medqlora.testing --vocab 128256 --untied): Llama 3's vocabulary with
+    the offline tokenizer, and the 8B's own output layer, counted by the estimate's shape."""
+    from medqlora.testing import make_tiny_llama
+
+    shape = MEM.model_shape(make_tiny_llama(tmp_path / "m", vocab=50000, tied=False, max_positions=4096))
+    assert (shape.vocab, shape.tied) == (50000, False)
+    assert shape.params() == shape.linear_params() + 2 * 50000 * shape.hidden
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        make_tiny_llama(tmp_path / "small", vocab=100)
+
+
 def test_estimate_parts_move_the_way_the_settings_say():
     s = MEM.Settings(micro_batch_size=4, gradient_accumulation=1, max_seq_length=2048, gradient_checkpointing=False,
                      optimizer="adamw_torch")
@@ -92,17 +104,67 @@ def test_a_run_that_fits_gets_fewer_larger_micro_batches_within_the_token_cap_an
         MEM.total(MEM.estimate_training(LLAMA_8B, bigger, 16, targets)) + t4.context_gb > t4.limit_gb
 
 
-def test_packed_rows_add_their_attention_mask_which_grows_with_the_square_of_the_row():
+def test_the_dense_packed_mask_is_counted_only_where_unsloth_would_build_it(monkeypatch):
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    key = "packed-row attention mask (dense)"
 
-    def est(mb, packing, backend="unsloth"):
+    def est(mb, packing, backend="unsloth", dense=None):
         return MEM.estimate_training(LLAMA_8B, MEM.Settings(mb, 1, 2048, True, "adamw_8bit", backend=backend,
-                                                            packing=packing), 16, targets)
+                                                            packing=packing, dense_packed_mask=dense), 16, targets)
 
-    assert "packed-row attention mask" not in est(8, False)
-    assert est(8, True)["packed-row attention mask"] == pytest.approx(4.0 * 16384**2 / 2**30)  # 1 GiB
-    assert est(8, True)["packed-row attention mask"] == pytest.approx(16 * est(2, True)["packed-row attention mask"])
-    assert "packed-row attention mask" not in est(8, True, backend="hf")  # transformers' path: not measured there
+    assert est(8, True, dense=True)[key] == pytest.approx(4.0 * 16384**2 / 2**30)  # 1 GiB at 16,384 tokens
+    assert est(8, True, dense=True)[key] == pytest.approx(16 * est(2, True, dense=True)[key])
+    assert key not in est(8, False, dense=True) and key not in est(8, True, backend="hf", dense=True)
+    assert key not in est(8, True, dense=False)  # per-segment SDPA, xformers or flash-attn: no L x L mask
+    # the default follows this environment: Unsloth's per-segment SDPA unless UNSLOTH_SDPA_PACKED_SEGMENTS is off
+    import importlib.util
+
+    real = importlib.util.find_spec
+    have = set()
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name in have else (None if name in ("flash_attn", "xformers")
+                                                                        else real(name, *a)))
+    monkeypatch.delenv("UNSLOTH_SDPA_PACKED_SEGMENTS", raising=False)
+    assert not MEM.dense_packed_mask() and key not in est(8, True)
+    monkeypatch.setenv("UNSLOTH_SDPA_PACKED_SEGMENTS", "0")
+    assert MEM.dense_packed_mask() and key in est(8, True)
+    have.add("xformers")
+    assert not MEM.dense_packed_mask() and key not in est(8, True)
+
+
+def test_loss_chunks_follow_unsloths_rule_as_measured_on_the_gpu():
+    # (tokens, vocabulary) -> the chunk count unsloth_zoo's get_chunk_size returned on the H200 (4 GiB target)
+    for tokens, vocab, chunks in [(2048, 128256, 1), (4096, 128256, 4), (8192, 128256, 4), (16384, 128256, 8),
+                                  (4096, 49152, 1), (8192, 49152, 4), (16384, 49152, 4)]:
+        assert MEM.loss_chunk_tokens(tokens, vocab, 2048) == tokens // chunks
+
+
+def test_the_estimate_follows_tokens_a_micro_batch_not_how_rows_split_them():
+    """Rows of 1,024 x 8, 4,096 x 2 and 8,192 x 1 hold as many tokens and measured the same peak on the H200 once the
+    model trained at the length asked for (README, "Memory estimate")."""
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    totals = {MEM.total(MEM.estimate_training(LLAMA_8B, MEM.Settings(mb, 1, seq, True, "adamw_8bit", packing=True,
+                                                                     dense_packed_mask=False), 16, targets))
+              for seq, mb in [(1024, 8), (4096, 2), (8192, 1)]}
+    assert len(totals) == 1
+
+
+# Measured on an NVIDIA H200 (torch 2.11.0+cu130, Unsloth 2026.10.9), peak reserved GiB through the train stage,
+# packed, adamw_8bit, r on all 7 projections: (hidden, layers, intermediate, vocab, tied, r, tokens, measured)
+H200_PEAKS = [(2048, 16, 8192, 128256, True, 64, 24576, 4.05), (2048, 16, 8192, 128256, True, 64, 8192, 2.61),
+              (2048, 16, 8192, 49152, True, 16, 2048, 1.53), (2048, 16, 8192, 49152, True, 32, 6144, 1.70),
+              (2048, 16, 8192, 49152, True, 16, 49152, 5.92), (4096, 32, 14336, 128256, False, 16, 24576, 10.58),
+              (4096, 32, 14336, 128256, False, 16, 4096, 7.26), (4096, 32, 14336, 128256, False, 64, 3072, 8.62)]
+
+
+@pytest.mark.parametrize("hidden,layers,inter,vocab,tied,r,tokens,measured", H200_PEAKS)
+def test_estimate_against_h200_measurements(hidden, layers, inter, vocab, tied, r, tokens, measured):
+    shape = MEM.ModelShape(hidden=hidden, layers=layers, intermediate=inter, heads=32, kv_heads=8, vocab=vocab,
+                           tied=tied, head_dim=hidden // 32)
+    s = MEM.Settings(tokens // 1024, 1, 1024, True, "adamw_8bit", packing=True, dense_packed_mask=False)
+    est = MEM.total(MEM.estimate_training(shape, s, r, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                        "down_proj"], tokens_per_micro_batch=tokens))
+    assert 0.95 <= est / measured <= 1.15, f"estimate {est:.2f} GiB against {measured} measured"
 
 
 def test_a_run_that_cannot_fit_says_what_would():
@@ -110,12 +172,12 @@ def test_a_run_that_cannot_fit_says_what_would():
                          gradient_checkpointing=True, optimizer="adamw_8bit")
     with pytest.raises(PLAN.MemoryFitError, match=r"model.max_seq_length \d+ would fit .*allow_shorter_seq.*"
                                                  r"a card with at least \d+ GiB"):
-        PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8)
-    p = PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8,
+        PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.5, source="test", max_fraction=0.8)
+    p = PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.5, source="test", max_fraction=0.8,
                  allow_shorter_seq=True, min_seq=300)
     assert p.settings.max_seq_length == 8192 and p.steps[-1]["step"] == "max_seq_length 16384 -> 8192"
     with pytest.raises(PLAN.MemoryFitError):  # never below the data's p99 length
-        PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.0, source="test", max_fraction=0.8,
+        PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.5, source="test", max_fraction=0.8,
                  allow_shorter_seq=True, min_seq=12000)
 
 

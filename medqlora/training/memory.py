@@ -3,9 +3,10 @@
 
 The estimate adds up what a QLoRA step holds at its peak (in the spirit of `accelerate estimate-memory`, plus
 the parts it leaves out): 4-bit NF4 weights with their double-quantized scales, the parts kept in 16 bits
-(embeddings, lm_head, norms), LoRA weights + gradients + optimizer states, activations per token per layer
-(with and without gradient checkpointing), the logits/loss buffer, and the CUDA context. Its activation,
-logits and workspace coefficients were measured on an H200 (below; benchmarks/memory_estimate.py re-measures).
+(embeddings, lm_head, norms), LoRA weights + gradients + optimizer states, the activations (with Unsloth's
+offloaded checkpointing: one layer's working set, or one chunk of its fused loss if larger; without checkpointing:
+every layer's), the dense packed-row mask where Unsloth would build one, and the CUDA context. Its coefficients were
+measured on an H200 (below; benchmarks/memory_estimate.py re-measures; README "How close the estimate is").
 """
 from __future__ import annotations
 
@@ -17,17 +18,28 @@ GIB = 1024**3
 # per 256 blocks: 0.5 + 1/64 + 4/(64*256) bytes a parameter.
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 CUDA_CONTEXT_GIB = 0.5  # driver + cuBLAS workspaces: outside torch's reserved memory, inside the card's
-# Coefficients measured on an H200 through this project's train stage (Unsloth 2026.10.9, 4-bit, r=16 on all
-# 7 projections, Llama 3.2 1B and 3.1 8B shapes, 512 to 8192 tokens a micro-batch; benchmarks/memory_estimate.py):
-CHECKPOINTED_BYTES = 1.216  # per token x hidden x layer: layer inputs kept with (offloaded) gradient checkpointing
-LOGITS_BYTES = 0.356  # per token x vocabulary entry at the loss (Unsloth's chunked cross-entropy)
-ACTIVATION_FULL = 3.11  # per token x layer, in units of (hidden + intermediate) 16-bit values, no checkpointing
-WORKSPACE_GIB = 0.24  # fixed allocator and kernel workspace
-DEQUANT_BYTES = 4.12  # per hidden x intermediate: one layer's MLP weights dequantized to 16 bits for the matmul
-# Packed with Unsloth where neither flash-attn nor xformers is installed, the flattened micro-batch (L = micro-batch x
-# max_seq_length tokens) attends through SDPA with a dense L x L block-diagonal mask (bf16, plus its construction):
-# measured on an H200 as 2.7 (1B shape) and 4.0 (8B shape) bytes per element at L = 16,384 (BENCHMARKS.md).
+# Unsloth's path, gradient checkpointing on (its offloaded checkpointing keeps the layer inputs in CPU memory), fitted
+# on an H200 (Unsloth 2026.10.9, torch 2.11, 4-bit, adamw_8bit, all 7 projections) on 78 configs: Llama-3.2-1B and
+# 3.1-8B shapes, vocabularies 49,152 and 128,256, LoRA r 16/32/64, 2,048 to 49,152 tokens a micro-batch, rows of 512 to
+# 8,192 tokens, packed and unpacked; estimate/measured peak reserved 0.96 to 1.09 (README, "Memory estimate").
+LAYER_BYTES = 9.64  # per token x (hidden + intermediate): one layer's forward + backward working set when recomputed
+MIN_LAYER_TOKENS = 4096  # below this many tokens a micro-batch the working set does not shrink further (measured)
+LORA_STEP_BYTES = 1.84  # per LoRA parameter, besides its weight, gradient and optimizer states (the optimizer step)
+WORKSPACE_GIB = 0.186  # fixed allocator and kernel workspace
+DEQUANT_BYTES = 11.91  # per hidden x intermediate: one layer's weights dequantized to 16 bits, with their buffers
+# Unsloth's fused cross-entropy computes the logits in chunks of at most ~4 GiB at its 16 bytes a logit (half the free
+# memory, capped at 4 GiB: unsloth_zoo's get_chunk_size), freed before the layers' backward: the peak is the larger of
+# one chunk and one layer's working set. In every config above the layers set it; 2 bytes (a 16-bit logit) per chunk
+# entry is the least a chunk holds.
+CE_CHUNK_BYTES = 2.0
+CE_TARGET_GIB = 4.0
+# The dense L x L block-diagonal mask (L = micro-batch x max_seq_length tokens) that Unsloth builds for packed rows only
+# on its fallback path: neither flash-attn nor xformers usable and UNSLOTH_SDPA_PACKED_SEGMENTS off (since 2026.x
+# Unsloth attends packed rows per segment through SDPA). 2.7 to 4.0 bytes per element measured (BENCHMARKS.md), 2.5
+# on 2026-12-01.
 PACKED_MASK_BYTES = 4.0
+# Without gradient checkpointing (measured on the earlier fit, 512 to 8,192 tokens):
+ACTIVATION_FULL = 3.11  # per token x layer, in units of (hidden + intermediate) 16-bit values
 # The transformers + PEFT path (no Unsloth kernels) keeps more: full fp32 logits with their gradient, and the
 # layer inputs on the GPU. Not measured on a GPU here: these are the textbook figures.
 HF_LOGITS_BYTES = 12.0
@@ -95,6 +107,7 @@ class Settings:
     backend: str = "unsloth"
     dtype_bytes: int = 2  # compute dtype: 2 for bf16/fp16 on a GPU, 4 for fp32 on a CPU
     packing: bool = False
+    dense_packed_mask: bool | None = None  # None: as this environment would run (dense_packed_mask())
 
     @property
     def effective_batch(self) -> int:
@@ -111,6 +124,29 @@ def settings_from(cfg, backend: str) -> Settings:
                     resolve(t.packing, backend))
 
 
+def dense_packed_mask() -> bool:
+    """Whether Unsloth would attend packed rows through a dense L x L mask here: only without flash-attn and xformers
+    and with its per-segment SDPA turned off (UNSLOTH_SDPA_PACKED_SEGMENTS=0). Checked without importing either.
+    (xformers that is installed but built for another torch is not used either; it counts as absent only when
+    UNSLOTH_SDPA_PACKED_SEGMENTS is off, the one case where it would matter.)"""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("flash_attn") is not None or importlib.util.find_spec("xformers") is not None:
+        return False
+    return os.environ.get("UNSLOTH_SDPA_PACKED_SEGMENTS", "1").lower() in ("0", "false", "no", "off")
+
+
+def loss_chunk_tokens(tokens: int, vocab: int, hidden: int, target_gib: float = CE_TARGET_GIB) -> int:
+    """Tokens in one chunk of Unsloth's fused cross-entropy (unsloth_zoo get_chunk_size: 16 bytes a logit against the
+    target less the hidden-state gradient, chunks in multiples of 4)."""
+    fixed = tokens * hidden * 2 / GIB
+    target = target_gib - fixed if 0 < fixed < target_gib else target_gib
+    exact = tokens * vocab * 16 / GIB / target
+    chunks = 1 if exact <= 1 + 1e-9 else min(-(-exact // 4) * 4, tokens)
+    return -(-tokens // int(chunks))
+
+
 def estimate_training(shape: ModelShape, s: Settings, lora_r: int, targets: list[str],
                       tokens_per_micro_batch: int | None = None) -> dict[str, float]:
     """Peak training memory by part, in GiB. tokens_per_micro_batch defaults to micro-batch x max_seq_length
@@ -123,20 +159,29 @@ def estimate_training(shape: ModelShape, s: Settings, lora_r: int, targets: list
     n_lora = shape.lora_params(lora_r, targets)
     optim_bytes = 2 if "8bit" in s.optimizer else 8
     unsloth = s.backend == "unsloth"
-    if s.gradient_checkpointing:
-        act = tokens * shape.hidden * shape.layers * (CHECKPOINTED_BYTES if unsloth else HF_CHECKPOINTED_BYTES) \
-            * s.dtype_bytes / 2
+    width = shape.hidden + shape.intermediate
+    if s.gradient_checkpointing and unsloth:  # layer inputs offloaded: one layer's working set, or one loss chunk
+        layer = LAYER_BYTES * max(tokens, MIN_LAYER_TOKENS) * width * s.dtype_bytes / 2
+        chunk = CE_CHUNK_BYTES * loss_chunk_tokens(tokens, shape.vocab, shape.hidden) * shape.vocab
+        act, logits = layer, max(chunk - layer, 0.0)
+    elif s.gradient_checkpointing:
+        act = tokens * shape.hidden * shape.layers * HF_CHECKPOINTED_BYTES * s.dtype_bytes / 2
+        logits = tokens * shape.vocab * HF_LOGITS_BYTES
     else:
-        act = tokens * ACTIVATION_FULL * (shape.hidden + shape.intermediate) * s.dtype_bytes * shape.layers
-    logits = tokens * shape.vocab * (LOGITS_BYTES if unsloth else HF_LOGITS_BYTES)
+        act = tokens * ACTIVATION_FULL * width * s.dtype_bytes * shape.layers
+        logits = (CE_CHUNK_BYTES * loss_chunk_tokens(tokens, shape.vocab, shape.hidden) if unsloth
+                  else tokens * HF_LOGITS_BYTES) * shape.vocab
     workspace = WORKSPACE_GIB * GIB + DEQUANT_BYTES * shape.hidden * shape.intermediate
-    packed_mask = {"packed-row attention mask": PACKED_MASK_BYTES * tokens ** 2} if s.packing and unsloth else {}
+    dense = dense_packed_mask() if s.dense_packed_mask is None else s.dense_packed_mask
+    packed_mask = {"packed-row attention mask (dense)": PACKED_MASK_BYTES * tokens ** 2} \
+        if s.packing and unsloth and dense else {}
     parts = {"base weights (" + ("4-bit NF4, double quantization" if s.load_in_4bit else "16-bit") + ")": base,
              f"embeddings, lm_head, norms ({8 * s.dtype_bytes}-bit)": sixteen,
-             "LoRA weights + gradients (fp32)": n_lora * 8,
+             "LoRA weights + gradients (fp32)": n_lora * (8 + (LORA_STEP_BYTES if unsloth else 0)),
              f"optimizer states ({'8-bit' if optim_bytes == 2 else 'fp32'} AdamW)": n_lora * optim_bytes,
              "activations" + (" (checkpointed)" if s.gradient_checkpointing else ""): act,
-             "logits and loss": logits,
+             "logits and loss" + (" (a loss chunk beyond the layer's)" if unsloth and s.gradient_checkpointing
+                                  else ""): logits,
              "workspace (dequantized layer, kernels)": workspace, **packed_mask}
     return {k: v / GIB for k, v in parts.items()}
 

@@ -1,0 +1,42 @@
+# Sourced at the start of a device call, from .gpuwork (the worktree's copy): unpacks the site (with and without
+# xformers), records the card and versions, and defines job() to run one part in its own folder under a timeout.
+set -u
+export HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+W=$PWD
+T0=$(date +%s)
+rm -rf /tmp/jobs; mkdir -p "$OUT/logs" /tmp/jobs
+PY=${PY:-python3}
+B1="--hidden 2048 --layers 16 --heads 32 --kv-heads 8 --intermediate 8192"
+B8="--hidden 4096 --layers 32 --heads 32 --kv-heads 8 --intermediate 14336"
+if [ "${DRY:-0}" = 1 ]; then  # a CPU dry run of the whole call: tiny shapes, the local venv
+  SITE_X=$W SITE_NOX=$W
+  B1="--hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 128" B8="--hidden 128 --layers 2 --heads 4 --kv-heads 2 --intermediate 256"
+else
+  $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { echo "no GPU: set DRY=1 for a CPU dry run"; exit 2; }
+  tar xzf ../.gpu-site.tgz -C /tmp || exit 1
+  cp -al /tmp/gpu-site /tmp/gpu-site-nox && rm -rf /tmp/gpu-site-nox/xformers /tmp/gpu-site-nox/xformers-*
+  SITE_X="/tmp/gpu-site:$W" SITE_NOX="/tmp/gpu-site-nox:$W"
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  PYTHONPATH=$SITE_X $PY -c "import torch, transformers, trl, importlib.metadata as m; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'unsloth', m.version('unsloth'), 'bitsandbytes', m.version('bitsandbytes'))"
+  PYTHONPATH=$SITE_X $PY -c "import importlib.metadata as m; print('xformers', m.version('xformers'))"
+} > "$OUT/env.txt" 2>&1
+# job NAME TIMEOUT SITE CMD...: runs CMD in /tmp/jobs/NAME (Unsloth writes its compiled cache in the working folder)
+job() {
+  local name=$1 limit=$2 site=$3; shift 3
+  mkdir -p /tmp/jobs/$name
+  ( cd /tmp/jobs/$name && echo "[$name] start $(( $(date +%s) - T0 )) s" && \
+    PYTHONPATH=$site timeout "$limit" "$@"; echo "[$name] rc=$? at $(( $(date +%s) - T0 )) s" ) > "$OUT/logs/$name.log" 2>&1
+  tail -1 "$OUT/logs/$name.log"
+}
+build() {  # build NAME ARGS...: a random-weight Llama body in bf16 on the GPU, SmolLM2's tokenizer
+  local name=$1; shift
+  job build-$name 150 "$SITE_X" $PY -m medqlora.testing /tmp/$name --tokenizer "$W/tok" --dtype bfloat16 \
+    --max-positions 8192 "$@"
+}
+MEMB="$PY $W/benchmarks/memory_estimate.py"
+finish() {  # everything into at most 8 files under $OUT
+  cat /tmp/jobs/*/rows.jsonl > "$OUT/rows.jsonl" 2>/dev/null
+  tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
+  echo "done at $(( $(date +%s) - T0 )) s"; ls -la "$OUT"
+}

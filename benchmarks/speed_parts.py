@@ -1,0 +1,79 @@
+"""Parts of benchmarks/train_speed.py: the fixed-shape bare loop (the ceiling the train stage is measured against)
+and where a stage notebook's seconds go (kernel start, imports, load, first step, loop, saving)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def fixed_loop(model_dir: str, steps: int = 20, warmup: int = 3, batch: int = 4, seq: int = 2048) -> dict:
+    """Bare Unsloth, r=16 on all 7 projections, its gradient checkpointing, a plain loop of forward + backward +
+    AdamW on batch x seq random tokens (no data, no padding, no trainer): tokens/s over `steps` after `warmup`."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("unsloth-fixed: the fixed-shape loop needs Unsloth on a GPU (none here)")
+    from unsloth import FastLanguageModel
+
+    model, _ = FastLanguageModel.from_pretrained(model_dir, max_seq_length=seq, load_in_4bit=True, dtype=None)
+    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
+                                             target_modules=TARGETS, use_gradient_checkpointing="unsloth",
+                                             random_state=3407)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    vocab = model.config.vocab_size
+    ids = torch.randint(10, vocab - 10, (batch, seq), device="cuda")
+    first = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            torch.cuda.synchronize()
+            t0 = time.time()
+        t_step = time.time()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i == 0:
+            torch.cuda.synchronize()
+            first = time.time() - t_step
+    torch.cuda.synchronize()
+    s = time.time() - t0
+    return {"seconds": s, "steps": steps, "losses": [(steps, float(loss))], "epoch": 1.0, "first_step_seconds": first,
+            "fixed_tokens": steps * batch * seq, "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+            "micro_batch": batch, "accumulation": 1}
+
+
+def stage_parts(run_dir: Path, stage: str = "train") -> dict:
+    """Seconds of one stage by part, from the executed notebook's cell timings (papermill) and the run's
+    memory.jsonl events: kernel start (the stage's seconds not spent in any cell), the imports cell, the memory
+    plan, loading (model + LoRA), then inside the training cell: trainer setup + first step, the loop, saving."""
+    from medqlora.core.rundir import NOTEBOOKS
+
+    nb = json.loads((Path(run_dir) / NOTEBOOKS[stage]).read_text())
+    names = {"notebook.start": "imports + config", "plan_training": "memory plan", "load_for_training": "load",
+             "train.train(": "train cell", "generate": "generation"}
+    parts: dict[str, float] = {}
+    for cell in nb["cells"]:
+        d = (cell.get("metadata", {}).get("papermill") or {}).get("duration")
+        if d is None or cell["cell_type"] != "code":
+            continue
+        src = "".join(cell["source"])
+        key = next((v for k, v in names.items() if k in src), "other cells")
+        parts[key] = round(parts.get(key, 0.0) + d, 2)
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    total = next((s["seconds"] for s in summary["stages"] if s["name"] == stage), None)
+    if total is not None:
+        parts["kernel start + papermill"] = round(total - sum(parts.values()), 2)
+        parts["stage total"] = total
+    ev = [json.loads(x) for x in (Path(run_dir) / "memory.jsonl").read_text().splitlines() if x.strip()]
+    t = {e["event"]: e["time"] for e in ev if e.get("stage") == stage}
+    steps = sorted((int(k.split()[1]), v) for k, v in t.items() if k.startswith("step "))
+    if "before training" in t and steps:
+        parts["trainer setup + first logged step"] = round(steps[0][1] - t["before training"], 2)
+        parts["loop after the first logged step"] = round(steps[-1][1] - steps[0][1], 2)
+        if "adapter saved" in t:
+            parts["saving"] = round(t["adapter saved"] - steps[-1][1], 2)
+    return parts
