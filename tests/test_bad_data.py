@@ -57,7 +57,7 @@ def test_unusable_files_are_refused_at_the_door_with_exit_2(tmp_path, capsys, na
 def test_mostly_bad_rows_are_refused_at_the_door_and_a_few_are_not(tmp_path, capsys):
     rows = [{"question": r["question"], "options": {"A": "x", "B": "y"}, "answer": "E"} for r in BUNDLED[:30]]
     code, err = check(lines(tmp_path / "mcq.jsonl", rows), capsys)
-    assert code == 2 and "30 of the first 30 rows" in err and "answer not an option 30" in err
+    assert code == 2 and "30 of the 30 rows" in err and "answer not an option 30" in err
     assert "answer 'E' is neither a letter among options A-B" in err
     code, err = check(lines(tmp_path / "some.jsonl", rows[:3] + BUNDLED[:30]), capsys)
     assert code == 0, err
