@@ -140,7 +140,7 @@ def _pairs(v: Any) -> list | str:
     if isinstance(v, (list, tuple)):
         if v and all(isinstance(o, dict) for o in v):
             for keys in (("key", "value"), ("label", "text"), ("letter", "text")):
-                if all(keys[0] in o for o in v):
+                if all(keys[0] in o and (keys[1] in o or "text" in o) for o in v):
                     return [(o[keys[0]], o.get(keys[1], o.get("text"))) for o in v]
             if all("text" in o for o in v):
                 return list(zip(LETTERS, (o["text"] for o in v)))

@@ -109,7 +109,10 @@ def _csv_rows(source: str, delimiter: str = ",") -> Iterator[Row]:
     with reading(source, lambda: reader.line_num), open_bytes(source) as f:
         text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
         # A TSV has no quoting: a '"' in a question is text (csv's default quoting would swallow rows into one).
-        reader = csv.reader(text, delimiter=delimiter, **({"quoting": csv.QUOTE_NONE} if kind == "tsv" else {}))
+        # strict: a stray '"' (a quoted field closed mid-field, or never closed) is an error, not a silent re-split.
+        reader = csv.reader(text, delimiter=delimiter, strict=True,
+                            **({"quoting": csv.QUOTE_NONE} if kind == "tsv" else {}))
+        prev = 0
         try:
             header = next(reader, None)
             if header is None:
@@ -141,8 +144,11 @@ def _csv_rows(source: str, delimiter: str = ",") -> Iterator[Row]:
                 else:
                     yield Row(start, {h: v for h, v in zip(header, fields) if h})
         except csv.Error as e:
-            raise DataError(f"{source}: line {reader.line_num}: unreadable {kind.upper()} ({e}); the rest of the "
-                            "file cannot be read, so none of it is used: fix that line") from None
+            quote = " (an unbalanced '\"': double a quote inside a quoted field as \"\", or quote the whole field)" \
+                if "'\"'" in str(e) or "end of data" in str(e) else ""
+            at = f"line {prev + 1}" + (f" (read on to line {reader.line_num})" if reader.line_num > prev + 1 else "")
+            raise DataError(f"{source}: {at}: unreadable {kind.upper()} ({e}){quote}; the rest of the file cannot be "
+                            "read, so none of it is used: fix that line") from None
 
 
 def _datasets_rows(ds) -> Iterator[Row]:
