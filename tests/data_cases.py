@@ -272,5 +272,8 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+if __name__ == "__main__":  # through the module's own name, so that the cases' classes are these
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import data_cases
+
+    raise SystemExit(data_cases.main(sys.argv[1:]))
