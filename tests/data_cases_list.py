@@ -152,6 +152,10 @@ def structure() -> list[Case]:
         Case("structure", "csv-quote-never-closed", "d.csv", csv_text([{"question": r["question"], "answer": f"Treatment {i}."} for i, r in enumerate(base)])
              .replace(b"\nWhat is the first-line treatment for condition 280?", b'\n"What is the first-line treatment for condition 280?', 1),
              Refused(r"line 282 \(read on to line 301\): .*unbalanced")),
+        Case("structure", "csv-duplicate-header", "d.csv", b"id,question,answer,answer\n" + b"".join(
+            f"{i},Is finding {i} benign?,Yes,No\n".encode() for i in range(N)), Refused(r"line 1: the column 'answer' appears twice"), "misread"),
+        Case("structure", "csv-header-differs-in-case", "d.csv", b"Question,question,answer\n" + b"".join(
+            f"Q{i}?,q{i}?,a{i}\n".encode() for i in range(N)), Refused(r"'question' appears twice in the header")),
         Case("structure", "csv-header-only", "d.csv", b"question,answer\n", Refused(r"has no rows|is empty")),
         Case("structure", "csv-semicolons", "d.csv", csv_text(cs, ";"), Refused(r"no readable row.*Check the delimiter|cannot tell")),
         Case("structure", "csv-cr-line-ends", "d.csv", csv_text(cs).replace(b"\n", b"\r"), Kept(N)),
