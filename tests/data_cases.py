@@ -8,13 +8,9 @@ message) where they come from it. `python tests/data_cases.py` prints the table 
 """
 from __future__ import annotations
 
-import bz2
 import contextlib
-import gzip
 import io
 import json
-import lzma
-import os
 import re
 import signal
 import sys

@@ -172,9 +172,12 @@ def json_array(source: str, text: str, dec: Decoder) -> Iterator[Row] | None:
             if text[p:p + 1] == ",":
                 p = _WS.match(text, p + 1).end()
                 continue
-            if text[p:p + 1] == "]" and not text[_WS.match(text, p + 1).end():]:
-                return
             lineno = text.count("\n", 0, p) + 1
+            if text[p:p + 1] == "]":
+                if not text[_WS.match(text, p + 1).end():]:
+                    return
+                raise DataError(f"{source} is not valid JSON: extra data after the array ends at line {lineno}; "
+                                "remove it, or give one JSON value per line as .jsonl")
             raise DataError(f"{source} is not valid JSON: expected ',' or ']' at line {lineno} (after item {k}); "
                             "fix the file there (every record after it would be lost)")
     return items()

@@ -14,7 +14,6 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from medqlora.data.columns import FAMILY, REQUIRED, row_format
 from medqlora.data.sources import structured
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
