@@ -213,8 +213,8 @@ def verdict(case: Case, got: dict, path: Path) -> str | None:
     exp = case.expect
     if isinstance(exp, Refused):
         if got["outcome"] != "refused":
-            return f"expected a refusal /{exp.pattern}/, got {got['outcome']}: " + \
-                   (f"kept {got['kept']} dropped {got['dropped']}" if got["outcome"] == "kept" else got["message"][-300:])
+            seen = f"kept {got['kept']} dropped {got['dropped']}" if got["outcome"] == "kept" else got["message"][-300:]
+            return f"expected a refusal /{exp.pattern}/, got {got['outcome']}: {seen}"
         msg = got["message"]
         if got.get("code") != 2 or "Traceback" in msg:
             return f"refused with exit {got.get('code')}: {msg[-300:]}"

@@ -4,7 +4,6 @@ level: at least 150) is answered as written down before it was run: refused at t
 counts (so every record is read and rows read = kept + dropped) and examples read as what they are. No hang (each
 case has 10 s), no traceback."""
 import pytest
-
 from data_cases import run_case, verdict
 from data_cases_list import cases
 
@@ -18,7 +17,8 @@ def test_the_generator_covers_every_category_and_every_class_of_the_issue():
     by_issue = {}
     for c in CASES:
         by_issue[c.issue] = by_issue.get(c.issue, 0) + 1
-    assert all(by_issue.get(k, 0) >= (3 if k == "hang" else 5) for k in ("hang", "traceback", "lost", "misread", "message")), by_issue
+    classes = ("hang", "traceback", "lost", "misread", "message")
+    assert all(by_issue.get(k, 0) >= (3 if k == "hang" else 5) for k in classes), by_issue
     assert len({c.id for c in CASES}) == len(CASES), "case names are unique"
 
 

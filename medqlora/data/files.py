@@ -164,7 +164,8 @@ def _wide_encoding(start: bytes) -> str | None:
     if len(s) < 8 or s.count(0) < len(s) // 3:
         return None
     zero = lambda off, step: s[off::step].count(0) / len(s[off::step])  # noqa: E731
-    for name, zeros, other, step in (("UTF-32 (little-endian)", (1, 2, 3), 0, 4), ("UTF-32 (big-endian)", (0, 1, 2), 3, 4),
+    for name, zeros, other, step in (("UTF-32 (little-endian)", (1, 2, 3), 0, 4),
+                                     ("UTF-32 (big-endian)", (0, 1, 2), 3, 4),
                                      ("UTF-16 (little-endian)", (1,), 0, 2), ("UTF-16 (big-endian)", (0,), 1, 2)):
         if all(zero(o, step) > 0.9 for o in zeros) and zero(other, step) < 0.5:
             return name
@@ -183,7 +184,7 @@ def text_problem(source: str, start: bytes, kind: str) -> str | None:
     found = next((name for magic, name in MAGIC if start.startswith(magic)), None)
     if found:
         fix = "name it .parquet" if found == "Parquet" else "extract the data file from it" \
-            if found == "a ZIP archive" else f"decompress it or add its suffix" if found in COMPRESSIONS.values() \
+            if found == "a ZIP archive" else "decompress it or add its suffix" if found in COMPRESSIONS.values() \
             else "give the data file"
         return f"{source} is {found}, not {kind.upper()} text; {fix}"
     odd = sum(1 for b in start if b < 9 or 13 < b < 32 or b == 127)

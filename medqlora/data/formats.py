@@ -19,10 +19,28 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from medqlora.data.columns import (ALIASES, FAMILY, REQUIRED, check_format, detect_format,  # noqa: F401
-                                   map_columns, resolve_format, row_format)
-from medqlora.data.normalize import (CONTROL_TOKENS, DECISIONS, LETTERS, ROLE, Example, NotText,  # noqa: F401
-                                     _not_an_option, choice_letter, options, text)
+from medqlora.data.columns import (  # noqa: F401
+    ALIASES,
+    FAMILY,
+    REQUIRED,
+    check_format,
+    detect_format,
+    map_columns,
+    resolve_format,
+    row_format,
+)
+from medqlora.data.normalize import (  # noqa: F401
+    CONTROL_TOKENS,
+    DECISIONS,
+    LETTERS,
+    ROLE,
+    Example,
+    NotText,
+    _not_an_option,
+    choice_letter,
+    options,
+    text,
+)
 from medqlora.data.sources import DataError, Row, open_rows, structured  # noqa: F401  (the loader, re-exported)
 
 

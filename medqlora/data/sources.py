@@ -18,8 +18,16 @@ from typing import Iterator
 
 from medqlora.config import DataConfig
 from medqlora.data.files import DataError, kind_of, open_bytes, reading, text_problem
-from medqlora.data.jsonrows import Decoder, Row, json_array, json_line, json_text_line, record_problem, short, \
-    split_lines
+from medqlora.data.jsonrows import (
+    Decoder,
+    Row,
+    json_array,
+    json_line,
+    json_text_line,
+    record_problem,
+    short,
+    split_lines,
+)
 
 __all__ = ["DataError", "Row", "kind_of", "rows", "open_rows", "structured", "head_bytes"]
 HEAD_BYTES = 4096
@@ -85,8 +93,9 @@ def _json_rows(source: str) -> Iterator[Row]:
     elif isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):
         lengths = {c: len(v) for c, v in obj.items()}
         if len(set(lengths.values())) > 1:
-            raise DataError(f"{source} holds columns of unequal length ({', '.join(f'{c} {n}' for c, n in lengths.items())}"
-                            "); every column needs one value per row, or rows would be paired wrongly")
+            listed = ", ".join(f"{c} {n}" for c, n in lengths.items())
+            raise DataError(f"{source} holds columns of unequal length ({listed}); every column needs one value per "
+                            "row, or rows would be paired wrongly")
         if getattr(obj, "dup", ""):
             raise DataError(f"{source}: the column {obj.dup!r} appears twice; keep one")
         obj = [dict(zip(obj, vals)) for vals in zip(*obj.values())]
