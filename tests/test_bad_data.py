@@ -16,7 +16,7 @@ from medqlora.run import cli as R
 BUNDLED = [json.loads(line) for line in (ROOT / "data" / "medqa_train.jsonl").read_text().splitlines()]
 KNOWN_REASONS = {"unreadable", "empty question", "empty answer", "duplicate", "over-long", "leak", "malformed chat",
                  "malformed decision", "answer not an option", "options unreadable", "too few options", "wrong type",
-                 "missing options"}
+                 "missing options", "other format", "ambiguous columns", "chat markup"}
 
 
 def check(path, capsys, *extra) -> tuple[int, str]:

@@ -101,7 +101,7 @@ def _stages(arg: str | None) -> list[str]:
 def validated(path: Path, overrides: list[str]) -> RunConfig:
     cfg = load_config(path, overrides)
     problems = check_inputs(cfg)
-    if not problems:  # the data check at the door: the first rows of each file, read as the stage will
+    if not problems:  # the data check at the door: every row of each file, read as the stage will
         from medqlora.data.check import preflight
 
         problems = preflight(cfg.data, cfg.eval.sets)
