@@ -48,24 +48,31 @@ def _lookup(row: dict, m: dict[str, str]):
     """get(field) over a row whose column names may differ in case from the mapping's, and the problem when one
     name is there in two cases (which one is meant?)."""
     lower: dict[str, list[str]] = {}
-    for k in row:
-        lower.setdefault(str(k).lower(), []).append(k)
-    for f, col in m.items():
-        if len(lower.get(col.lower(), ())) > 1:
-            return None, f"ambiguous columns: {' and '.join(map(repr, lower[col.lower()]))} are both in the row " \
-                         f"(column names are read case-insensitively); keep one"
+    if len({str(k).lower() for k in row}) < len(row):  # rare: only then can a mapped name be there twice
+        for k in row:
+            lower.setdefault(str(k).lower(), []).append(k)
+        for col in m.values():
+            if len(lower.get(col.lower(), ())) > 1:
+                return None, f"ambiguous columns: {' and '.join(map(repr, lower[col.lower()]))} are both in the " \
+                             "row (column names are read case-insensitively); keep one"
+
+    def other_case(col):
+        if not lower:
+            for k in row:
+                lower.setdefault(str(k).lower(), []).append(k)
+        return lower.get(col.lower())
 
     def get(f):
-        if f not in m:
+        col = m.get(f)
+        if col is None:
             return None
-        col = m[f]
         if col in row:
             return row[col]
-        same = lower.get(col.lower())
+        same = other_case(col)
         return row[same[0]] if same else None
 
     def has(f):
-        return f in m and (m[f] in row or m[f].lower() in lower)
+        return f in m and (m[f] in row or bool(other_case(m[f])))
     return (get, has), None
 
 
@@ -74,7 +81,14 @@ def _markup(ex: Example) -> str | None:
               ("explanation", ex.explanation), ("reasoning", ex.reasoning), ("instruction", ex.instruction),
               *((f"option {k}", v) for k, v in (ex.options or {}).items()),
               *((f"{t['role']} turn", t["content"]) for t in ex.messages or [])]
-    for name, value in fields:
+    blob = "\x00".join(v for _, v in fields if v)
+    try:
+        blob.encode("utf-8")
+        if not (("<" in blob or "[" in blob) and CONTROL_TOKENS.search(blob)):
+            return None
+    except UnicodeEncodeError:
+        pass
+    for name, value in fields:  # one of them is the problem: which
         try:
             (value or "").encode("utf-8")
         except UnicodeEncodeError:  # readers refuse these; a hub or Parquet value could still carry one

@@ -90,6 +90,10 @@ def record_problem(obj, surrogates: bool) -> str | None:
     return None
 
 
+def _has_surrogate_escape(text: str, start: int, end: int) -> bool:
+    return "\\u" in text and bool(_SURROGATE_ESCAPE.search(text, start, end))
+
+
 def json_line(i: int, line: bytes, dec: Decoder) -> Iterator[Row]:
     """One line of JSON Lines: usually one record; two records on one line are two rows."""
     try:
@@ -115,8 +119,8 @@ def json_text_line(i: int, text: str, dec: Decoder) -> Iterator[Row]:
             yield Row(i, None, f"line {i}: JSON nested too deeply to read", short(text))
             return
         n += 1
-        why = record_problem(obj, bool(_SURROGATE_ESCAPE.search(text, pos, end))) if dec.flagged or \
-            _SURROGATE_ESCAPE.search(text, pos, end) else None
+        surrogates = _has_surrogate_escape(text, pos, end)
+        why = record_problem(obj, surrogates) if dec.flagged or surrogates else None
         if why:
             yield Row(i, None, f"line {i}: {why}", short(text[pos:end]))
         elif not isinstance(obj, dict):
@@ -159,8 +163,8 @@ def json_array(source: str, text: str, dec: Decoder) -> Iterator[Row] | None:
             except RecursionError:
                 raise DataError(f"{source}: item {k + 1} (line {line}) is nested too deeply to read") from None
             k += 1
-            why = record_problem(obj, bool(_SURROGATE_ESCAPE.search(text, p, end))) if dec.flagged or \
-                _SURROGATE_ESCAPE.search(text, p, end) else None
+            surrogates = _has_surrogate_escape(text, p, end)
+            why = record_problem(obj, surrogates) if dec.flagged or surrogates else None
             if why:
                 yield Row(line, None, f"line {line}: item {k}: {why}", short(text[p:end]))
             elif isinstance(obj, dict):

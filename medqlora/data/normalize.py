@@ -51,6 +51,8 @@ class NotText(ValueError):
 def _visible(s: str) -> str:
     """The text stripped, or '' when nothing in it is visible (only spaces and zero-width characters)."""
     s = s.strip()
+    if not s or s[0].isprintable():  # strip() left no space at the start: a printable first character is visible
+        return s
     return s if any(c.isprintable() and not c.isspace() for c in s) else ""
 
 
