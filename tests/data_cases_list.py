@@ -1263,6 +1263,7 @@ def file_level() -> list[Case]:
         Case("file", "bom-only", "d.jsonl", b"\xef\xbb\xbf\n", Refused(r"is empty|has no rows")),
         Case("file", "empty-csv", "d.csv", b"", Refused(r"is empty")),
         Case("file", "empty-gz", "d.jsonl.gz", gzip.compress(b""), Refused(r"is empty")),
+        Case("file", "zero-bytes-gz", "d.jsonl.gz", b"", Refused(r"is empty")),
         Case("file", "missing", "d.jsonl", lambda p: None, Refused(r"not found")),
         Case("file", "folder", "d.jsonl", _folder, Refused(r"is a folder")),
         Case("file", "named-pipe", "pipe.jsonl", _fifo, Refused(r"named pipe"), "hang"),

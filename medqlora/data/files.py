@@ -114,6 +114,8 @@ def open_bytes(source: str):
     found = next((name for magic, name in MAGIC if head.startswith(magic)), None)
     base = source[: len(source) - len(next(s for s in COMPRESSIONS if source.lower().endswith(s)))] if comp \
         else source
+    if comp and not head:
+        raise DataError(f"{source} is empty (no rows); give a file with data in it")
     if comp and found != comp:
         what = f"{found}" if found else "not compressed (its first bytes are " + repr(head[:8]) + ")"
         raise DataError(f"{source} is named .{source.rsplit('.', 1)[1]} ({comp}) but is {what}; rename it to "
