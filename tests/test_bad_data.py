@@ -16,7 +16,7 @@ from medqlora.run import cli as R
 BUNDLED = [json.loads(line) for line in (ROOT / "data" / "medqa_train.jsonl").read_text().splitlines()]
 KNOWN_REASONS = {"unreadable", "empty question", "empty answer", "duplicate", "over-long", "leak", "malformed chat",
                  "malformed decision", "answer not an option", "options unreadable", "too few options", "wrong type",
-                 "missing options"}
+                 "missing options", "other format", "ambiguous columns", "chat markup"}
 
 
 def check(path, capsys, *extra) -> tuple[int, str]:
@@ -57,7 +57,7 @@ def test_unusable_files_are_refused_at_the_door_with_exit_2(tmp_path, capsys, na
 def test_mostly_bad_rows_are_refused_at_the_door_and_a_few_are_not(tmp_path, capsys):
     rows = [{"question": r["question"], "options": {"A": "x", "B": "y"}, "answer": "E"} for r in BUNDLED[:30]]
     code, err = check(lines(tmp_path / "mcq.jsonl", rows), capsys)
-    assert code == 2 and "30 of the first 30 rows" in err and "answer not an option 30" in err
+    assert code == 2 and "30 of the 30 rows" in err and "answer not an option 30" in err
     assert "answer 'E' is neither a letter among options A-B" in err
     code, err = check(lines(tmp_path / "some.jsonl", rows[:3] + BUNDLED[:30]), capsys)
     assert code == 0, err
@@ -209,3 +209,32 @@ def test_a_multiple_choice_row_without_options_is_not_trained_as_a_bare_letter()
     assert ex.kind == "freetext", "a free-text row in a mixed file stays free text"
     ex, why = D.normalize({"question": 7, "answer": "x"}, "qa", {"question": "question", "answer": "answer"}, 0)
     assert why == "wrong type: question (question) is a int, not text"
+
+
+# ---------------------------------------------------------------- issue 16 cases through the whole stage
+
+STAGE_CASES = ["encoding-surrogate-question", "encoding-surrogate-option", "encoding-surrogate-id",
+               "content-chat-tokens-in-question", "schema-free-text-then-mcq", "schema-option-keys-1-4-int-answer",
+               "encoding-lone-cr", "structure-two-objects-one-line", "schema-parquet-binary-question",
+               "structure-tsv-literal-quotes"]
+
+
+@pytest.mark.parametrize("case_id", STAGE_CASES)
+def test_issue_16_cases_go_through_the_preprocess_stage_with_the_promised_counts(case_id, tmp_path, tokenizer,
+                                                                                default_cfg):
+    """The preprocess stage itself (tokenizer, eval split, Arrow writing) on the cases that used to kill it or mis-read
+    it: every record read, the promised drops and nothing else, and what reaches the prompts is what the file says."""
+    from data_cases import make
+    from data_cases_list import CONTROL, cases
+
+    case = next(c for c in cases() if c.id == case_id)
+    p = prepare(default_cfg, make(case, tmp_path), tmp_path, tokenizer)
+    exp = case.expect
+    assert p.checks.balanced() and p.checks.read == exp.kept + sum(exp.dropped.values()), p.checks
+    assert p.checks.dropped == exp.dropped and sum(p.checks.kept.values()) == exp.kept, p.checks
+    prompts = [e["prompt"] for e in p.eval_items]
+    assert not any(CONTROL in x for x in prompts) and not any("b'What" in x for x in prompts)
+    if case_id == "schema-free-text-then-mcq":  # the multiple-choice rows after row 200 keep their options
+        choice = [e for e in p.eval_items if e["kind"] == "choice"]
+        assert choice and all(len(e["options"]) == 4 and "Options:" in e["prompt"] for e in choice)
+        assert p.checks.kinds.get("train/choice", 0) + len(choice) == 100

@@ -21,7 +21,8 @@ class Section(BaseModel):
 
 # ---------------------------------------------------------------- input checks (before any notebook runs)
 
-LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".csv.gz")
+LOCAL_DATA_SUFFIXES = tuple(base + comp for base in (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+                            for comp in ("", ".gz", ".bz2", ".xz", ".zst"))
 
 
 def is_local_path(source: str, base: Path | None = None) -> bool:

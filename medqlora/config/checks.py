@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from medqlora.config.base import is_local_path, model_folder
@@ -30,13 +31,13 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     problems = []
     for field in ("source", "eval_source"):
         v = getattr(cfg.data, field)
-        if v and is_local_path(v) and not Path(v).expanduser().exists():
+        if v and is_local_path(v) and not os.path.lexists(os.path.expanduser(v)):  # a loop or dead link: named later
             problems.append(f"data.{field}: file not found: {v}; give an existing file ({PATH_HELP}) "
                             "or a hub dataset name")
         if v and "://" in v and v.startswith("file://") and not Path(v[7:]).exists():
             problems.append(f"data.{field}: file not found: {v}")
     for i, es in enumerate(cfg.eval.sets):
-        if is_local_path(es.source) and not Path(es.source).expanduser().exists():
+        if is_local_path(es.source) and not os.path.lexists(os.path.expanduser(es.source)):
             problems.append(f"eval.sets[{i}] ({es.name}).source: file not found: {es.source} ({PATH_HELP})")
     names = [es.name for es in cfg.eval.sets]
     if len(set(names)) < len(names):

@@ -15,7 +15,8 @@ CANONICAL_FIELDS = ("id", "question", "answer", "context", "options", "answer_id
                     "instruction", "input", "output", "long_answer", "final_decision", "category", "explanation")
 
 class DataConfig(Section):
-    source: str = Field(description="Local JSONL/JSON/CSV/Parquet file, fsspec URL (gs://...), or hub dataset name.")
+    source: str = Field(description="Local JSONL/JSON/CSV/TSV/Parquet file (optionally .gz/.bz2/.xz/.zst), fsspec URL "
+                        "(gs://...), or hub dataset name.")
     config_name: str | None = Field(None, description="Hub dataset configuration (e.g. 'en', 'pqa_labeled').")
     split: str = Field("train", description="Split of the source to read.")
     eval_source: str | None = Field(None, description="A separate held-out file; otherwise eval_fraction is split off.")

@@ -1,6 +1,7 @@
 """Params YAML -> RunConfig: --set overrides, paths made absolute, errors that name the key and the fix."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -28,14 +29,22 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+# Keys whose value is a path: taken as written (a '#', ': ' or a number in a file name is part of the name, not YAML),
+# except null / none and a value in quotes.
+PATH_KEYS = {"data.source", "data.eval_source", "model.name_or_path", "model.cache_dir", "export.destination"}
+
+
 def parse_override(item: str) -> tuple[list[str], object]:
-    """'train.epochs=2' -> (['train', 'epochs'], 2); the value is read as YAML."""
+    """'train.epochs=2' -> (['train', 'epochs'], 2); the value is read as YAML, except for a path (PATH_KEYS)."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key.sub=value, e.g. --set train.epochs=2")
     key, raw = item.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"--set {item!r}: empty key")
+    if ".".join(parts) in PATH_KEYS and raw.strip() and raw.strip().lower() not in ("null", "none", "~") \
+            and not (len(raw.strip()) > 1 and raw.strip()[0] == raw.strip()[-1] and raw.strip()[0] in "'\""):
+        return parts, raw.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
@@ -113,14 +122,20 @@ def _absolute_paths(raw: dict, base: Path) -> dict:
     for item in sets if isinstance(sets, list) else []:
         if isinstance(item, dict) and isinstance(item.get("source"), str) and _looks_local("data", "source",
                                                                                              item["source"], base):
-            item["source"] = str((base / Path(item["source"]).expanduser()).resolve())
+            item["source"] = _absolute(base, item["source"])
     for section, key in (("data", "source"), ("data", "eval_source"), ("model", "name_or_path"),
                          ("model", "cache_dir"), ("export", "destination")):
         node = raw.get(section)
         v = node.get(key) if isinstance(node, dict) else None
         if isinstance(v, str) and v and _looks_local(section, key, v, base):
-            node[key] = str((base / Path(v).expanduser()).resolve())
+            node[key] = _absolute(base, v)
     return raw
+
+
+def _absolute(base: Path, v: str) -> str:
+    """The path made absolute without following symlinks: a link keeps the name it was given (its suffix says the
+    format; a Hugging Face cache blob has none), and a symlink loop is left for the data check to name."""
+    return os.path.normpath(os.path.join(base, os.path.expanduser(v)))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

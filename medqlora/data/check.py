@@ -6,13 +6,14 @@ from itertools import islice
 
 from medqlora.config import DataConfig
 from medqlora.data import formats as D
-from medqlora.data.sources import PEEK_ROWS, DataError, _open, kind_of, open_rows
+from medqlora.data.sources import DataError, head_bytes, kind_of, open_rows
 
 
 def preflight(cfg: DataConfig, eval_sets=()) -> list[str]:
-    """Problems with data.source and data.eval_source found by reading their first rows: an empty or
-    unreadable file, a file that is not what its suffix says, columns that match no format, or first
-    rows none of which can be used. Hub names are not fetched here: the preprocess stage loads them."""
+    """Problems with data.source, data.eval_source and the eval sets found by reading every row the stage will: an
+    empty or unreadable file, a file that is not what its suffix says, a reader error (a cut stream, an unbalanced
+    quote), columns that match no format, or more unusable rows than data.max_drop_fraction. Hub names are not
+    fetched here: the preprocess stage loads them."""
     problems = []
     for key, source, c in [("data.source", cfg.source, cfg), ("data.eval_source", cfg.eval_source, cfg),
                            *((f"eval.sets ({es.name})", es.source, set_config(cfg, es)) for es in eval_sets)]:
@@ -39,62 +40,43 @@ def kind_of_safe(source: str) -> str | None:
         return None
 
 
-def _binary(start: bytes) -> bool:
-    """NUL bytes, or mostly bytes that no text encoding would use, in the first KiBs of a file."""
-    if b"\x00" in start:
-        return True
-    try:
-        start.decode("utf-8")
-        return False
-    except UnicodeDecodeError as e:
-        if e.start > len(start) - 4:  # a character cut at the end of the sample
-            return False
-    odd = sum(1 for b in start if b < 9 or 13 < b < 32 or b == 127)
-    return odd / len(start) > 0.05
-
-
 def _preflight_one(key: str, source: str, cfg: DataConfig) -> list[str]:
+    """Every row the stage will read (data.max_samples of them), read and normalized as the stage will."""
     kind = kind_of(source)
-    with _open(source) as f:
-        start = f.read(4096)
-    if not start.strip():
-        return [f"{key}: {source} is empty (no rows); give a file with data in it"]
-    if kind in ("jsonl", "json", "csv") and _binary(start):
-        return [f"{key}: {source} looks like a binary file (its first bytes are not text), not {kind.upper()}; "
-                "check that this is the file you meant"]
-    head_rows, columns = open_rows(source, cfg.model_copy(update={"max_samples": None}), "train")
-    head = list(islice(head_rows, PEEK_ROWS))
-    good = [r for r in head if r.data is not None]
-    if not head:
-        return [f"{key}: {source} has no rows"]
-    if not good:
-        json_problem = "JSON" in (head[0].problem or "")
+    rows, columns = open_rows(source, cfg, "train")
+    if not columns:
+        seen = list(islice(rows, 200))
+        if not seen:
+            empty = kind != "parquet" and not head_bytes(source).strip()
+            return [f"{key}: {source} is empty (no rows); give a file with data in it" if empty else
+                    f"{key}: {source} has no rows" + (" (only a header)" if kind in ("csv", "tsv") else "")
+                    + "; give a file with data in it"]
+        start = head_bytes(source) if kind != "parquet" else b""
         hint = {"jsonl": "Each line must be one JSON object ({\"question\": ..., \"answer\": ...})."
                 + (" This looks like CSV: name it .csv." if b"," in start and not start.lstrip().startswith(b"{")
                    else "")
                 + (" This is one JSON array: name it .json." if start.lstrip().startswith(b"[") else ""),
-                "csv": "Check the delimiter and the header line."}.get(kind, "") if json_problem or kind == "csv" else ""
-        return [f"{key}: no readable row in the first {len(head)} of {source}: {head[0].problem}. {hint}".strip()]
-    if cfg.on_bad_rows == "fail":
-        bad = next((r for r in head if r.data is None), None)
-        if bad:
-            return [f"{key}: {source}, {bad.problem} (data.on_bad_rows is fail; set it to drop to skip such rows)"]
+                "csv": "Check the delimiter and the header line."}.get(kind, "")
+        return [f"{key}: no readable row in {source} ({len(seen)} read): {seen[0].problem}. {hint}".strip()]
     try:
         fmt, mapping = D.resolve_format(columns, cfg)
     except DataError as e:
         return [f"{key}: {source}: {e}"]
     counts: dict[str, int] = {}
-    first = None
-    for r in head:
+    first, n = None, 0
+    for r in rows:
+        n += 1
+        if r.data is None and cfg.on_bad_rows == "fail":
+            return [f"{key}: {source}, {r.problem} (data.on_bad_rows is fail; set it to drop to skip such rows)"]
         why = r.problem if r.data is None else D.normalize(r.data, fmt, mapping, 0)[1]
         if why:
             counts[why.split(":")[0]] = counts.get(why.split(":")[0], 0) + 1
             first = first or (why if r.data is None or r.line is None else f"line {r.line}: {why}")
     bad = sum(counts.values())
-    if bad == 0 or bad / len(head) <= cfg.max_drop_fraction:
+    if bad == 0 or bad / n <= cfg.max_drop_fraction:
         return []
     listed = ", ".join(f"{k} {v}" for k, v in counts.items())
-    return [f"{key}: {bad} of the first {len(head)} rows of {source} cannot be used as {fmt} data ({listed}; more "
-            f"than data.max_drop_fraction {cfg.max_drop_fraction:.0%}); the first: {first}. "
-            + ("Map the right columns with data.columns or set data.format" if bad == len(head) else
+    return [f"{key}: {bad} of the {n} rows of {source} cannot be used as {fmt} data ({listed}; more than "
+            f"data.max_drop_fraction {cfg.max_drop_fraction:.0%}); the first: {first}. "
+            + ("Map the right columns with data.columns or set data.format" if bad == n else
                "Fix those rows, or raise data.max_drop_fraction to train on the rest")]

@@ -1,316 +1,216 @@
 """Loading medical QA data in its common shapes and normalizing every row to one Example.
 
-Formats (detected from the columns, or set with data.format and data.columns):
+Formats (detected from the columns of every row read, or set with data.format and data.columns):
   qa        question, answer                         (MedQuAD-style free text)
   alpaca    instruction, input, output               (medalpaca, ChatDoctor)
   chat      messages | conversations, role/content or from/value
   reasoning question, chain of thought, response     (medical-o1-reasoning-SFT: Question, Complex_CoT, Response)
-  mcq       question, options (dict or list), answer (letter or option text; answer_idx preferred)
+  mcq       question, options (dict or list), answer (letter, option key or option text; answer_idx preferred)
   pubmedqa  question, context, long_answer, final_decision (yes/no/maybe)
-A qa/mcq file may mix rows: a row with options is multiple choice, one without is free text.
+A qa/mcq file may mix rows: a row with options is multiple choice, one without is free text. A row in another
+format (an alpaca row in a qa file) is dropped as 'other format'. Column detection lives in columns.py, reading
+values as text and options in normalize.py; this module turns a row into an Example and keeps the accounting.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from medqlora.config import CANONICAL_FIELDS, DataConfig
-from medqlora.data.sources import DataError, Row, open_rows, structured  # noqa: F401  (open_rows: the loader, re-exported)
-
-LETTERS = "ABCDEFGHIJ"
-DECISIONS = ("yes", "no", "maybe")
-
-
-@dataclass
-class Example:
-    id: str
-    kind: str  # freetext | choice | yesno
-    question: str
-    answer: str  # reference text; the letter for choice; yes/no/maybe for yesno
-    context: str | None = None
-    options: dict[str, str] | None = None
-    explanation: str | None = None  # long answer (PubMedQA) or rationale (MCQ), trained after the answer
-    reasoning: str | None = None  # chain of thought, used by the reasoning template
-    category: str | None = None
-    messages: list[dict] | None = None  # chat rows: the turns before the final assistant answer
-    instruction: str | None = None  # alpaca: the task wording, asked before the question (input)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Example":
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+from medqlora.data.columns import (  # noqa: F401
+    ALIASES,
+    FAMILY,
+    REQUIRED,
+    check_format,
+    detect_format,
+    map_columns,
+    resolve_format,
+    row_format,
+)
+from medqlora.data.normalize import (  # noqa: F401
+    CONTROL_TOKENS,
+    DECISIONS,
+    LETTERS,
+    ROLE,
+    Example,
+    NotText,
+    _not_an_option,
+    choice_letter,
+    options,
+    text,
+)
+from medqlora.data.sources import DataError, Row, open_rows, structured  # noqa: F401  (the loader, re-exported)
 
 
-# Candidate column names per canonical field, in order of preference (matched case-insensitively).
-ALIASES: dict[str, tuple[str, ...]] = {
-    "id": ("id", "qid", "pubid", "question_id"),
-    "question": ("question", "query", "prompt", "questions"),
-    "answer": ("answer", "response", "answers", "final_answer"),
-    "context": ("context", "contexts", "passage"),
-    "options": ("options", "choices"),
-    "answer_idx": ("answer_idx", "answer_letter", "label"),
-    "reasoning": ("complex_cot", "cot", "chain_of_thought", "reasoning", "rationale", "thinking"),
-    "messages": ("messages", "conversations", "conversation"),
-    "instruction": ("instruction",),
-    "input": ("input",),
-    "output": ("output",),
-    "long_answer": ("long_answer",),
-    "final_decision": ("final_decision", "decision"),
-    "category": ("specialty", "category", "subject_name", "qtype", "topic", "source"),
-    "explanation": ("explanation", "exp"),
-}
+def _lookup(row: dict, m: dict[str, str]):
+    """get(field) over a row whose column names may differ in case from the mapping's, and the problem when one
+    name is there in two cases (which one is meant?)."""
+    lower: dict[str, list[str]] = {}
+    if len({str(k).lower() for k in row}) < len(row):  # rare: only then can a mapped name be there twice
+        for k in row:
+            lower.setdefault(str(k).lower(), []).append(k)
+        for col in m.values():
+            if len(lower.get(col.lower(), ())) > 1:
+                return None, f"ambiguous columns: {' and '.join(map(repr, lower[col.lower()]))} are both in the " \
+                             "row (column names are read case-insensitively); keep one"
 
-assert set(ALIASES) == set(CANONICAL_FIELDS), "data.columns accepts exactly the fields mapped here"
+    def other_case(col):
+        if not lower:
+            for k in row:
+                lower.setdefault(str(k).lower(), []).append(k)
+        return lower.get(col.lower())
 
-REQUIRED = {
-    "qa": ("question", "answer"),
-    "alpaca": ("instruction", "output"),
-    "chat": ("messages",),
-    "reasoning": ("question", "reasoning", "answer"),
-    "mcq": ("question", "options", "answer"),
-    "pubmedqa": ("question", "final_decision"),
-}
+    def get(f):
+        col = m.get(f)
+        if col is None:
+            return None
+        if col in row:
+            return row[col]
+        same = other_case(col)
+        return row[same[0]] if same else None
 
-
-def map_columns(columns: Iterable[str], explicit: dict[str, str]) -> dict[str, str]:
-    """Canonical field -> actual column, from data.columns first, then the aliases."""
-    cols = list(columns)
-    lower = {c.lower(): c for c in cols}
-    mapping = {}
-    for canon, col in explicit.items():
-        if col not in cols:
-            raise DataError(f"data.columns.{canon}: column {col!r} is not in the data; columns found: {cols}")
-        mapping[canon] = col
-    for canon, names in ALIASES.items():
-        if canon in mapping:
-            continue
-        for n in names:
-            if n in lower and lower[n] not in mapping.values():
-                mapping[canon] = lower[n]
-                break
-    return mapping
+    def has(f):
+        return f in m and (m[f] in row or bool(other_case(m[f])))
+    return (get, has), None
 
 
-def detect_format(columns: Iterable[str], explicit: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
-    cols = list(columns)
-    m = map_columns(cols, explicit or {})
-    if "messages" in m:
-        fmt = "chat"
-    elif "final_decision" in m and "question" in m:
-        fmt = "pubmedqa"
-    elif "options" in m and "question" in m and ("answer" in m or "answer_idx" in m):
-        fmt = "mcq"
-    elif "reasoning" in m and "question" in m and "answer" in m:
-        fmt = "reasoning"
-    elif "instruction" in m and "output" in m:
-        fmt = "alpaca"
-    elif "question" in m and "answer" in m:
-        fmt = "qa"
-    else:
-        raise DataError(
-            f"cannot tell the data format from the columns {cols}. Supported: question/answer; "
-            "instruction/input/output; messages or conversations; question/Complex_CoT/Response; "
-            "question/options/answer; question/context/long_answer/final_decision. Map yours with "
-            "data.columns (e.g. --set data.columns.question=Q --set data.columns.answer=A) or set data.format.")
-    return fmt, m
-
-
-def check_format(fmt: str, columns: Iterable[str], explicit: dict[str, str]) -> dict[str, str]:
-    cols = list(columns)
-    m = map_columns(cols, explicit)
-    if fmt == "mcq" and "answer" not in m and "answer_idx" in m:
-        m["answer"] = m["answer_idx"]
-    missing = [f for f in REQUIRED[fmt] if f not in m]
-    if missing:
-        raise DataError(f"data.format={fmt} needs the field(s) {missing}, but the columns found are {cols}; "
-                        f"map them with data.columns (e.g. --set data.columns.{missing[0]}=<column>)")
-    return m
-
-
-def resolve_format(columns: Iterable[str], cfg: DataConfig) -> tuple[str, dict[str, str]]:
-    """data.format (or the detected one) and the column mapping it uses."""
-    if cfg.format == "auto":
-        return detect_format(columns, cfg.columns)
-    return cfg.format, check_format(cfg.format, columns, cfg.columns)
-
-
-# ---------------------------------------------------------------- normalization
-
-
-def _text(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float) and v != v:  # NaN from CSV
-        return ""
-    if isinstance(v, dict) and "contexts" in v:  # PubMedQA on the hub
-        return _text(v["contexts"])
-    if isinstance(v, dict) and "text" in v:  # SQuAD-style {'text': ['ACE2'], 'answer_start': [21]}
-        texts = v["text"] if isinstance(v["text"], (list, tuple)) else [v["text"]]
-        return _text(texts[0]) if texts else ""
-    if isinstance(v, (list, tuple)):
-        return "\n".join(_text(x) for x in v if _text(x))
-    return str(v).strip()
-
-
-_OPTION_LINE = re.compile(r"^\s*\(?([A-Ja-j])\s*[.):]\s*(.+?)\s*$")
-
-
-def _options(v: Any) -> tuple[dict[str, str] | None, str | None]:
-    """(letter -> text, None), (None, None) when there are no options, or (None, why they cannot be read).
-
-    Accepts a dict of letters, a list, [{key, value}], JSON or a Python literal of those as text (pandas
-    writes dicts into CSV that way), and a text block of lines 'A. text' / '(B) text'."""
-    if v is None or (isinstance(v, float) and v != v) or v in ("", {}, []):
-        return None, None
-    if isinstance(v, str):
-        text = v.strip()
-        if not text:
-            return None, None
-        parsed = None
-        if text[0] in "{[":
-            parsed = structured(text)
-        if parsed is None:
-            lines = [_OPTION_LINE.match(x) for x in text.splitlines() if x.strip()]
-            if lines and all(lines):
-                parsed = {m.group(1).upper(): m.group(2) for m in lines}
-        if parsed is None:
-            return None, f"options unreadable: {text[:60]!r} is neither JSON, a Python literal, nor lines like 'A. text'"
-        v = parsed
-    if isinstance(v, dict):
-        items = {str(k).strip().upper().rstrip(".)"): _text(t) for k, t in v.items() if _text(t)}
-    elif isinstance(v, (list, tuple)):
-        if v and isinstance(v[0], dict) and "key" in v[0]:  # [{"key": "A", "value": "..."}]
-            items = {str(o.get("key")).upper(): _text(o.get("value")) for o in v if isinstance(o, dict)}
-        else:
-            items = {LETTERS[i]: _text(t) for i, t in enumerate(v) if i < len(LETTERS)}
-        items = {k: t for k, t in items.items() if t}
-    else:
-        return None, f"options unreadable: a {type(v).__name__}, not a list or mapping of options"
-    if not items:
-        return None, "options unreadable: every option is empty"
-    return items, None
-
-
-def _choice_letter(answer: Any, options: dict[str, str]) -> str | None:
-    """The option an answer names: an index, the option's full text, or its letter (in that order, so that
-    an answer 'D' among options ['A', 'C', 'D', 'K'] is the option reading 'D', not the fourth)."""
-    if isinstance(answer, int) and not isinstance(answer, bool):
-        letters = list(options)
-        return letters[answer] if 0 <= answer < len(letters) else None
-    a = _text(answer)
-    matches = [k for k, t in options.items() if t.lower() == a.lower()]
-    if len(matches) == 1:
-        return matches[0]
-    m = re.fullmatch(r"\(?([A-Ja-j])[.):]?", a)
-    if m and m.group(1).upper() in options:
-        return m.group(1).upper()
+def _markup(ex: Example) -> str | None:
+    fields = [("question", ex.question), ("answer", ex.answer), ("context", ex.context),
+              ("explanation", ex.explanation), ("reasoning", ex.reasoning), ("instruction", ex.instruction),
+              *((f"option {k}", v) for k, v in (ex.options or {}).items()),
+              *((f"{t['role']} turn", t["content"]) for t in ex.messages or [])]
+    blob = "\x00".join(v for _, v in fields if v)
+    try:
+        blob.encode("utf-8")
+        if not (("<" in blob or "[" in blob) and CONTROL_TOKENS.search(blob)):
+            return None
+    except UnicodeEncodeError:
+        pass
+    for name, value in fields:  # one of them is the problem: which
+        try:
+            (value or "").encode("utf-8")
+        except UnicodeEncodeError:  # readers refuse these; a hub or Parquet value could still carry one
+            return f"unreadable: the {name} holds a lone surrogate (half of a character); fix the text"
+        m = CONTROL_TOKENS.search(value) if value else None
+        if m:
+            return (f"chat markup: the {name} contains {m.group(0)!r}, a chat template's control token, which would "
+                    "end or start a turn in the prompt; remove it from the data")
     return None
-
-
-def _not_an_option(answer: Any, options: dict[str, str]) -> str:
-    letters = list(options)
-    span = f"{letters[0]}-{letters[-1]}" if letters == list(LETTERS[:len(letters)]) else ",".join(letters)
-    return f"answer not an option: answer {_text(answer)[:40]!r} is neither a letter among options {span} nor " \
-           "one option's text"
-
-
-ROLE = {"user": "user", "human": "user", "system": "system", "assistant": "assistant", "gpt": "assistant",
-        "model": "assistant", "bot": "assistant"}
 
 
 def normalize(row: dict, fmt: str, m: dict[str, str], index: int) -> tuple[Example | None, str | None]:
     """One raw row -> (Example, None) or (None, reason it is dropped). A reason reads 'kind: detail'."""
-    get = lambda f: row.get(m[f]) if f in m else None  # noqa: E731
-    rid = _text(get("id")) or f"row-{index}"
-    category = _text(get("category")) or None
-    if fmt == "chat":
-        turns = get("messages")
-        if isinstance(turns, str):  # a CSV cell or a double-encoded JSON field
-            turns = structured(turns)
-        if not isinstance(turns, list) or not turns:
-            return None, "malformed chat: messages is not a non-empty list"
-        msgs = []
-        for t in turns:
-            if not isinstance(t, dict):
-                return None, "malformed chat: a message is not a mapping"
-            role = ROLE.get(_text(t.get("role", t.get("from"))).lower())
-            content = _text(t.get("content", t.get("value")))
-            if role is None:
-                return None, f"malformed chat: unknown role {t.get('role', t.get('from'))!r}"
-            msgs.append({"role": role, "content": content})
-        last = max((i for i, t in enumerate(msgs) if t["role"] == "assistant"), default=None)
-        if last is None or not any(t["role"] == "user" for t in msgs[:last]):
-            return None, "malformed chat: no user turn followed by an assistant answer"
-        question = next(t["content"] for t in reversed(msgs[:last]) if t["role"] == "user")
-        answer = msgs[last]["content"]
-        if not question:
-            return None, "empty question"
-        if not answer:
-            return None, "empty answer"
-        return Example(rid, "freetext", question, answer, category=category, messages=msgs[:last]), None
-
-    for f in ("question", "instruction", "input"):
-        if f in m and _wrong_type(get(f), text_only=True):
-            return None, f"wrong type: {f} ({m[f]}) is a {type(get(f)).__name__}, not text"
-    for f in ("answer", "output"):
-        if f in m and _wrong_type(get(f), text_only=False):
-            return None, f"wrong type: {f} ({m[f]}) is a {type(get(f)).__name__}, not text"
-    instruction = None
-    if fmt == "alpaca":
-        instr, inp = _text(get("instruction")), _text(get("input"))
-        question, instruction = (inp, instr) if instr and inp else (instr or inp, None)
-        answer = _text(get("output"))
-    else:
-        question = _text(get("question"))
-        answer = get("answer")
-    if not question:
-        return None, "empty question"
-    reasoning = _text(get("reasoning")) or None  # kept for every format: the reasoning template trains it
-
-    if fmt == "pubmedqa":
-        decision = _text(get("final_decision")).lower()
-        if decision not in DECISIONS:
-            return None, f"malformed decision: final_decision {decision[:20]!r} is not yes/no/maybe"
-        return Example(rid, "yesno", question, decision, context=_text(get("context")) or None,
-                       explanation=_text(get("long_answer")) or _text(get("explanation")) or None,
-                       reasoning=reasoning, category=category), None
-
-    options, problem = _options(get("options")) if fmt in ("mcq", "qa", "reasoning") else (None, None)
+    access, problem = _lookup(row, m)
     if problem:
         return None, problem
-    if options:
-        if len(options) < 2:
-            return None, "too few options: fewer than two non-empty options"
-        letter = _choice_letter(get("answer_idx"), options) if "answer_idx" in m and _text(get("answer_idx")) else None
-        given = get("answer") if _text(get("answer")) else get("answer_idx")
-        letter = letter or _choice_letter(given, options)
+    get, has = access
+    if any(not has(f) for f in REQUIRED[fmt]):
+        own = row_format(row.keys())
+        if own and FAMILY[own] != FAMILY[fmt]:
+            return None, (f"other format: the row's columns ({', '.join(map(str, list(row)[:6]))}) are those of a "
+                          f"{own} row, not of this file's {fmt} rows; split the file by format, or set data.format "
+                          "and data.columns")
+    try:
+        ex = _normalize(get, fmt, m, index)
+    except NotText as e:  # raised by _field with the field's name
+        return None, f"wrong type: {e.args[1]} ({m.get(e.args[1], '?')}) {e.args[0]}"
+    if isinstance(ex, str):
+        return None, ex
+    return (None, _markup(ex)) if _markup(ex) else (ex, None)
+
+
+def _field(get, f: str, text_only: bool = False) -> str:
+    v = get(f)
+    if text_only and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
+        raise NotText(f"is a {type(v).__name__}, not text", f)
+    if isinstance(v, (list, tuple)) and any(isinstance(x, (dict, list, tuple, bool)) for x in v) and f != "context":
+        raise NotText(f"is a list of {type(next(x for x in v if isinstance(x, (dict, list, tuple, bool)))).__name__}"
+                      ", not text", f)
+    try:
+        return text(v)
+    except NotText as e:
+        raise NotText(str(e), f) from None
+
+
+def _chat(get, rid, category) -> Example | str:
+    turns = get("messages")
+    if isinstance(turns, str):  # a CSV cell or a double-encoded JSON field
+        turns = structured(turns)
+    if not isinstance(turns, list) or not turns:
+        return "malformed chat: messages is not a non-empty list"
+    msgs = []
+    for t in turns:
+        if not isinstance(t, dict):
+            return "malformed chat: a message is not a mapping"
+        try:
+            role = ROLE.get(text(t.get("role", t.get("from"))).lower())
+            content = text(t.get("content", t.get("value")))
+        except NotText as e:
+            return f"malformed chat: a message's role or content {e}"
+        if role is None:
+            return f"malformed chat: unknown role {t.get('role', t.get('from'))!r}"
+        msgs.append({"role": role, "content": content})
+    last = max((i for i, t in enumerate(msgs) if t["role"] == "assistant"), default=None)
+    if last is None or not any(t["role"] == "user" for t in msgs[:last]):
+        return "malformed chat: no user turn followed by an assistant answer"
+    question = next(t["content"] for t in reversed(msgs[:last]) if t["role"] == "user")
+    answer = msgs[last]["content"]
+    if not question:
+        return "empty question"
+    if not answer:
+        return "empty answer"
+    return Example(rid, "freetext", question, answer, category=category, messages=msgs[:last])
+
+
+def _normalize(get, fmt: str, m: dict[str, str], index: int) -> Example | str:
+    rid = _field(get, "id") or f"row-{index}"
+    category = _field(get, "category") or None
+    if fmt == "chat":
+        return _chat(get, rid, category)
+    instruction = None
+    if fmt == "alpaca":
+        instr, inp = _field(get, "instruction", True), _field(get, "input", True)
+        question, instruction = (inp, instr) if instr and inp else (instr or inp, None)
+        answer = _field(get, "output")
+    else:
+        question = _field(get, "question", True)
+        answer = _field(get, "answer")
+    if not question:
+        return "empty question"
+    reasoning = _field(get, "reasoning") or None  # kept for every format: the reasoning template trains it
+    context = _field(get, "context") or None
+    explanation = _field(get, "explanation") or None
+    if fmt == "pubmedqa":
+        decision = _field(get, "final_decision").lower()
+        if decision not in DECISIONS:
+            return f"malformed decision: final_decision {decision[:20]!r} is not yes/no/maybe"
+        return Example(rid, "yesno", question, decision, context=context,
+                       explanation=_field(get, "long_answer") or explanation, reasoning=reasoning, category=category)
+
+    opts, problem, keys = options(get("options")) if fmt in ("mcq", "qa", "reasoning") else (None, None, {})
+    if problem:
+        return problem
+    if opts:
+        if len(opts) < 2:
+            return "too few options: fewer than two non-empty options"
+        idx = _field(get, "answer_idx") if "answer_idx" in m else ""
+        letter = choice_letter(get("answer_idx"), opts, keys) if idx else None
+        given = get("answer") if answer else get("answer_idx")
+        letter = letter or choice_letter(given, opts, keys)
         if letter is None:
-            return None, ("empty answer" if not _text(given) else _not_an_option(given, options))
-        return Example(rid, "choice", question, letter, options=options, reasoning=reasoning,
-                       explanation=_text(get("explanation")) or None, category=category), None
+            return "empty answer" if not (answer or idx) else _not_an_option(given, opts)
+        return Example(rid, "choice", question, letter, options=opts, reasoning=reasoning, explanation=explanation,
+                       category=category)
     # A row without options in a multiple-choice file is a free-text item (a qa/mcq file may mix them), unless
     # its answer is a bare letter: then it names an option the row does not have.
-    if "options" in m and re.fullmatch(r"\(?[A-Ja-j][.):]?", _text(answer)):
-        return None, f"missing options: answer {_text(answer)!r} names an option, but the row has no options"
-    answer = _text(answer)
+    if "options" in m and re.fullmatch(r"\(?[A-Za-z][.):]?", answer):
+        return f"missing options: answer {answer!r} names an option, but the row has no options"
     if not answer:
-        return None, "empty answer"
+        return "empty answer"
     return Example(rid, "freetext", question, answer, reasoning=reasoning, instruction=instruction,
-                   context=_text(get("context")) or None if fmt != "alpaca" else None, category=category), None
-
-
-def _wrong_type(v: Any, text_only: bool) -> bool:
-    """A field that cannot be read as text: a bool or a mapping anywhere; a number where a question belongs."""
-    if isinstance(v, bool) or (isinstance(v, dict) and not ({"text", "contexts"} & set(v))):
-        return True
-    if isinstance(v, (list, tuple)):
-        return any(isinstance(x, (dict, list, tuple, bool)) for x in v)
-    return text_only and isinstance(v, (int, float)) and v == v  # NaN is an empty CSV cell
+                   context=context if fmt != "alpaca" else None, category=category)
 
 
 def _fold(text: str) -> str:

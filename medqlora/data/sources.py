@@ -1,8 +1,10 @@
-"""Reading a data source row by row, and checking it at the door before any notebook runs.
+"""Reading a data source row by row: every record in the file is read, or the file is refused.
 
 Local files and fsspec URLs are read line by line, so that one bad line is one counted, explained drop
-(`line 2: invalid JSON (...)`) rather than a failed load; hub datasets go through `datasets.load_dataset`.
-Every item is a `Row`: the record, or the reason it could not be read and where.
+(`line 2: invalid JSON (...)`) rather than a failed load; what would lose or mis-read records (a cut gzip stream, an
+unbalanced CSV quote, columns of unequal length, a duplicate column) refuses the file with the line and the fix.
+Hub datasets go through `datasets.load_dataset`. Every item is a `Row`: the record, or why it could not be read.
+Columns are learnt from every row that will be read, not from the first ones.
 """
 from __future__ import annotations
 
@@ -10,144 +12,152 @@ import ast
 import csv
 import io
 import json
-from dataclasses import dataclass
-from itertools import chain, islice
-from pathlib import Path
-from typing import Iterable, Iterator
+import sys
+from itertools import islice
+from typing import Iterator
 
-from medqlora.config import DataConfig, is_local_path
+from medqlora.config import DataConfig
+from medqlora.data.files import DataError, kind_of, open_bytes, reading, text_problem
+from medqlora.data.jsonrows import (
+    Decoder,
+    Row,
+    json_array,
+    json_line,
+    json_text_line,
+    record_problem,
+    short,
+    split_lines,
+)
 
-PEEK_ROWS = 200  # rows read to learn the columns (and, in the preflight, to check the file)
-
-
-class DataError(ValueError):
-    """The data cannot be used as configured; the message says what to change."""
-
-
-@dataclass
-class Row:
-    line: int | None  # line in a text file (row number for Parquet and hub data); None if unknown
-    data: dict | None  # the record, or None when it could not be read
-    problem: str | None = None  # why it could not be read
-    raw: str | None = None  # the start of what was there, for the data checks table
-
-    def where(self) -> str:
-        return f"line {self.line}" if self.line is not None else "a row"
+__all__ = ["DataError", "Row", "kind_of", "rows", "open_rows", "structured", "head_bytes"]
+HEAD_BYTES = 4096
 
 
-def kind_of(source: str) -> str:
-    """jsonl | json | csv | parquet for files and URLs; hub for a hub dataset name."""
-    if not (is_local_path(source) or "://" in source):
-        return "hub"
-    p = source.lower().removesuffix(".gz").removesuffix(".bz2").removesuffix(".zst")
-    for suffix, kind in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".csv", "csv"),
-                         (".tsv", "csv"), (".parquet", "parquet")):
-        if p.endswith(suffix):
-            return kind
-    raise DataError(f"unsupported file type: {source}; use .jsonl, .json, .csv or .parquet (optionally .gz)")
+def head_bytes(source: str) -> bytes:
+    """The first KiBs of the file, decompressed."""
+    with reading(source), open_bytes(source) as f:
+        return f.read(HEAD_BYTES)
 
 
-def _open(source: str, mode: str = "rb"):
-    import fsspec
-
-    if is_local_path(source) and not Path(source).expanduser().exists():
-        raise DataError(f"data file not found: {source}")
-    try:
-        return fsspec.open(source, mode, compression="infer").open()
-    except FileNotFoundError as e:
-        raise DataError(f"data file not found: {source}") from e
-    except (OSError, ImportError, ValueError) as e:
-        raise DataError(f"could not open {source}: {type(e).__name__}: {e}") from e
-
-
-def _short(b: bytes | str, n: int = 120) -> str:
-    s = b.decode("utf-8", "replace") if isinstance(b, bytes) else b
-    s = s.strip()
-    return s if len(s) <= n else s[: n - 3] + "..."
-
-
-def _json_line(i: int, line: bytes) -> Row:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return Row(i, None, f"line {i}: not valid UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1}); save "
-                            "the file as UTF-8", _short(line))
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return Row(i, None, f"line {i}: invalid JSON ({e.msg}; column {e.colno})", _short(text))
-    except RecursionError:
-        return Row(i, None, f"line {i}: JSON nested too deeply to read", _short(text))
-    if not isinstance(obj, dict):
-        return Row(i, None, f"line {i}: a JSON {type(obj).__name__} where one JSON object per line was expected",
-                   _short(text))
-    return Row(i, obj)
+def _check_text(source: str, kind: str) -> None:
+    why = text_problem(source, head_bytes(source), kind)
+    if why:
+        raise DataError(why)
 
 
 def _jsonl_rows(source: str) -> Iterator[Row]:
-    with _open(source) as f:
-        for i, line in enumerate(f, start=1):
-            if i == 1:
-                line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors write one)
-            if line.strip():  # blank lines hold no row
-                yield _json_line(i, line.rstrip(b"\r\n"))
+    _check_text(source, "jsonl")
+    dec, n = Decoder(), 0
+    with reading(source, lambda: n), open_bytes(source) as f:
+        for chunk in f:
+            for line in split_lines(chunk):
+                n += 1
+                if n == 1:
+                    line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors write one)
+                if line.strip():  # blank lines hold no row
+                    yield from json_line(n, line, dec)
 
 
 def _json_rows(source: str) -> Iterator[Row]:
     """A .json file: an array of records, {column: [values]}, or {"data": [records]}; JSON Lines also work."""
-    with _open(source) as f:
+    _check_text(source, "json")
+    with reading(source), open_bytes(source) as f:
         blob = f.read()
     try:
         text = blob.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{source} is not UTF-8 text (byte 0x{blob[e.start]:02x} at offset {e.start}); "
-                        "save it as UTF-8 JSON") from None
+        line = blob.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{source} is not UTF-8 text (byte 0x{blob[e.start]:02x} at line {line}); save it as UTF-8 "
+                        "JSON") from None
+    dec = Decoder()
+    items = json_array(source, text, dec)
+    if items is not None:
+        yield from items
+        return
     try:
-        obj = json.loads(text)
+        obj, end = dec.raw_decode(text, len(text) - len(text.lstrip()))
     except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # several JSON values: read it as JSON Lines, line by line
-            yield from (_json_line(i, line.encode()) for i, line in enumerate(text.splitlines(), 1) if line.strip())
-            return
         raise DataError(f"{source} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    except RecursionError:
+        raise DataError(f"{source} is nested too deeply to read") from None
+    if text[end:].strip():  # several JSON values: read it as JSON Lines (split at line ends only)
+        n = 0
+        for chunk in text.split("\n"):
+            for line in split_lines(chunk.encode()):
+                n += 1
+                if line.strip():
+                    yield from json_text_line(n, line.decode(), dec)
+        return
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
-    if isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):
-        cols = list(obj)
-        obj = [dict(zip(cols, vals)) for vals in zip(*obj.values())]
+    elif isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):
+        lengths = {c: len(v) for c, v in obj.items()}
+        if len(set(lengths.values())) > 1:
+            listed = ", ".join(f"{c} {n}" for c, n in lengths.items())
+            raise DataError(f"{source} holds columns of unequal length ({listed}); every column needs one value per "
+                            "row, or rows would be paired wrongly")
+        if getattr(obj, "dup", ""):
+            raise DataError(f"{source}: the column {obj.dup!r} appears twice; keep one")
+        obj = [dict(zip(obj, vals)) for vals in zip(*obj.values())]
     if not isinstance(obj, list):
         raise DataError(f"{source}: expected a JSON array of records (or JSON Lines), found a JSON "
                         f"{type(obj).__name__}")
     for i, rec in enumerate(obj, start=1):
-        yield Row(None, rec) if isinstance(rec, dict) else Row(
-            None, None, f"item {i}: a JSON {type(rec).__name__} where a record was expected", _short(json.dumps(rec)))
+        why = record_problem(rec, True) if isinstance(rec, (dict, list)) else None
+        if why or not isinstance(rec, dict):
+            yield Row(None, None, f"item {i}: {why or f'a JSON {type(rec).__name__} where a record was expected'}",
+                      short(json.dumps(rec, default=str)))
+        else:
+            yield Row(None, rec)
 
 
-def _csv_rows(source: str) -> Iterator[Row]:
-    with _open(source) as f:
+def _csv_rows(source: str, delimiter: str = ",") -> Iterator[Row]:
+    kind = "tsv" if delimiter == "\t" else "csv"
+    _check_text(source, kind)
+    csv.field_size_limit(sys.maxsize)  # a long cell (a case report) is data, not an error that ends the file
+    with reading(source, lambda: reader.line_num), open_bytes(source) as f:
         text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        delimiter = "\t" if ".tsv" in source.lower() else ","
-        reader = csv.reader(text, delimiter=delimiter)
+        # A TSV has no quoting: a '"' in a question is text (csv's default quoting would swallow rows into one).
+        # strict: a stray '"' (a quoted field closed mid-field, or never closed) is an error, not a silent re-split.
+        reader = csv.reader(text, delimiter=delimiter, strict=True,
+                            **({"quoting": csv.QUOTE_NONE} if kind == "tsv" else {}))
+        prev = 0
         try:
             header = next(reader, None)
             if header is None:
                 return
             header = [h.strip() for h in header]
+            seen: dict[str, int] = {}
+            for i, h in enumerate(header, 1):
+                if h and h.lower() in seen:
+                    raise DataError(f"{source}: line 1: the column {h!r} appears twice in the header (columns "
+                                    f"{seen[h.lower()]} and {i}; column names are read case-insensitively); rename "
+                                    "or remove one, or its values would be mis-read")
+                seen[h.lower()] = i
             prev = reader.line_num
             for fields in reader:
                 start, prev = prev + 1, reader.line_num
                 if not any(x.strip() for x in fields):
                     continue
                 raw = delimiter.join(fields)
+                if len(fields) != len(header) and prev - start >= 2 and kind == "csv":
+                    raise DataError(f"{source}: line {start}: a quoted field opened there runs to line {prev}, and "
+                                    f"the record has {len(fields)} fields where the header has {len(header)}: an "
+                                    "unbalanced '\"' swallows the lines between; close or double the quote (\"\"), "
+                                    "or, for a tab-separated file, name it .tsv")
                 if any("\udc80" <= ch <= "\udcff" for x in fields for ch in x):
-                    yield Row(start, None, f"line {start}: not valid UTF-8; save the file as UTF-8", _short(raw))
+                    yield Row(start, None, f"line {start}: not valid UTF-8; save the file as UTF-8", short(raw))
                 elif len(fields) != len(header):
                     yield Row(start, None, f"line {start}: {len(fields)} fields where the header has {len(header)}",
-                              _short(raw))
+                              short(raw))
                 else:
-                    yield Row(start, dict(zip(header, fields)))
+                    yield Row(start, {h: v for h, v in zip(header, fields) if h})
         except csv.Error as e:
-            yield Row(reader.line_num, None, f"line {reader.line_num}: unreadable CSV ({e}); the rest of the file "
-                      "is not read")
+            quote = " (an unbalanced '\"': double a quote inside a quoted field as \"\", or quote the whole field)" \
+                if "'\"'" in str(e) or "end of data" in str(e) else ""
+            at = f"line {prev + 1}" + (f" (read on to line {reader.line_num})" if reader.line_num > prev + 1 else "")
+            raise DataError(f"{source}: {at}: unreadable {kind.upper()} ({e}){quote}; the rest of the file cannot be "
+                            "read, so none of it is used: fix that line") from None
 
 
 def _datasets_rows(ds) -> Iterator[Row]:
@@ -156,14 +166,26 @@ def _datasets_rows(ds) -> Iterator[Row]:
 
 
 def _parquet_rows(source: str) -> Iterator[Row]:
-    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    try:
-        ds = datasets.load_dataset("parquet", data_files=source, split="train", streaming=True)
-        first = list(islice(iter(ds), 1))
-    except Exception as e:  # pyarrow's own errors: not a Parquet file, truncated, ...
-        raise DataError(f"{source} could not be read as Parquet: {type(e).__name__}: {e}") from None
-    yield from _datasets_rows(chain(first, islice(iter(ds), 1, None)))
+    n = 0
+    with reading(source, lambda: n), open_bytes(source) as f:
+        try:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            dups = sorted({c for c in names if [x.lower() for x in names].count(c.lower()) > 1})
+            if dups:
+                raise DataError(f"{source}: the column(s) {dups} appear twice (names are read case-insensitively); "
+                                "rename one")
+            for batch in pf.iter_batches(batch_size=1024):
+                for rec in batch.to_pylist():
+                    n += 1
+                    yield Row(n, rec)
+        except (pa.ArrowException, OSError) as e:  # not a Parquet file, truncated, ...
+            at = f" after row {n}" if n else ""
+            raise DataError(f"{source} could not be read as Parquet{at}: {type(e).__name__}: {e}; check that it is "
+                            "a complete Parquet file") from None
 
 
 def _hub_rows(source: str, cfg: DataConfig, split: str) -> Iterator[Row]:
@@ -179,26 +201,43 @@ def _hub_rows(source: str, cfg: DataConfig, split: str) -> Iterator[Row]:
 
 
 def rows(source: str, cfg: DataConfig, split: str) -> Iterator[Row]:
-    """Every row of the source as a Row, streamed (nothing is loaded whole except a .json array)."""
+    """Every row of the source as a Row, streamed (nothing is loaded whole except a .json file)."""
     kind = kind_of(source)
     if kind == "hub":
         return _hub_rows(source, cfg, split)
+    if kind == "tsv":
+        return _csv_rows(source, "\t")
     return {"jsonl": _jsonl_rows, "json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows}[kind](source)
 
 
 def open_rows(source: str, cfg: DataConfig, split: str) -> tuple[Iterator[Row], list[str]]:
-    """The rows (at most data.max_samples) and the column names, learnt from the first rows."""
-    it = rows(source, cfg, split)
-    head = list(islice(it, PEEK_ROWS))
-    columns: list[str] = []
+    """The rows (at most data.max_samples) and the column names, learnt from every one of those rows (a file whose
+    rows change shape part-way, e.g. two files concatenated, is detected as a whole). JSON files are read twice
+    for this; CSV, Parquet and hub data have one header."""
+    def capped():
+        it = rows(source, cfg, split)
+        return islice(it, cfg.max_samples) if cfg.max_samples else it
+
+    kind = kind_of(source)
+    columns: dict[str, None] = {}
+    if kind in ("jsonl", "json"):
+        for r in capped():
+            columns.update(dict.fromkeys(r.data or {}))
+        return iter(capped()), list(columns)
+    it = iter(capped())
+    head = list(islice(it, 1))
     for r in head:
-        for c in r.data or {}:
-            if c not in columns:
-                columns.append(c)
-    out: Iterable[Row] = chain(head, it)
-    if cfg.max_samples:
-        out = islice(out, cfg.max_samples)
-    return iter(out), columns
+        columns.update(dict.fromkeys(r.data or {}))
+    if not head or head[0].data is None:  # no header row to learn from: the first readable one
+        more = [r for r in islice(it, 200)]
+        for r in more:
+            columns.update(dict.fromkeys(r.data or {}))
+        head += more
+
+    def chained():
+        yield from head
+        yield from it
+    return chained(), list(columns)
 
 
 def structured(text: str):

@@ -47,7 +47,9 @@ def parse_args(argv=None):
     p.add_argument("params", nargs="*", help="params YAML files, folders of them or globs, one run each "
                    "(default: params/default.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a param, value read as YAML (repeatable): --set train.epochs=2")
+                   help="override a param, value read as YAML (repeatable): --set train.epochs=2; a path "
+                   "(data.source, data.eval_source, model.name_or_path, model.cache_dir, export.destination) is "
+                   "taken as written")
     p.add_argument("--run-id", help="name of the run folder (default: <run_name>-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--reports-dir", default=str(PROJECT / "reports"),
                    help="where run folders go (default: reports/ in the project)")
@@ -99,7 +101,7 @@ def _stages(arg: str | None) -> list[str]:
 def validated(path: Path, overrides: list[str]) -> RunConfig:
     cfg = load_config(path, overrides)
     problems = check_inputs(cfg)
-    if not problems:  # the data check at the door: the first rows of each file, read as the stage will
+    if not problems:  # the data check at the door: every row of each file, read as the stage will
         from medqlora.data.check import preflight
 
         problems = preflight(cfg.data, cfg.eval.sets)
