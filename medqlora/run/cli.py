@@ -25,7 +25,7 @@ from medqlora.config import (
     save_config,
     stage_inputs,
 )
-from medqlora.core.rundir import NOTEBOOKS, PROJECT, STAGES, RunDir, write_json
+from medqlora.core.rundir import IN_CHECKOUT, NOTEBOOKS, PROJECT, STAGES, RunDir, default_reports, write_json
 from medqlora.run.batch import batch_summary, gpu_ids, run_parallel
 from medqlora.run.compare import compare_main
 from medqlora.run.stages import (
@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a param, value read as YAML (repeatable): --set train.epochs=2")
     p.add_argument("--run-id", help="name of the run folder (default: <run_name>-<YYYYmmdd-HHMMSS>)")
-    p.add_argument("--reports-dir", default=str(PROJECT / "reports"),
+    p.add_argument("--reports-dir", default=str(default_reports()),
                    help="where run folders go (default: reports/ in the project)")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its first unfinished stage")
@@ -169,7 +169,7 @@ def _execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params
             summary.finish("failed", f"stage {stage} failed: {error}")
             print(f"\n{run_id}: stage {stage} failed; the executed notebook with the error is "
                   f"{run / NOTEBOOKS[stage]}.\nFix the cause, then: python runner.py --resume {run_id}"
-                  + (f" --reports-dir {run.path.parent}" if run.path.parent != PROJECT / "reports" else ""),
+                  + (f" --reports-dir {run.path.parent}" if run.path.parent != default_reports() else ""),
                   file=sys.stderr)
             return EXIT_FAILED
     summary.finish("ok" if all(summary.stage_status(s) == "ok" for s in STAGES) else "partial")
@@ -230,6 +230,9 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--rerun {args.rerun}: no run folder with config.yaml there")
             jobs = [(validated(Path(args.rerun) / "config.yaml", args.overrides), str(Path(args.rerun) / "config.yaml"))]
         else:
+            if not args.params and not IN_CHECKOUT:
+                raise ConfigError("give a params file (the offline default params/default.yaml ships with the checkout, "
+                                  "not with the installed package)")
             files = expand_params(args.params) if args.params else [str(PROJECT / "params" / "default.yaml")]
             if args.run_id and len(files) > 1:
                 raise ConfigError("--run-id names one run; give one params file with it")
@@ -244,14 +247,14 @@ def main(argv=None) -> int:
             print(f"# {f}: valid\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return EXIT_OK
     if args.prepare_only:
-        from medqlora.run.colab import prepare
+        from medqlora.run.colab import PrepareError, prepare
 
         for cfg, f in jobs:
             run_id = args.run_id or f"{cfg.run_name}-{datetime.now():%Y%m%d-%H%M%S}"
             try:
                 print(f"prepared {f}: {prepare(cfg, run_id, str(reports), stages)}")
-            except FileExistsError as e:
-                print(f"error: {e}", file=sys.stderr)
+            except (FileExistsError, PrepareError) as e:
+                print(f"error: --prepare-only {f}: {e}", file=sys.stderr)
                 return EXIT_INVALID
         return EXIT_OK
     if args.gpus:
