@@ -44,14 +44,13 @@ def run_prepared(output_url: str, run_id: str, stages, local_reports: str, sync_
           f" in {run_path}", flush=True)
     argv = (["--reports-dir", str(run_path.parent), "--resume", run_id] if resume else
             [str(run_path / "config.yaml"), "--reports-dir", str(run_path.parent), "--run-id", run_id])
-    sync = RunSync(run_path, fs, root)
-    syncer = Syncer(sync, sync_seconds)
+    syncer = Syncer(run_path, output_url, sync_seconds)
     syncer.start()
     try:
         code = cli.main(argv + ["--stages", chosen])
     finally:
         syncer.stop()
-        n = sync.upload()
+        n = RunSync(run_path, fs, root).upload()
         print(f"copied the run folder to {output_url} ({n} files in the last upload)")
         if syncer.errors:
             print("note: uploads during the run failed and were retried at the end:", *syncer.errors[-3:], sep="\n  ")

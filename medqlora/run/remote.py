@@ -35,6 +35,7 @@ class RunSync:
         self.run_path, self.fs, self.root = Path(run_path), fs, root.rstrip("/")
         self.sent: dict[str, tuple[int, int]] = {}
         self.lock = threading.Lock()
+        self.remote: dict[str, int] | None = None  # sizes found in the bucket on the first upload
 
     def upload(self) -> int:
         """Upload new and changed files; complete checkpoints only (trainer_state.json last); remove remote
@@ -43,13 +44,15 @@ class RunSync:
             files, later = [], []
             for p in sorted(self.run_path.rglob("*")):
                 rel = p.relative_to(self.run_path).as_posix()
-                if not p.is_file() or rel in PREPARED or rel.startswith("inputs/") or p.name.endswith(".tmp"):
+                if not p.is_file() or rel in PREPARED or rel.startswith("inputs/") or p.name.endswith(".tmp") or \
+                        p.name == ".sync-stop":
                     continue
                 ckpt = _checkpoint(rel)
                 if ckpt and not (self.run_path / ckpt / "trainer_state.json").is_file():
                     continue  # being written: it goes up once complete
                 st = p.stat()
-                if self.sent.get(rel) == (st.st_size, st.st_mtime_ns):
+                if self.sent.get(rel) == (st.st_size, st.st_mtime_ns) or (
+                        ckpt and self._remote_sizes().get(rel) == st.st_size):  # a complete checkpoint never changes
                     continue
                 (later if ckpt and p.name == "trainer_state.json" else files).append((rel, p, st))
             for rel, p, st in files + later:
@@ -57,6 +60,16 @@ class RunSync:
                 self.sent[rel] = (st.st_size, st.st_mtime_ns)
             self._drop_rotated()
             return len(files) + len(later)
+
+    def _remote_sizes(self) -> dict[str, int]:
+        if self.remote is None:
+            try:
+                found = self.fs.find(self.root, detail=True)
+            except FileNotFoundError:
+                found = {}
+            self.remote = {k[len(self.root) + 1:]: v.get("size") for k, v in found.items()
+                           if k.startswith(self.root + "/")}
+        return self.remote
 
     def _drop_rotated(self) -> None:
         local = {p.name for p in (self.run_path / "checkpoints").glob("checkpoint-*")}
@@ -115,26 +128,58 @@ def restore(fs, root: str, run_path: Path) -> list[str]:
     return notes
 
 
-class Syncer(threading.Thread):
-    """Uploads while the chain runs: right after each stage (summary.json changes) and every `every` seconds
-    (new checkpoints during training)."""
+class Syncer:
+    """Uploads while the chain runs, right after each stage (summary.json changes) and every `every` seconds (new
+    checkpoints during training), from a child process: a thread in the driver's kernel stalls while papermill runs
+    a stage there (measured: nothing went up until the stage ended)."""
 
-    def __init__(self, sync: RunSync, every: float):
-        super().__init__(daemon=True)
-        self.sync, self.every, self.halt = sync, max(float(every), 1.0), threading.Event()
-        self.errors: list[str] = []
+    def __init__(self, run_path: Path, output_url: str, every: float):
+        self.run_path, self.url, self.every = Path(run_path), output_url, max(float(every), 1.0)
+        self.stop_file = self.run_path / ".sync-stop"
+        self.proc = None
 
-    def run(self) -> None:
-        summary, seen, last = self.sync.run_path / "summary.json", None, time.monotonic()
-        while not self.halt.wait(0.5):
-            stamp = summary.stat().st_mtime_ns if summary.is_file() else None
-            if stamp != seen or time.monotonic() - last >= self.every:
-                try:
-                    self.sync.upload()
-                except Exception as e:  # noqa: BLE001 - the next round retries; the final upload reports
-                    self.errors.append(f"{type(e).__name__}: {e}")
-                seen, last = stamp, time.monotonic()
+    def start(self) -> None:
+        import subprocess
+        import sys
+
+        self.stop_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-c", "import sys; from medqlora.run.remote import watch; "
+                                      "watch(sys.argv[1], sys.argv[2], float(sys.argv[3]))", str(self.run_path),
+                                      self.url, str(self.every)])
 
     def stop(self) -> None:
-        self.halt.set()
-        self.join(timeout=600)
+        """Let the current upload finish, then end the child."""
+        self.stop_file.touch()
+        try:
+            self.proc.wait(timeout=300)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+        self.stop_file.unlink(missing_ok=True)
+
+    @property
+    def errors(self) -> list[str]:
+        log = self.run_path / "sync-errors.log"
+        return log.read_text().splitlines() if log.is_file() else []
+
+
+def watch(run_path: str, output_url: str, every: float) -> None:
+    """The Syncer's child: upload on each change of summary.json and every `every` seconds, until the stop file
+    appears or the driver is gone."""
+    import os
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(output_url)
+    sync, parent = RunSync(Path(run_path), fs, root), os.getppid()
+    summary, stop = Path(run_path) / "summary.json", Path(run_path) / ".sync-stop"
+    seen, last = None, 0.0
+    while not stop.exists() and os.getppid() == parent:
+        stamp = summary.stat().st_mtime_ns if summary.is_file() else None
+        if stamp != seen or time.monotonic() - last >= every:
+            try:
+                sync.upload()
+            except Exception as e:  # noqa: BLE001 - the next round retries; the driver's final upload reports
+                with open(Path(run_path) / "sync-errors.log", "a") as f:
+                    f.write(f"{type(e).__name__}: {e}\n")
+            seen, last = stamp, time.monotonic()
+        time.sleep(0.5)
