@@ -93,6 +93,12 @@ def gcs_server():
     os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
     server = FakeGCSServer(host="127.0.0.1")
     server.start()
+    # The wrapper pipes the server's stderr (one log line per request) and never reads it: once the pipe's 64 KiB
+    # fill up, the server blocks on its next log line and every request hangs (seen after a few hundred uploads).
+    import threading
+
+    drain = server._process.stderr
+    threading.Thread(target=lambda: all(iter(lambda: drain.read(65536), b"")), daemon=True).start()
     import gcsfs
 
     gcsfs.GCSFileSystem.clear_instance_cache()

@@ -36,6 +36,7 @@ class RunSync:
         self.sent: dict[str, tuple[int, int]] = {}
         self.lock = threading.Lock()
         self.remote: dict[str, int] | None = None  # sizes found in the bucket on the first upload
+        self.checkpoints: set[str] | None = None  # local checkpoint names at the last look
 
     def upload(self) -> int:
         """Upload new and changed files; complete checkpoints only (trainer_state.json last); remove remote
@@ -73,6 +74,9 @@ class RunSync:
 
     def _drop_rotated(self) -> None:
         local = {p.name for p in (self.run_path / "checkpoints").glob("checkpoint-*")}
+        if local == self.checkpoints:
+            return  # nothing rotated since the last look: no listing call
+        self.checkpoints = local
         try:
             remote = self.fs.ls(f"{self.root}/checkpoints", detail=False, refresh=True)
         except FileNotFoundError:
