@@ -231,8 +231,8 @@ def main(argv=None) -> int:
             jobs = [(validated(Path(args.rerun) / "config.yaml", args.overrides), str(Path(args.rerun) / "config.yaml"))]
         else:
             if not args.params and not IN_CHECKOUT:
-                raise ConfigError("give a params file (the offline default params/default.yaml ships with the checkout, "
-                                  "not with the installed package)")
+                raise ConfigError("give a params file (the offline default params/default.yaml ships with the "
+                                  "checkout, not with the installed package)")
             files = expand_params(args.params) if args.params else [str(PROJECT / "params" / "default.yaml")]
             if args.run_id and len(files) > 1:
                 raise ConfigError("--run-id names one run; give one params file with it")

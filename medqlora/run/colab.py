@@ -20,7 +20,8 @@ from medqlora.core.rundir import IN_CHECKOUT, PROJECT, STAGES
 # The bootstrap: the first code cell after the parameters of 00_driver.ipynb and notebooks/01_setup.ipynb (kept
 # identical; a test checks). It runs before medqlora exists, so it is plain code. project_source: a wheel (a path,
 # or gs://, copied down first: pip cannot read gs://) or a pip requirement such as git+https://...@<commit>.
-BOOTSTRAP = '''# A fresh Colab / Colab Enterprise runtime has no medqlora: install it from project_source (01_setup adds the GPU stack)
+BOOTSTRAP = '''# A fresh Colab / Colab Enterprise runtime has no medqlora: install it from project_source
+# (01_setup then adds the GPU stack)
 import importlib.util, os, subprocess, sys
 source = project_source or os.environ.get("MEDQLORA_PROJECT_SOURCE", "")
 missing = importlib.util.find_spec("medqlora") is None
@@ -36,8 +37,8 @@ if missing:
     importlib.invalidate_caches()'''
 
 # The other stage notebooks only check (01_setup or the driver installs).
-CHECK = '''import importlib.util  # 01_setup.ipynb (or the driver) installs medqlora on a fresh runtime; this notebook only checks
-assert importlib.util.find_spec("medqlora"), "medqlora is not installed in this kernel: run 01_setup.ipynb first (parameter project_source), or %pip install a medqlora wheel"'''
+CHECK = '''import importlib.util  # on a fresh runtime 01_setup.ipynb (or the driver) installs medqlora; here only a check
+assert importlib.util.find_spec("medqlora"), "no medqlora here: run 01_setup.ipynb (project_source) or %pip install it"'''
 
 DRIVER_INTRO = """# Driver: the whole medqlora chain for one prepared run, in one execution
 Made by `runner.py --prepare-only`. On the runtime it installs medqlora if needed (`project_source`), restores what
@@ -112,8 +113,8 @@ def _portable(cfg: RunConfig) -> tuple[RunConfig, list[tuple[str, str]]]:
 
     m = cfg.model
     if m.name_or_path.startswith("pkg://"):
-        raise PrepareError(f"model.name_or_path {m.name_or_path}: a package installed on this machine, which the runtime "
-                           "does not have; give a hub id or a local model folder (it is uploaded beside the notebooks)")
+        raise PrepareError(f"model.name_or_path {m.name_or_path}: a package installed on this machine, which the "
+                           "runtime does not have; give a hub id or a local model folder (it is uploaded beside the notebooks)")
     if Path(m.name_or_path).is_absolute():
         m.name_or_path = move(m.name_or_path, "model.name_or_path")
     m.cache_dir = type(m).model_fields["cache_dir"].default  # this machine's cache means nothing there
@@ -157,7 +158,7 @@ def driver_notebook(run_id: str, output_url: str, project_source: str, stages: l
         _code(BOOTSTRAP),
         _code("from medqlora.run.driver import run_prepared\n\n"
               "code = run_prepared(output_url, run_id, stages, local_reports, sync_seconds)\n"
-              "assert code == 0, f'the chain failed (exit {code}); its notebooks and summary were copied to {output_url}'"),
+              "assert code == 0, f'the chain failed (exit {code}); its notebooks and summary are in {output_url}'"),
     ]
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                    "language_info": {"name": "python"}}

@@ -211,7 +211,8 @@ def compare_report(run_dirs: list[str], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     nb = out / "compare.ipynb"
     with kernel_stderr_to(out / "compare.log"):
-        pm.execute_notebook(str(notebook_dir() / "compare.ipynb"), str(nb), cwd=str(kernel_cwd(out)), progress_bar=False,
+        pm.execute_notebook(str(notebook_dir() / "compare.ipynb"), str(nb), cwd=str(kernel_cwd(out)),
+                            progress_bar=False,
                             parameters={"run_dirs": run_dirs, "out_dir": str(out)},
                             kernel_name=notebook_kernel())
     return notebook_html(nb)
