@@ -42,6 +42,9 @@ def fresh_venv(where: Path) -> Path:
     target = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
                                   "['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
     (target / "_base_stack.pth").write_text(str(shadow) + "\n")
+    # nbconvert's templates are data files in the environment's share/ (pip puts them under the venv's prefix)
+    (venv / "share" / "jupyter").mkdir(parents=True)
+    (venv / "share" / "jupyter" / "nbconvert").symlink_to(Path(sys.prefix) / "share" / "jupyter" / "nbconvert")
     return venv
 
 

@@ -62,8 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--gpus", help="run the batch's runs in parallel, one per GPU: '0,1' or 'all' (queued when runs "
                    "outnumber GPUs)")
     p.add_argument("--prepare-only", action="store_true",
-                   help="write each run's notebooks with their parameters injected, plus a driver notebook that runs "
-                   "the whole chain, to --reports-dir (a folder or gs://...): for Colab Enterprise; nothing executes")
+                   help="for Colab Enterprise: write each run's folder to --reports-dir (gs://... or a folder): config, "
+                   "its local inputs, a medqlora wheel and a driver notebook that runs or resumes the chain; nothing "
+                   "executes (docs/colab-enterprise.md)")
     return p.parse_args(argv)
 
 
