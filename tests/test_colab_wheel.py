@@ -5,7 +5,9 @@ resumed by a second execution in a new empty folder. And the README's Colab cell
 
 The venv sees the heavy stack already installed here (torch, transformers, ...) through a folder of links to this
 environment's site-packages with medqlora's own entries left out, so nothing is downloaded and medqlora can only
-come from the wheel (checked: its module file and sys.path)."""
+come from the wheel (checked: its module file and sys.path). Measured 2026-12-01 on 2 CPU cores under heavy load
+(load average about 13): 700 s for the kill-and-resume test (the tiny model's steps took 7-14 s there), 37 s for the
+README cells."""
 import json
 import os
 import re
