@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import nbformat
-import pytest
 from conftest import ROOT, tiny_params
 
 from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir

@@ -3,7 +3,6 @@ self-contained and carries no secret, the driver restores, resumes and uploads a
 place. The wheel installed in a fresh venv and a killed execution resumed: tests/test_colab_wheel.py (slow)."""
 import json
 import zipfile
-from pathlib import Path
 
 import nbformat
 import pytest
