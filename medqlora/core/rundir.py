@@ -17,13 +17,27 @@ from pathlib import Path
 
 STAGES = ["setup", "preprocess", "train", "export", "evaluate"]
 NOTEBOOKS = {s: f"{i:02d}_{s}.ipynb" for i, s in enumerate(STAGES, start=1)}
-PROJECT = Path(__file__).resolve().parents[2]  # the checkout: notebooks/, params/, reports/
+PACKAGE = Path(__file__).resolve().parents[1]
+PROJECT = PACKAGE.parent  # the checkout: notebooks/, params/, reports/ (for an installed wheel: site-packages)
+IN_CHECKOUT = (PROJECT / "runner.py").is_file() and (PROJECT / "notebooks").is_dir()
 
 
 def notebook_dir() -> Path:
-    """The stage notebooks: the checkout's, or MEDQLORA_NOTEBOOK_DIR (an installed wheel has none: the Colab Enterprise
-    driver points it at the prepared ones)."""
-    return Path(os.environ.get("MEDQLORA_NOTEBOOK_DIR", PROJECT / "notebooks"))
+    """The stage notebooks: MEDQLORA_NOTEBOOK_DIR if set, else the installed package's (a wheel ships them as
+    medqlora/notebooks/), else the checkout's notebooks/."""
+    if os.environ.get("MEDQLORA_NOTEBOOK_DIR"):
+        return Path(os.environ["MEDQLORA_NOTEBOOK_DIR"])
+    return PACKAGE / "notebooks" if (PACKAGE / "notebooks").is_dir() else PROJECT / "notebooks"
+
+
+def default_reports() -> Path:
+    """reports/ in the checkout; for an installed package, reports/ in the folder you run in."""
+    return PROJECT / "reports" if IN_CHECKOUT else Path.cwd() / "reports"
+
+
+def kernel_cwd(run_path: Path) -> Path:
+    """Where the stage kernels start: the checkout (as before), else the run folder (never site-packages)."""
+    return PROJECT if IN_CHECKOUT else Path(run_path)
 
 
 class StageInputError(RuntimeError):

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 GB = 1024**3
 STACK = ["torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "unsloth",
@@ -38,19 +39,27 @@ def versions(names=STACK) -> dict[str, str | None]:
     return out
 
 
+def gpu_requirements() -> list[str]:
+    """The pinned GPU stack: the `gpu` extra of medqlora's pyproject.toml (the checkout's, else the installed
+    package's metadata), so that there is one list."""
+    import re
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if pyproject.is_file() and (Path(__file__).resolve().parents[2] / "runner.py").is_file():
+        import tomllib
+
+        return list(tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["gpu"])
+    reqs = importlib.metadata.requires("medqlora") or []
+    return [r.split(";")[0].strip() for r in reqs if re.search(r"extra\s*==\s*['\"]gpu['\"]", r)]
+
+
 def colab_install_commands(missing: list[str]) -> list[list[str]]:
-    """pip commands that bring Unsloth and its stack to a Colab runtime, as Unsloth's Colab notebooks do:
-    the libraries without their dependencies (so Colab's torch is kept), then unsloth itself."""
+    """The pip command that brings the GPU stack to a Colab runtime: medqlora's `gpu` extra, pinned (Unsloth,
+    unsloth_zoo and xformers at the versions tested with trl 1.14.2; Colab's own torch is kept when it is in
+    Unsloth's range, torch>=2.10,<2.15)."""
     if not missing:
         return []
-    pip = [sys.executable, "-m", "pip", "install", "-q"]
-    return [
-        pip + ["--no-deps", "bitsandbytes", "accelerate", "xformers", "peft", "trl==1.14.2", "triton",
-               "cut_cross_entropy", "unsloth_zoo"],
-        pip + ["sentencepiece", "protobuf", "datasets>=3.4.1,<5", "huggingface_hub", "hf_transfer",
-               "papermill", "rouge_score", "pydantic", "fsspec"],
-        pip + ["--no-deps", "unsloth"],
-    ]
+    return [[sys.executable, "-m", "pip", "install", "-q", *gpu_requirements()]]
 
 
 def ensure_installed(want_unsloth: bool = True) -> dict:

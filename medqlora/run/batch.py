@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from medqlora.config import ConfigError, RunConfig
-from medqlora.core.rundir import PROJECT, STAGES, read_json, write_json
+from medqlora.core.rundir import IN_CHECKOUT, PROJECT, STAGES, read_json, write_json
 from medqlora.core.system import clock
 from medqlora.run.compare import compare_report
 from medqlora.run.stages import EXIT_OK
@@ -77,6 +77,12 @@ def run_on_gpus(jobs: list[tuple[str, list[str], Path]], gpus: list[str], tick=N
     return codes
 
 
+def runner_command() -> list[str]:
+    """runner.py in a checkout; the installed package's CLI module elsewhere."""
+    return [str(PROJECT / "runner.py")] if IN_CHECKOUT else ["-c", "import sys; from medqlora.run.cli import main; "
+                                                             "sys.exit(main())"]
+
+
 def run_parallel(jobs: list[tuple[RunConfig, str]], gpus: list[str], reports: Path, argv_common: list[str],
                  run_ids: list[str]) -> list[int]:
     """One child runner per run, on its own GPU (run_on_gpus); the terminal gets a combined line from the runs'
@@ -94,7 +100,7 @@ def run_parallel(jobs: list[tuple[RunConfig, str]], gpus: list[str], reports: Pa
             print(line, flush=True)
             last[0] = line.split("| elapsed")[0]
 
-    commands = [(run_id, [sys.executable, str(PROJECT / "runner.py"), f, "--run-id", run_id, "--reports-dir",
+    commands = [(run_id, [sys.executable, *runner_command(), f, "--run-id", run_id, "--reports-dir",
                           str(reports), *argv_common], reports / run_id / "terminal.log")
                 for run_id, (_, f) in zip(run_ids, jobs)]
     codes = run_on_gpus(commands, gpus, tick)

@@ -25,7 +25,7 @@ from medqlora.config import (
     save_config,
     stage_inputs,
 )
-from medqlora.core.rundir import NOTEBOOKS, PROJECT, STAGES, RunDir, write_json
+from medqlora.core.rundir import IN_CHECKOUT, NOTEBOOKS, PROJECT, STAGES, RunDir, default_reports, write_json
 from medqlora.run.batch import batch_summary, gpu_ids, run_parallel
 from medqlora.run.compare import compare_main
 from medqlora.run.stages import (
@@ -51,7 +51,7 @@ def parse_args(argv=None):
                    "(data.source, data.eval_source, model.name_or_path, model.cache_dir, export.destination) is "
                    "taken as written")
     p.add_argument("--run-id", help="name of the run folder (default: <run_name>-<YYYYmmdd-HHMMSS>)")
-    p.add_argument("--reports-dir", default=str(PROJECT / "reports"),
+    p.add_argument("--reports-dir", default=str(default_reports()),
                    help="where run folders go (default: reports/ in the project)")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its first unfinished stage")
@@ -64,8 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--gpus", help="run the batch's runs in parallel, one per GPU: '0,1' or 'all' (queued when runs "
                    "outnumber GPUs)")
     p.add_argument("--prepare-only", action="store_true",
-                   help="write each run's notebooks with their parameters injected, plus a driver notebook that runs "
-                   "the whole chain, to --reports-dir (a folder or gs://...): for Colab Enterprise; nothing executes")
+                   help="for Colab Enterprise: write each run's folder to --reports-dir (gs://... or a folder): config, "
+                   "its local inputs, a medqlora wheel and a driver notebook that runs or resumes the chain; nothing "
+                   "executes (docs/colab-enterprise.md)")
     return p.parse_args(argv)
 
 
@@ -171,7 +172,7 @@ def _execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params
             summary.finish("failed", f"stage {stage} failed: {error}")
             print(f"\n{run_id}: stage {stage} failed; the executed notebook with the error is "
                   f"{run / NOTEBOOKS[stage]}.\nFix the cause, then: python runner.py --resume {run_id}"
-                  + (f" --reports-dir {run.path.parent}" if run.path.parent != PROJECT / "reports" else ""),
+                  + (f" --reports-dir {run.path.parent}" if run.path.parent != default_reports() else ""),
                   file=sys.stderr)
             return EXIT_FAILED
     summary.finish("ok" if all(summary.stage_status(s) == "ok" for s in STAGES) else "partial")
@@ -232,6 +233,9 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--rerun {args.rerun}: no run folder with config.yaml there")
             jobs = [(validated(Path(args.rerun) / "config.yaml", args.overrides), str(Path(args.rerun) / "config.yaml"))]
         else:
+            if not args.params and not IN_CHECKOUT:
+                raise ConfigError("give a params file (the offline default params/default.yaml ships with the "
+                                  "checkout, not with the installed package)")
             files = expand_params(args.params) if args.params else [str(PROJECT / "params" / "default.yaml")]
             if args.run_id and len(files) > 1:
                 raise ConfigError("--run-id names one run; give one params file with it")
@@ -246,14 +250,14 @@ def main(argv=None) -> int:
             print(f"# {f}: valid\n" + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return EXIT_OK
     if args.prepare_only:
-        from medqlora.run.colab import prepare
+        from medqlora.run.colab import PrepareError, prepare
 
         for cfg, f in jobs:
             run_id = args.run_id or f"{cfg.run_name}-{datetime.now():%Y%m%d-%H%M%S}"
             try:
                 print(f"prepared {f}: {prepare(cfg, run_id, str(reports), stages)}")
-            except FileExistsError as e:
-                print(f"error: {e}", file=sys.stderr)
+            except (FileExistsError, PrepareError) as e:
+                print(f"error: --prepare-only {f}: {e}", file=sys.stderr)
                 return EXIT_INVALID
         return EXIT_OK
     if args.gpus:

@@ -13,7 +13,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from medqlora.core.rundir import PROJECT, notebook_dir
+from medqlora.core.rundir import default_reports, kernel_cwd, notebook_dir
 from medqlora.run.stages import EXIT_INVALID, EXIT_OK, kernel_stderr_to, notebook_kernel
 
 METRICS = ("rougeL", "rouge1", "accuracy", "looping", "hit_token_limit")
@@ -196,7 +196,7 @@ def compare_main(argv: list[str]) -> int:
     if missing:
         print(f"error: not run folders (no config.yaml): {missing}", file=sys.stderr)
         return EXIT_INVALID
-    out = Path(a.out or PROJECT / "reports" / f"compare-{datetime.now():%Y%m%d-%H%M%S}")
+    out = Path(a.out or default_reports() / f"compare-{datetime.now():%Y%m%d-%H%M%S}")
     print(f"comparison report: {compare_report([str(Path(r).resolve()) for r in a.runs], out)}")
     return EXIT_OK
 
@@ -211,7 +211,8 @@ def compare_report(run_dirs: list[str], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     nb = out / "compare.ipynb"
     with kernel_stderr_to(out / "compare.log"):
-        pm.execute_notebook(str(notebook_dir() / "compare.ipynb"), str(nb), cwd=str(PROJECT), progress_bar=False,
+        pm.execute_notebook(str(notebook_dir() / "compare.ipynb"), str(nb), cwd=str(kernel_cwd(out)),
+                            progress_bar=False,
                             parameters={"run_dirs": run_dirs, "out_dir": str(out)},
                             kernel_name=notebook_kernel())
     return notebook_html(nb)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir
-from medqlora.run.colab import BOOTSTRAP
+from medqlora.run.colab import BOOTSTRAP, CHECK
 
 
 def combined_notebook(run: RunDir, title: str):
@@ -25,8 +25,8 @@ def combined_notebook(run: RunDir, title: str):
         failed = any(o.get("output_type") == "error" for c in part.cells for o in c.get("outputs", []))
         toc.append(f"- [{stage}](#stage-{stage})" + (" (failed: see its error below)" if failed else ""))
         cells.append(nbformat.v4.new_markdown_cell(f'<a id="stage-{stage}"></a>\n\n# Stage: {stage}'))
-        cells += [c for c in part.cells if "parameters" not in c.get("metadata", {}).get("tags", [])
-                  and "injected-parameters" not in c.get("metadata", {}).get("tags", []) and c.source != BOOTSTRAP]
+        cells += [c for c in part.cells if not {"parameters", "injected-parameters"} & set(c.get("metadata", {}).get(
+                  "tags", [])) and c.source not in (BOOTSTRAP, CHECK)]
     nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\n" + "\n".join(toc))] + cells
     nb.metadata = {"language_info": {"name": "python"}}
     return nb

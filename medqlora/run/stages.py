@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from medqlora.config import RunConfig, changed_keys, stage_inputs
-from medqlora.core.rundir import NOTEBOOKS, PROJECT, STAGES, RunDir, notebook_dir
+from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir, kernel_cwd, notebook_dir
 from medqlora.run.summary import Summary
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2  # runner.py's exit codes (README)
@@ -27,7 +27,7 @@ def run_stage(stage: str, run: RunDir, verbose: bool = False) -> tuple[str, floa
         with kernel_stderr_to(None if verbose else run / "run.log"):
             pm.execute_notebook(str(notebook_dir() / NOTEBOOKS[stage]), str(run / NOTEBOOKS[stage]),
                                 parameters={"config_path": str(run.config_path), "run_dir": str(run.path)},
-                                kernel_name=notebook_kernel(), cwd=str(PROJECT),
+                                kernel_name=notebook_kernel(), cwd=str(kernel_cwd(run.path)),
                                 log_output=True, progress_bar=False)
         return "ok", time.time() - t0, None
     except pm.PapermillExecutionError as e:

@@ -94,5 +94,8 @@ def readable(s: dict) -> str:
             lines.append(f"| {k} | {_num(s['metrics']['base'].get(k))} | {_num(s['metrics']['finetuned'].get(k))} |")
     if s.get("error"):
         lines += ["", f"error: {s['error']}"]
-    lines += ["", "All five notebooks in one file: [report.html](report.html); full log: run.log"]
+    ran = [x["name"] for x in s["stages"]]
+    which = ("All five notebooks" if len(ran) == len(STAGES) else
+             f"The {len(ran)} executed notebook{'s' * (len(ran) != 1)} of five ({', '.join(ran) or 'none'})")
+    lines += ["", f"{which} in one file: [report.html](report.html); full log: run.log"]
     return "\n".join(lines) + "\n"
