@@ -26,7 +26,13 @@ from medqlora.config import (
     stage_inputs,
 )
 from medqlora.core.rundir import NOTEBOOKS, PROJECT, STAGES, RunDir, write_json
-from medqlora.run.batch import batch_summary, gpu_ids, run_parallel
+from medqlora.run.batch import (
+    batch_failed,
+    batch_summary,
+    child_argv,
+    gpu_ids,
+    run_parallel,
+)
 from medqlora.run.compare import compare_main
 from medqlora.run.stages import (
     EXIT_FAILED,
@@ -261,12 +267,14 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_INVALID
         stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
-        run_ids = [f"{cfg.run_name}-{stamp}-{i}" for i, (cfg, _) in enumerate(jobs, start=1)]
-        common = [a for o in args.overrides for a in ("--set", o)] + (["--stages", args.stages] if args.stages else [])
-        codes = run_parallel(jobs, gpus, reports, common, run_ids)
+        run_ids = [args.resume] if args.resume else [args.run_id] if args.run_id else \
+            [f"{cfg.run_name}-{stamp}-{i}" for i, (cfg, _) in enumerate(jobs, start=1)]
+        children = [(run_id, child_argv(run_id, f, reports, bool(args.resume), args.rerun, args.overrides,
+                                        args.stages, args.verbose)) for run_id, (_, f) in zip(run_ids, jobs)]
+        codes = run_parallel(children, gpus, reports, args.fail_fast)
         if len(jobs) > 1:
             batch_summary([reports / r for r in run_ids], reports, codes)
-        return max(codes)
+        return EXIT_FAILED if batch_failed(codes) else EXIT_OK
     progress = Progress(len(jobs), args.verbose)
     codes, folders = [], []
     for i, (cfg, f) in enumerate(jobs, start=1):
@@ -291,4 +299,4 @@ def main(argv=None) -> int:
             break
     if len(jobs) > 1:
         batch_summary(folders, reports, codes)
-    return max(codes) if len(codes) == len(jobs) else EXIT_FAILED
+    return EXIT_FAILED if batch_failed(codes) or len(codes) < len(jobs) else EXIT_OK
