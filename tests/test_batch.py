@@ -275,9 +275,9 @@ def test_a_killed_run_fails_the_batch_and_batch_md_counts_it_failed(tmp_path, mo
     from medqlora.run import batch
 
     logs = tmp_path / "logs"
+    suicide = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
     codes = batch.run_on_gpus([("fine", [sys.executable, "-c", "pass"], logs / "a.log"),
-                               ("killed", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), "
-                                           "signal.SIGKILL)"], logs / "b.log")], ["0", "1"])
+                               ("killed", [sys.executable, "-c", suicide], logs / "b.log")], ["0", "1"])
     assert codes == {"fine": 0, "killed": -9}
 
     def fake_queue(commands, gpus, tick=None, **kw):  # the second child dies mid-run, its summary still "running"

@@ -8,7 +8,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from medqlora.config import ConfigError, RunConfig
+from medqlora.config import ConfigError
 from medqlora.core.rundir import PROJECT, STAGES, read_json, write_json
 from medqlora.core.system import clock
 from medqlora.run.compare import compare_report
