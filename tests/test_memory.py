@@ -330,11 +330,12 @@ def test_a_smaller_micro_batch_always_keeps_the_effective_batch():
 
 
 def test_the_shorter_sequence_search_takes_the_longest_length_that_fits_and_never_advises_below_the_floor():
-    """An 8B shape with a p99 of 1,100 tokens: only halvings were tried (2048 -> 1024, below the floor), so a run that
-    fits at 1,536 was refused with "model.max_seq_length 1024 would fit", and the card was sized from the shortened
-    estimate. Limits are set from the estimate itself, so the test holds whatever the coefficients."""
+    """Only halvings were tried (the issue: 2,048 -> 1,024 with a p99 floor of 1,100), so a run that fits at 1,536 was
+    refused with "model.max_seq_length 1024 would fit", below the floor, and the card was sized from the shortened
+    estimate. The same at a scale where the refit estimate grows with every token at micro-batch 1 (past its
+    one-layer floor): configured 16,384, p99 9,000. Limits come from the estimate itself, whatever the coefficients."""
     targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    start = MEM.Settings(micro_batch_size=1, gradient_accumulation=8, max_seq_length=2048,
+    start = MEM.Settings(micro_batch_size=1, gradient_accumulation=8, max_seq_length=16384,
                          gradient_checkpointing=True, optimizer="adamw_8bit")
 
     def est(seq, s=start):
@@ -344,23 +345,25 @@ def test_the_shorter_sequence_search_takes_the_longest_length_that_fits_and_neve
     def plan(limit, s=start, **kw):
         return PLAN.plan(LLAMA_8B, s, 16, targets, budget=limit / 0.8, source="test", max_fraction=0.8, **kw)
 
-    between = (est(1536) + est(1600)) / 2
-    p = plan(between, allow_shorter_seq=True, min_seq=1100)
-    assert p.settings.max_seq_length == 1536 and p.steps[-1]["step"] == "max_seq_length 2048 -> 1536"
-    p = plan((est(1100) + est(1152)) / 2, allow_shorter_seq=True, min_seq=1100)
-    assert p.settings.max_seq_length == 1100, "the floor itself is a candidate"
-    below_floor = (est(1024) + est(1100)) / 2  # 1024 would fit, 1100 would not
+    lengths = [8960, 9000, *range(9024, 16385, 64)]
+    assert all(est(a) < est(b) for a, b in zip(lengths, lengths[1:])), "the estimate must grow with the length here"
+    between = (est(12288) + est(12352)) / 2  # 12,288 is no power-of-two halving of 16,384
+    p = plan(between, allow_shorter_seq=True, min_seq=9000)
+    assert p.settings.max_seq_length == 12288 and p.steps[-1]["step"] == "max_seq_length 16384 -> 12288"
+    p = plan((est(9000) + est(9024)) / 2, allow_shorter_seq=True, min_seq=9000)
+    assert p.settings.max_seq_length == 9000, "the floor itself is a candidate"
+    below_floor = (est(8960) + est(9000)) / 2  # 8,960 would fit, the p99 length 9,000 would not
     with pytest.raises(PLAN.MemoryFitError) as e:
-        plan(below_floor, allow_shorter_seq=True, min_seq=1100)
+        plan(below_floor, allow_shorter_seq=True, min_seq=9000)
     msg = str(e.value)
-    assert "1024 would fit" not in msg and "1100" in msg and "p99" in msg, msg
+    assert "8960 would fit" not in msg and "p99 length (9000 tokens)" in msg, msg
     # without allow_shorter_seq the message names the longest length that fits, in steps of 64
-    with pytest.raises(PLAN.MemoryFitError, match=r"model.max_seq_length 1536 would fit"):
+    with pytest.raises(PLAN.MemoryFitError, match=r"model.max_seq_length 12288 would fit"):
         plan(between)
     # the card for the config as written, not for what the plan made of it
-    written = MEM.Settings(micro_batch_size=4, gradient_accumulation=2, max_seq_length=2048,
+    written = MEM.Settings(micro_batch_size=4, gradient_accumulation=2, max_seq_length=16384,
                            gradient_checkpointing=False, optimizer="adamw_torch")
     with pytest.raises(PLAN.MemoryFitError) as e:
-        plan(below_floor, s=written, allow_shorter_seq=True, min_seq=1100)
-    card = math.ceil(est(2048, written) / 0.8)
+        plan(below_floor, s=written, allow_shorter_seq=True, min_seq=9000)
+    card = math.ceil(est(16384, written) / 0.8)
     assert f"a card with at least {card} GiB would fit this config as written" in str(e.value), str(e.value)
