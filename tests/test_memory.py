@@ -1,5 +1,6 @@
 """Memory that manages itself: the estimate's arithmetic against real models, the optimization order, runs that
 cannot fit refused up front, out-of-memory recovery in real training and in generation, memory.jsonl."""
+import itertools
 import math
 
 import pytest
@@ -346,7 +347,7 @@ def test_the_shorter_sequence_search_takes_the_longest_length_that_fits_and_neve
         return PLAN.plan(LLAMA_8B, s, 16, targets, budget=limit / 0.8, source="test", max_fraction=0.8, **kw)
 
     lengths = [8960, 9000, *range(9024, 16385, 64)]
-    assert all(est(a) < est(b) for a, b in zip(lengths, lengths[1:])), "the estimate must grow with the length here"
+    assert all(est(a) < est(b) for a, b in itertools.pairwise(lengths)), "the estimate must grow with the length here"
     between = (est(12288) + est(12352)) / 2  # 12,288 is no power-of-two halving of 16,384
     p = plan(between, allow_shorter_seq=True, min_seq=9000)
     assert p.settings.max_seq_length == 12288 and p.steps[-1]["step"] == "max_seq_length 16384 -> 12288"

@@ -155,7 +155,8 @@ def _execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params
             return EXIT_OK
         stages = resume.run
         aside = set_aside(run, summary, resume.redo)
-        print(f"{run_id}: resuming at stage {resume.first}" + (f" (earlier outputs of redone stages in {aside})" if aside else ""))
+        print(f"{run_id}: resuming at stage {resume.first}"
+              + (f" (earlier outputs of redone stages in {aside})" if aside else ""))
     summary.save()
     for j, stage in enumerate(stages, start=1):
         print(f"\n{progress.line(run_i, run_id, j, stage, stages)}\n=== {run_id}: {stage} -> "

@@ -69,7 +69,8 @@ class PackingCheck:
             return (f"packing check: not checked: no packed row in the {self.batches_searched} batches searched holds "
                     "two examples with answer tokens, so none could show examples attending to each other")
         verdict = "examples isolated" if self.passed else "EXAMPLES NOT ISOLATED"
-        where = "the first packed row" if self.batches_searched == 1 else f"a packed row of batch {self.batches_searched}"
+        where = ("the first packed row" if self.batches_searched == 1
+                 else f"a packed row of batch {self.batches_searched}")
         return (f"packing check: {self.examples} examples in {where}, per-example loss packed vs alone "
                 f"max difference {self.max_abs_diff:.2e} (tolerance {self.tolerance:g}), prompt tokens "
                 f"{'masked' if self.prompt_masked else 'NOT masked'} ({self.prompt_checked} compared): {verdict}")

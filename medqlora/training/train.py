@@ -166,9 +166,9 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
 
     `plan` (memory_plan.plan_training) gives the settings fitted to the memory budget; a CUDA out-of-memory error
     at least halves the micro-batch, to a divisor of the effective batch with the accumulation that keeps it (so the
-    optimizer steps and the checkpoints stay the same), and goes on from the newest checkpoint, up to memory.oom_retries times. Every figure in the result comes from the trainer's log history,
-    which a resumed trainer restores from the checkpoint: a resumed run reports the same totals as one that ran
-    through."""
+    optimizer steps and the checkpoints stay the same), and goes on from the newest checkpoint, up to
+    memory.oom_retries times. Every figure in the result comes from the trainer's log history, which a resumed
+    trainer restores from the checkpoint: a resumed run reports the same totals as one that ran through."""
     import datasets
     import torch
     from trl import SFTTrainer
