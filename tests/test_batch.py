@@ -181,3 +181,91 @@ def test_report_to_reaches_the_trainer_and_a_missing_package_is_said_up_front(tm
     monkeypatch.delenv("WANDB_MODE", raising=False)
     problems = " ".join(check_inputs(cfg))
     assert "wandb" in problems and ("WANDB_API_KEY" in problems or "pip install wandb" in problems)
+
+
+def test_a_killed_run_fails_the_batch_and_batch_md_counts_it_failed(tmp_path, monkeypatch, tiny_model_dir,
+                                                                     sample_data):
+    """A child killed by a signal returns a negative code (-9: SIGKILL, e.g. the kernel's OOM killer): max([0, -9])
+    is 0, so the batch once said ok. Any non-zero code is a failed run."""
+    import sys
+
+    from medqlora.run import batch
+
+    logs = tmp_path / "logs"
+    suicide = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    codes = batch.run_on_gpus([("fine", [sys.executable, "-c", "pass"], logs / "a.log"),
+                               ("killed", [sys.executable, "-c", suicide], logs / "b.log")], ["0", "1"])
+    assert codes == {"fine": 0, "killed": -9}
+
+    def fake_queue(commands, gpus, tick=None, **kw):  # the second child dies mid-run, its summary still "running"
+        out = {}
+        for (name, command, _), status in zip(commands, ["ok", "running"]):
+            (reports / name).mkdir(parents=True)
+            (reports / name / "summary.json").write_text(json.dumps({"run_id": name, "status": status, "stages": []}))
+            out[name] = 0 if status == "ok" else -9
+        return out
+
+    monkeypatch.setattr(batch, "run_on_gpus", fake_queue)
+    monkeypatch.setattr(batch, "compare_report", lambda folders, out: out)  # built and tested elsewhere; slow
+    reports = tmp_path / "reports"
+    params = named_params(tmp_path, tiny_model_dir, sample_data, "one", "two")
+    assert runner.main(params + ["--gpus", "0,1", "--reports-dir", str(reports)]) == 1, "a killed run fails the batch"
+    out = next(reports.glob("batch-*"))
+    info = json.loads((out / "batch.json").read_text())
+    assert [r["status"] for r in info["runs"]] == ["ok", "failed"] and info["exit_codes"] == [0, -9]
+    md = (out / "batch.md").read_text()
+    assert md.startswith("# Batch of 2 runs: 1 succeeded, 1 failed") and "killed by signal 9 (SIGKILL" in md
+    killed = json.loads((reports / params_ids(reports)[1] / "summary.json").read_text())
+    assert killed["status"] == "failed" and "killed by signal 9" in killed["error"], "its own summary says so too"
+
+
+def params_ids(reports: Path) -> list[str]:
+    return sorted(p.name for p in reports.iterdir() if not p.name.startswith("batch-"))
+
+
+def test_gpus_forwards_resume_rerun_verbose_and_fail_fast(tmp_path, monkeypatch, tiny_model_dir, sample_data):
+    """--gpus runs each run in a child runner: a --resume continues the same run folder, a --rerun keeps rerun_of,
+    --verbose reaches the child, --fail-fast starts no run after a failed one."""
+    import sys
+
+    from medqlora.run import batch
+
+    ran, argvs, fail_train = [], [], [True]
+
+    def fake_stage(stage, run, verbose=False):
+        ran.append((run.path.name, stage, verbose))
+        if stage == "train" and fail_train[0]:
+            return "failed", 0.1, "RuntimeError: boom"
+        return "ok", 0.1, None
+
+    def in_process_queue(commands, gpus, tick=None, **kw):  # each child runner, run here instead of in a process
+        codes = {}
+        for name, command, _ in commands:
+            assert command[:2] == [sys.executable, str(ROOT / "runner.py")]
+            argvs.append(command[2:])
+            codes[name] = runner.main(command[2:])
+        return codes
+
+    monkeypatch.setattr(runner, "run_stage", fake_stage)
+    monkeypatch.setattr(batch, "run_on_gpus", in_process_queue)
+    reports = tmp_path / "reports"
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
+    assert runner.main([str(params), "--reports-dir", str(reports), "--run-id", "old"]) == 1
+    fail_train[0] = False
+    ran.clear()
+    assert runner.main(["--resume", "old", "--gpus", "0", "--verbose", "--reports-dir", str(reports)]) == 0
+    assert sorted(p.name for p in reports.iterdir()) == ["old"], "resumed in place, no new run folder"
+    assert [(r, s) for r, s, _ in ran] == [("old", "train"), ("old", "export"), ("old", "evaluate")]
+    assert all(v for _, _, v in ran), "--verbose reached the child"
+    assert json.loads((reports / "old" / "summary.json").read_text())["status"] == "ok"
+
+    assert runner.main(["--rerun", str(reports / "old"), "--gpus", "0", "--run-id", "again", "--reports-dir",
+                        str(reports)]) == 0
+    s = json.loads((reports / "again" / "summary.json").read_text())
+    assert s["rerun_of"] == str((reports / "old").resolve()) and s["status"] == "ok"
+
+    logs = tmp_path / "logs"
+    monkeypatch.undo()
+    codes = batch.run_on_gpus([(f"r{i}", [sys.executable, "-c", f"raise SystemExit({c})"], logs / f"{i}.log")
+                               for i, c in enumerate([0, 3, 0, 0])], ["0"], fail_fast=True)
+    assert codes == {"r0": 0, "r1": 3}, "--fail-fast: no run starts after one failed"

@@ -1,5 +1,6 @@
 """Memory that manages itself: the estimate's arithmetic against real models, the optimization order, runs that
 cannot fit refused up front, out-of-memory recovery in real training and in generation, memory.jsonl."""
+import itertools
 import math
 
 import pytest
@@ -175,7 +176,10 @@ def test_a_run_that_cannot_fit_says_what_would():
         PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.5, source="test", max_fraction=0.8)
     p = PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.5, source="test", max_fraction=0.8,
                  allow_shorter_seq=True, min_seq=300)
-    assert p.settings.max_seq_length == 8192 and p.steps[-1]["step"] == "max_seq_length 16384 -> 8192"
+    seq = p.settings.max_seq_length  # the longest length that fits, in steps of 64 (not only halvings)
+    longer = MEM.Settings(**{**p.settings.__dict__, "max_seq_length": seq + 64})
+    assert seq % 64 == 0 and 300 < seq < 16384 and p.steps[-1]["step"] == f"max_seq_length 16384 -> {seq}"
+    assert MEM.total(MEM.estimate_training(LLAMA_8B, longer, 16, ["q_proj"])) + p.context_gb > p.limit_gb
     with pytest.raises(PLAN.MemoryFitError):  # never below the data's p99 length
         PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=10.5, source="test", max_fraction=0.8,
                  allow_shorter_seq=True, min_seq=12000)
@@ -290,3 +294,77 @@ def test_a_model_that_cannot_be_found_says_so(tmp_path):
         MEM.model_shape(str(tmp_path / "no-model-here"))
     hint = M.load_hint("meta-llama/Llama-3.1-8B", OSError("401 Client Error. You are trying to access a gated repo."))
     assert "gated hub model" in hint and "HF_TOKEN" in hint
+
+
+def test_out_of_memory_with_an_odd_micro_batch_keeps_the_effective_batch_and_the_checkpoints(tmp_path,
+                                                                                             tiny_model_dir):
+    """Micro-batch 3 x accumulation 2 once went to 1 x 4 (printing "effective batch 6"), which changed the effective
+    batch to 4 and threw the checkpoints away. A divisor of 6 keeps it: 1 x 6, and training goes on from step 4."""
+    rows = [{"question": f"Which drug reverses overdose {i}?", "answer": f"Reversal agent {i}, given slowly."}
+            for i in range(12)]
+    src = write_jsonl(tmp_path / "t.jsonl", rows)
+    ev = write_jsonl(tmp_path / "e.jsonl", [{"question": "Which drug reverses overdose 99?", "answer": "Agent 99."}])
+    cfg = load_config(tiny_params(tmp_path, tiny_model_dir, src, ev,
+                                  train={"max_steps": 6, "save_steps": 2, "micro_batch_size": 3,
+                                         "gradient_accumulation": 2, "learning_rate": 1e-2, "group_by_length": False}))
+    run = RunDir(tmp_path / "run")
+    P.save_result(P.prepare(cfg, run, M.load_tokenizer(tiny_model_dir, cfg.model)), cfg, run)
+    lines = []
+    result = T.train(cfg, run, T.load_for_training(cfg), print_fn=lines.append, callbacks=[InjectOOM(at=5)])
+    said = "\n".join(lines)
+    assert result["memory"]["oom_retries"][0]["micro_batch"] == [3, 1]
+    assert result["memory"]["oom_retries"][0]["accumulation"] == [2, 6]
+    assert (result["effective_settings"]["micro_batch_size"], result["effective_settings"]["gradient_accumulation"]) \
+        == (1, 6)
+    assert "retrying with micro-batch 1 and accumulation 6 (effective batch 6, unchanged)" in said
+    assert "starting over" not in said and result["resumed_from"].endswith("checkpoint-4")
+    assert result["steps"] == 6 and [s for s, _ in result["losses"]] == list(range(1, 7))
+
+
+def test_a_smaller_micro_batch_always_keeps_the_effective_batch():
+    assert [PLAN.smaller_micro_batch(mb, acc) for mb, acc in [(4, 1), (3, 2), (5, 1), (6, 1), (7, 2), (2, 3)]] == \
+        [(2, 2), (1, 6), (1, 5), (3, 2), (2, 7), (1, 6)]
+    start = MEM.Settings(micro_batch_size=5, gradient_accumulation=1, max_seq_length=4096,
+                         gradient_checkpointing=True, optimizer="adamw_8bit")
+    p = PLAN.plan(LLAMA_8B, start, 16, ["q_proj"], budget=12.0, source="test", max_fraction=0.8)
+    assert p.settings.micro_batch_size < 5 and p.settings.effective_batch == 5, p.steps
+
+
+def test_the_shorter_sequence_search_takes_the_longest_length_that_fits_and_never_advises_below_the_floor():
+    """Only halvings were tried (the issue: 2,048 -> 1,024 with a p99 floor of 1,100), so a run that fits at 1,536 was
+    refused with "model.max_seq_length 1024 would fit", below the floor, and the card was sized from the shortened
+    estimate. The same at a scale where the refit estimate grows with every token at micro-batch 1 (past its
+    one-layer floor): configured 16,384, p99 9,000. Limits come from the estimate itself, whatever the coefficients."""
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    start = MEM.Settings(micro_batch_size=1, gradient_accumulation=8, max_seq_length=16384,
+                         gradient_checkpointing=True, optimizer="adamw_8bit")
+
+    def est(seq, s=start):
+        return MEM.total(MEM.estimate_training(LLAMA_8B, MEM.Settings(**{**s.__dict__, "max_seq_length": seq}), 16,
+                                               targets)) + MEM.CUDA_CONTEXT_GIB
+
+    def plan(limit, s=start, **kw):
+        return PLAN.plan(LLAMA_8B, s, 16, targets, budget=limit / 0.8, source="test", max_fraction=0.8, **kw)
+
+    lengths = [8960, 9000, *range(9024, 16385, 64)]
+    assert all(est(a) < est(b) for a, b in itertools.pairwise(lengths)), "the estimate must grow with the length here"
+    between = (est(12288) + est(12352)) / 2  # 12,288 is no power-of-two halving of 16,384
+    p = plan(between, allow_shorter_seq=True, min_seq=9000)
+    assert p.settings.max_seq_length == 12288 and p.steps[-1]["step"] == "max_seq_length 16384 -> 12288"
+    p = plan((est(9000) + est(9024)) / 2, allow_shorter_seq=True, min_seq=9000)
+    assert p.settings.max_seq_length == 9000, "the floor itself is a candidate"
+    below_floor = (est(8960) + est(9000)) / 2  # 8,960 would fit, the p99 length 9,000 would not
+    with pytest.raises(PLAN.MemoryFitError) as e:
+        plan(below_floor, allow_shorter_seq=True, min_seq=9000)
+    msg = str(e.value)
+    assert "8960 would fit" not in msg and "p99 length (9000 tokens)" in msg, msg
+    # without allow_shorter_seq the message names the longest length that fits, in steps of 64
+    with pytest.raises(PLAN.MemoryFitError, match=r"model.max_seq_length 12288 would fit"):
+        plan(between)
+    # the card for the config as written, not for what the plan made of it
+    written = MEM.Settings(micro_batch_size=4, gradient_accumulation=2, max_seq_length=16384,
+                           gradient_checkpointing=False, optimizer="adamw_torch")
+    with pytest.raises(PLAN.MemoryFitError) as e:
+        plan(below_floor, s=written, allow_shorter_seq=True, min_seq=9000)
+    card = math.ceil(est(16384, written) / 0.8)
+    assert f"a card with at least {card} GiB would fit this config as written" in str(e.value), str(e.value)

@@ -145,3 +145,32 @@ def test_packing_auto_is_on_with_unsloth_only_and_explicit_settings_win():
     assert P.resolve("auto", "unsloth") is True and P.resolve("auto", "hf") is False
     assert P.resolve(True, "hf") is True and P.resolve(False, "unsloth") is False
     assert P.segments([0, 1, 2, 0, 1, 0, 1, 2, 3, 0, 0]) == [(0, 3), (3, 5), (5, 9)]
+
+
+def test_a_row_of_one_example_compares_nothing_so_the_check_searches_on_and_else_says_not_checked(packed_run):
+    """Only row 0 of the first batch was checked: a row holding one example "passed" even for a model that attends
+    across examples (it has no other example to attend to). The check now looks for a row holding two or more."""
+    cfg, run = packed_run
+    loaded = T.load_for_training(cfg)
+    ds, _, batch = packed_batch(cfg, run, loaded)
+    a, b = P.segments(batch["position_ids"][0].tolist())[0]
+    lone = {k: batch[k][:, a:b] for k in ("input_ids", "labels", "position_ids")}  # a packed row of one example
+    crossing = IgnoresPackingMarks(loaded.model)
+    only_one = P.check(crossing, lone, ds.to_list())
+    assert not only_one.passed and not only_one.failed and only_one.verdict == "not checked"
+    assert "not checked" in only_one.line() and "isolated" not in only_one.line()
+    assert only_one.to_dict()["passed"] is False and only_one.to_dict()["verdict"] == "not checked"
+    found = P.check(crossing, [lone, lone, batch], ds.to_list())
+    assert found.failed and found.examples >= 2 and found.batches_searched == 3
+    assert "EXAMPLES NOT ISOLATED" in found.line() and "batch 3" in found.line()
+    assert P.check(loaded.model, [lone, batch], ds.to_list()).passed
+
+
+def test_training_goes_on_packed_when_the_check_could_compare_nothing(packed_run, monkeypatch):
+    cfg, run = packed_run
+    nothing = P.PackingCheck(0, 0, 0.0, 0.0, True, 0, [], [], P.MAX_SEARCH_BATCHES)
+    monkeypatch.setattr(P, "check_trainer", lambda *a, **k: nothing)
+    lines = []
+    result = T.train(cfg, run, T.load_for_training(cfg), print_fn=lines.append)
+    assert result["packing"] is True and result["packing_check"]["verdict"] == "not checked"
+    assert any(line.startswith("packing check: not checked") for line in lines)

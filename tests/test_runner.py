@@ -234,3 +234,42 @@ def test_set_data_source_accepts_each_format(tmp_path, tiny_model_dir, case):
     # 20 rows split by a hash of the question: P(no eval or no train row) = 2 * 0.5**20
     assert prep["rows_read"] == 20 and sum(prep["kept"].values()) == 20
     assert prep["kept"].get("train", 0) > 0 and prep["kept"].get("eval", 0) > 0
+
+
+def test_resume_refuses_a_stale_stage_left_out_of_stages_and_moves_nothing(tmp_path, tiny_model_dir, sample_data,
+                                                                           monkeypatch, capsys):
+    """--resume --stages export --set lora.r=32 once said "redoing train and every stage after it", moved
+    results/train.json aside and ran export alone on the old adapter. Now: exit 2, the stages to add, nothing moved."""
+    from medqlora.run import cli
+
+    ran = []
+
+    def fake_stage(stage, run, verbose=False):
+        ran.append(stage)
+        run.save_result(stage, {"n": len(ran), "adapter_dir": "a", "export_dir": "e",
+                                "metrics": {"base": {}, "finetuned": {}}})
+        return "ok", 0.1, None
+
+    monkeypatch.setattr(cli, "run_stage", fake_stage)
+    reports = tmp_path / "reports"
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
+    assert cli.main([str(params), "--reports-dir", str(reports), "--run-id", "r"]) == 0
+    run = reports / "r"
+    before = {p.name: p.read_text() for p in (run / "results").iterdir()}
+    config = (run / "config.yaml").read_text()
+    ran.clear()
+    capsys.readouterr()
+    assert cli.main(["--resume", "r", "--stages", "export", "--set", "lora.r=32", "--reports-dir", str(reports)]) == 2
+    err = capsys.readouterr().err
+    assert "settings changed since stage train ran (lora.r 8 -> 32)" in err
+    assert "add train, evaluate to --stages (--stages train,export,evaluate)" in err
+    assert ran == [] and not (run / "superseded").exists(), "nothing run, nothing moved aside"
+    assert {p.name: p.read_text() for p in (run / "results").iterdir()} == before
+    assert (run / "config.yaml").read_text() == config, "the run's settings are not rewritten by a refused resume"
+
+    assert cli.main(["--resume", "r", "--stages", "train,export,evaluate", "--set", "lora.r=32", "--reports-dir",
+                     str(reports)]) == 0
+    out = capsys.readouterr().out
+    assert ran == ["train", "export", "evaluate"] and "redoing train, export, evaluate" in out
+    assert sorted(p.name for p in next((run / "superseded").iterdir()).glob("*.result.json")) == [
+        "evaluate.result.json", "export.result.json", "train.result.json"]

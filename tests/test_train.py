@@ -220,3 +220,74 @@ def test_a_nan_adapter_is_never_published(tmp_path, tiny_model_dir):
         E.export(cfg, run)
     assert not run.export_dir.exists() and not (tmp_path / "published").exists()
     assert not list(run.path.glob("export*")), "no half-made export folder is left behind"
+
+
+def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_newest_complete_one(tmp_path, tiny_model_dir,
+                                                                                    monkeypatch):
+    """A Colab disconnect (kill -9) just as checkpoint-8 was being written left a folder with the adapter but no
+    optimizer or trainer state; every resume picked it as the newest and failed ("Can't find a valid checkpoint")."""
+    from transformers import Trainer
+
+    cfg, whole_run = prepared_run(tmp_path, tiny_model_dir, "whole", max_steps=12)
+    whole = T.train(cfg, whole_run, T.load_for_training(cfg), print_fn=quiet)
+
+    cfg, cut_run = prepared_run(tmp_path, tiny_model_dir, "cut", max_steps=12)
+    real = Trainer._save_optimizer_and_scheduler
+
+    def killed_between_model_and_optimizer(self, output_dir):
+        if output_dir.endswith("checkpoint-8"):
+            raise SystemExit("killed while checkpoint-8 was being written")  # not an Exception: nothing catches it
+        return real(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", killed_between_model_and_optimizer)
+    with pytest.raises(SystemExit):
+        T.train(cfg, cut_run, T.load_for_training(cfg), print_fn=quiet)
+    monkeypatch.undo()
+    partial = cut_run / "checkpoints" / "checkpoint-8"
+    assert (partial / "adapter_model.safetensors").is_file() and not (partial / "optimizer.pt").exists()
+
+    lines = []
+    resumed = T.train(cfg, cut_run, T.load_for_training(cfg), print_fn=lines.append)
+    said = "\n".join(lines)
+    assert "checkpoint-8 is incomplete" in said and "resuming from" in said and said.index("incomplete") < said.index(
+        "resuming from"), said
+    assert resumed["resumed_from"].endswith("checkpoint-4") and resumed["sessions"]["this_session_steps"] == 8
+    assert resumed["steps"] == whole["steps"] == 12
+    assert [s for s, _ in resumed["losses"]] == [s for s, _ in whole["losses"]] == list(range(1, 13))
+    assert resumed["final_loss"] == pytest.approx(whole["final_loss"], rel=0.02)
+    assert (cut_run / "checkpoints" / "checkpoint-12" / "trainer_state.json").is_file()
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_training_process_during_a_checkpoint_save_then_resume(tmp_path, tiny_model_dir):
+    """The same as a real kill: a child process trains and SIGKILLs itself after checkpoint-8's model files, before
+    its optimizer file; a resume in this process finishes the run (the issue's reproduction, made deterministic)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cfg, run = prepared_run(tmp_path, tiny_model_dir, "k9", max_steps=12)
+    script = "\n".join([
+        "import os, signal",
+        "from transformers import Trainer",
+        "from medqlora.config import load_config",
+        "from medqlora.core.rundir import RunDir",
+        "from medqlora.training import train as T",
+        "real = Trainer._save_optimizer_and_scheduler",
+        "def save(self, out):",
+        "    if out.endswith('checkpoint-8'):",
+        "        os.kill(os.getpid(), signal.SIGKILL)",
+        "    return real(self, out)",
+        "Trainer._save_optimizer_and_scheduler = save",
+        f"cfg = load_config({str(tmp_path / 'k9' / 'tiny.yaml')!r})",
+        f"T.train(cfg, RunDir({str(run.path)!r}), T.load_for_training(cfg), print_fn=lambda *a: None)"])
+    child = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                           check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert child.returncode == -9, child.stderr[-2000:]
+    assert not (run / "checkpoints" / "checkpoint-8" / "trainer_state.json").exists()
+    lines = []
+    resumed = T.train(cfg, run, T.load_for_training(cfg), print_fn=lines.append)
+    assert "checkpoint-8 is incomplete" in "\n".join(lines) and resumed["resumed_from"].endswith("checkpoint-4")
+    assert resumed["steps"] == 12 and [s for s, _ in resumed["losses"]] == list(range(1, 13))

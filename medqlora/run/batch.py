@@ -2,29 +2,57 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
-from medqlora.config import ConfigError, RunConfig
+from medqlora.config import ConfigError
 from medqlora.core.rundir import IN_CHECKOUT, PROJECT, STAGES, read_json, write_json
 from medqlora.core.system import clock
 from medqlora.run.compare import compare_report
 from medqlora.run.stages import EXIT_OK
 
 
-def batch_summary(folders: list[Path], reports: Path, codes: list[int]) -> Path:
-    """reports/batch-<time>/: batch.md and batch.json (each run's status) and the comparison report."""
+def exit_note(code: int | None) -> str:
+    """What a child runner's exit code means: a negative one is the signal that killed it."""
+    if code is None:
+        return "not started (--fail-fast)"
+    if code < 0:
+        try:
+            name = f" ({signal.Signals(-code).name}" + (": e.g. the kernel's out-of-memory killer)"
+                                                        if -code == signal.SIGKILL else ")")
+        except ValueError:
+            name = ""
+        return f"exit {code}: killed by signal {-code}{name}"
+    return f"exit {code}"
+
+
+def batch_failed(codes: list[int | None]) -> bool:
+    """Any code but 0 is a failed run: 1 a stage failed, 2 invalid input, negative killed, None never started."""
+    return any(c != EXIT_OK for c in codes)
+
+
+def batch_summary(folders: list[Path], reports: Path, codes: list[int | None]) -> Path:
+    """reports/batch-<time>/: batch.md and batch.json (each run's status) and the comparison report. A run whose
+    runner did not exit 0 is failed whatever its summary.json says (a killed child never wrote its end)."""
     from medqlora.run.compare import load_runs, summary_md
 
     out = reports / f"batch-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(folders)
+    for r, code in zip(runs, codes):
+        if code != EXIT_OK and r["status"] != "failed":
+            r["status"] = "not started" if code is None else "failed"
+            r["failed_stage"] = r["failed_stage"] or exit_note(code)
+        elif code != EXIT_OK:
+            r["failed_stage"] = f"{r['failed_stage']} ({exit_note(code)})"
     write_json(out / "batch.json", {"runs": [{"run": r["run"], "path": r["path"], "status": r["status"],
                                               "failed_stage": r["failed_stage"]} for r in runs],
                                     "exit_codes": codes})
-    text = f"# Batch of {len(runs)} runs: {sum(c == EXIT_OK for c in codes)} succeeded\n\n" + summary_md(runs)
+    ok = sum(c == EXIT_OK for c in codes)
+    text = f"# Batch of {len(runs)} runs: {ok} succeeded, {len(codes) - ok} failed\n\n" + summary_md(runs)
     try:
         html = compare_report([str(f) for f in folders], out)
         text += f"\nComparison report: [{html.name}]({html.name})\n"
@@ -49,9 +77,12 @@ def gpu_ids(arg: str) -> list[str]:
     return ids
 
 
-def run_on_gpus(jobs: list[tuple[str, list[str], Path]], gpus: list[str], tick=None) -> dict[str, int]:
+def run_on_gpus(jobs: list[tuple[str, list[str], Path]], gpus: list[str], tick=None,
+                fail_fast: bool = False) -> dict[str, int]:
     """Run each job (name, command, log file) with CUDA_VISIBLE_DEVICES set to a free GPU, in order, at most one job
-    per GPU at a time; tick(running, codes) is called every second with {gpu: name} and the exit codes so far."""
+    per GPU at a time; tick(running, codes) is called every second with {gpu: name} and the exit codes so far.
+    With fail_fast no job starts after one exited non-zero (those running finish); the jobs never started have no
+    code."""
     import subprocess
 
     queue = list(jobs)
@@ -71,9 +102,14 @@ def run_on_gpus(jobs: list[tuple[str, list[str], Path]], gpus: list[str], tick=N
                 log.close()
                 codes[name] = proc.returncode
                 del running[gpu]
+                if fail_fast and proc.returncode != 0 and queue:
+                    print(f"--fail-fast: {name} failed ({exit_note(proc.returncode)}); {len(queue)} runs not "
+                          "started", file=sys.stderr, flush=True)
+                    queue.clear()
         if tick:
             tick({gpu: name for gpu, (name, _, _) in running.items()}, codes)
-        time.sleep(1)
+        if queue or running:
+            time.sleep(1)
     return codes
 
 
@@ -83,11 +119,34 @@ def runner_command() -> list[str]:
                                                              "sys.exit(main())"]
 
 
-def run_parallel(jobs: list[tuple[RunConfig, str]], gpus: list[str], reports: Path, argv_common: list[str],
-                 run_ids: list[str]) -> list[int]:
-    """One child runner per run, on its own GPU (run_on_gpus); the terminal gets a combined line from the runs'
-    summary.json files, each child's output its run folder."""
+def mark_killed(summary: Path, code: int | None) -> None:
+    """A child that died without finishing (killed: negative code) left summary.json saying "running": say failed,
+    and why, so that every report built from it (summary.md, the comparison) tells the truth."""
+    if code is None or code == EXIT_OK or not summary.is_file():
+        return
+    data = read_json(summary)
+    if data.get("status") == "running":
+        data.update(status="failed", error=f"the runner ended without finishing ({exit_note(code)})",
+                    finished=datetime.now().isoformat(timespec="seconds"))
+        write_json(summary, data)
+
+
+def child_argv(run_id: str, params_file: str, reports: Path, resume: bool, rerun: str | None, overrides: list[str],
+               stages: str | None, verbose: bool) -> list[str]:
+    """The child runner's arguments for one run of a --gpus batch: the same run as without --gpus (a --resume
+    continues its own folder, a --rerun keeps what it repeats), under the given run id."""
+    what = ["--resume", run_id] if resume else ["--rerun", rerun, "--run-id", run_id] if rerun else \
+        [params_file, "--run-id", run_id]
+    return [*what, "--reports-dir", str(reports), *[a for o in overrides for a in ("--set", o)],
+            *(["--stages", stages] if stages else []), *(["--verbose"] if verbose else [])]
+
+
+def run_parallel(children: list[tuple[str, list[str]]], gpus: list[str], reports: Path,
+                 fail_fast: bool = False) -> list[int | None]:
+    """One child runner per (run id, its arguments), on its own GPU (run_on_gpus); the terminal gets a combined line
+    from the runs' summary.json files, each child's output its run folder. A run never started has None."""
     t0, last = time.time(), [""]
+    run_ids = [r for r, _ in children]
 
     def tick(running: dict[str, str], codes: dict[str, int]) -> None:
         parts = []
@@ -100,10 +159,10 @@ def run_parallel(jobs: list[tuple[RunConfig, str]], gpus: list[str], reports: Pa
             print(line, flush=True)
             last[0] = line.split("| elapsed")[0]
 
-    commands = [(run_id, [sys.executable, *runner_command(), f, "--run-id", run_id, "--reports-dir",
-                          str(reports), *argv_common], reports / run_id / "terminal.log")
-                for run_id, (_, f) in zip(run_ids, jobs)]
-    codes = run_on_gpus(commands, gpus, tick)
+    commands = [(run_id, [sys.executable, *runner_command(), *argv], reports / run_id / "terminal.log")
+                for run_id, argv in children]
+    codes = run_on_gpus(commands, gpus, tick, fail_fast=fail_fast)
     for run_id in run_ids:
-        print(f"{run_id}: exit {codes[run_id]} (output in {reports / run_id / 'terminal.log'})")
-    return [codes[r] for r in run_ids]
+        mark_killed(reports / run_id / "summary.json", codes.get(run_id))
+        print(f"{run_id}: {exit_note(codes.get(run_id))} (output in {reports / run_id / 'terminal.log'})")
+    return [codes.get(r) for r in run_ids]

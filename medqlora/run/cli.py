@@ -26,15 +26,16 @@ from medqlora.config import (
     stage_inputs,
 )
 from medqlora.core.rundir import IN_CHECKOUT, NOTEBOOKS, PROJECT, STAGES, RunDir, default_reports, write_json
-from medqlora.run.batch import batch_summary, gpu_ids, run_parallel
+from medqlora.run.batch import batch_failed, batch_summary, child_argv, gpu_ids, run_parallel
 from medqlora.run.compare import compare_main
 from medqlora.run.stages import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
+    ResumePlan,
+    plan_resume,
     run_stage,
     set_aside,
-    stale_stage,
 )
 from medqlora.run.summary import Summary, readable
 from medqlora.run.terminal import Progress, QuietNotebookOutput, run_log
@@ -115,7 +116,7 @@ def validated(path: Path, overrides: list[str]) -> RunConfig:
     return cfg
 
 
-def execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_file: str, resume: bool,
+def execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_file: str, resume: ResumePlan | None,
             progress: Progress | None = None, run_i: int = 1) -> int:
     handler = run_log(run)
     logging.getLogger().addHandler(handler)
@@ -137,28 +138,22 @@ def write_report(run: RunDir) -> None:
         print(f"note: could not write {run / 'report.html'}: {type(e).__name__}: {e}", file=sys.stderr)
 
 
-def _execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_file: str, resume: bool,
+def _execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_file: str, resume: ResumePlan | None,
              progress: Progress, run_i: int) -> int:
     summary = Summary(run, run_id, cfg, params_file)
-    if resume:
-        # A stage never run before one that succeeded was left out on purpose (--stages): not unfinished.
-        ok = [STAGES.index(s) for s in STAGES if summary.stage_status(s) == "ok"]
-        last_ok = max(ok, default=-1)
-        first = next((s for s in stages if summary.stage_status(s) != "ok"
-                      and (summary.stage_status(s) is not None or STAGES.index(s) > last_ok)), None)
-        stale = stale_stage(summary, cfg)
-        if stale and (first is None or STAGES.index(stale[0]) < STAGES.index(first)):
-            first = stale[0]
-            print(f"{run_id}: settings changed since stage {first} ran ({'; '.join(stale[1])}): "
-                  f"redoing {first} and every stage after it")
-        if first is None:
+    if resume is not None:
+        if resume.stale and resume.stale[0] == resume.first:
+            print(f"{run_id}: settings changed since stage {resume.first} ran ({'; '.join(resume.stale[1])}): "
+                  f"redoing {', '.join(resume.run)}")
+        if resume.first is None:
             print(f"{run_id}: every stage already succeeded with these settings; nothing to resume")
             summary.collect()
             summary.finish("ok")
             return EXIT_OK
-        stages = [s for s in stages if STAGES.index(s) >= STAGES.index(first)]
-        aside = set_aside(run, summary, [s for s in STAGES if STAGES.index(s) >= STAGES.index(first)])
-        print(f"{run_id}: resuming at stage {first}" + (f" (earlier outputs of redone stages in {aside})" if aside else ""))
+        stages = resume.run
+        aside = set_aside(run, summary, resume.redo)
+        print(f"{run_id}: resuming at stage {resume.first}"
+              + (f" (earlier outputs of redone stages in {aside})" if aside else ""))
     summary.save()
     for j, stage in enumerate(stages, start=1):
         print(f"\n{progress.line(run_i, run_id, j, stage, stages)}\n=== {run_id}: {stage} -> "
@@ -217,6 +212,7 @@ def main(argv=None) -> int:
               "(the Colab Enterprise driver notebook copies its run folder to gs:// itself)", file=sys.stderr)
         return EXIT_INVALID
     reports = args.reports_dir if remote else Path(args.reports_dir).resolve()  # papermill runs in the project
+    resume_plan = None
     try:
         stages = _stages(args.stages)
         if args.resume:
@@ -226,6 +222,9 @@ def main(argv=None) -> int:
             if not (run_path / "config.yaml").is_file():
                 raise ConfigError(f"--resume {args.resume}: no run folder with config.yaml at {run_path}")
             jobs = [(validated(run_path / "config.yaml", args.overrides), str(run_path / "config.yaml"))]
+            # where it starts, decided before anything is written: a refusal leaves the run as it was
+            cfg, old = jobs[0][0], RunDir(run_path)
+            resume_plan = plan_resume(old, Summary(old, args.resume, cfg, jobs[0][1]), cfg, stages)
         elif args.rerun:
             if args.params:
                 raise ConfigError("--rerun takes the earlier run's own config.yaml; give no params files with it")
@@ -267,12 +266,14 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_INVALID
         stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
-        run_ids = [f"{cfg.run_name}-{stamp}-{i}" for i, (cfg, _) in enumerate(jobs, start=1)]
-        common = [a for o in args.overrides for a in ("--set", o)] + (["--stages", args.stages] if args.stages else [])
-        codes = run_parallel(jobs, gpus, reports, common, run_ids)
+        run_ids = [args.resume] if args.resume else [args.run_id] if args.run_id else \
+            [f"{cfg.run_name}-{stamp}-{i}" for i, (cfg, _) in enumerate(jobs, start=1)]
+        children = [(run_id, child_argv(run_id, f, reports, bool(args.resume), args.rerun, args.overrides,
+                                        args.stages, args.verbose)) for run_id, (_, f) in zip(run_ids, jobs)]
+        codes = run_parallel(children, gpus, reports, args.fail_fast)
         if len(jobs) > 1:
             batch_summary([reports / r for r in run_ids], reports, codes)
-        return max(codes)
+        return EXIT_FAILED if batch_failed(codes) else EXIT_OK
     progress = Progress(len(jobs), args.verbose)
     codes, folders = [], []
     for i, (cfg, f) in enumerate(jobs, start=1):
@@ -289,7 +290,7 @@ def main(argv=None) -> int:
             write_environment(run, f, argv, rerun_of)
             if rerun_of:
                 write_json(run / "summary.json", {"run_id": run_id, "rerun_of": rerun_of, "stages": []})
-        codes.append(execute(cfg, run, run_id, stages, f, bool(args.resume), progress, i))
+        codes.append(execute(cfg, run, run_id, stages, f, resume_plan, progress, i))
         folders.append(run_path)
         if codes[-1] != EXIT_OK and args.fail_fast and i < len(jobs):
             print(f"--fail-fast: stopping the batch after {run_id} failed ({len(jobs) - i} runs not started)",
@@ -297,4 +298,4 @@ def main(argv=None) -> int:
             break
     if len(jobs) > 1:
         batch_summary(folders, reports, codes)
-    return max(codes) if len(codes) == len(jobs) else EXIT_FAILED
+    return EXIT_FAILED if batch_failed(codes) or len(codes) < len(jobs) else EXIT_OK

@@ -5,10 +5,11 @@ import contextlib
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from medqlora.config import RunConfig, changed_keys, stage_inputs
+from medqlora.config import ConfigError, RunConfig, changed_keys, stage_inputs
 from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir, kernel_cwd, notebook_dir
 from medqlora.run.summary import Summary
 
@@ -79,3 +80,38 @@ def set_aside(run: RunDir, summary: Summary, stages: list[str]) -> Path | None:
     summary.data["stages"] = [s for s in summary.data["stages"] if s["name"] not in stages]
     summary.collect()
     return dest
+
+
+@dataclass
+class ResumePlan:
+    """What a --resume does: the stages it runs, and the earlier outputs it sets aside (all of them redone)."""
+    first: str | None  # the first stage to run; None: nothing to resume
+    run: list[str] = field(default_factory=list)
+    stale: tuple[str, list[str]] | None = None  # the first stage whose settings changed, and the changes
+    redo: list[str] = field(default_factory=list)  # stages with earlier outputs, set aside before they run again
+
+
+def plan_resume(run: RunDir, summary: Summary, cfg: RunConfig, stages: list[str]) -> ResumePlan:
+    """Decide, before anything is written or moved, where a --resume starts. Redoing a stage makes the outputs of
+    every later stage that ran stale: each such stage must be in --stages, else the resume is refused (ConfigError,
+    with the stages to add), so that no result is set aside for work that will not be done."""
+    # A stage never run before one that succeeded was left out on purpose (--stages): not unfinished.
+    last_ok = max((STAGES.index(s) for s in STAGES if summary.stage_status(s) == "ok"), default=-1)
+    first = next((s for s in stages if summary.stage_status(s) != "ok"
+                  and (summary.stage_status(s) is not None or STAGES.index(s) > last_ok)), None)
+    stale = stale_stage(summary, cfg)
+    if stale and (first is None or STAGES.index(stale[0]) < STAGES.index(first)):
+        first = stale[0]
+    if first is None:
+        return ResumePlan(None, [], stale)
+    later = [s for s in STAGES if STAGES.index(s) >= STAGES.index(first)]
+    redo = [s for s in later if summary.stage(s) or run.result_path(s).is_file() or (run / NOTEBOOKS[s]).is_file()]
+    missing = [s for s in redo if s not in stages]
+    if missing:
+        why = (f"settings changed since stage {first} ran ({'; '.join(stale[1])})" if stale and stale[0] == first
+               else f"stage {first} runs again")
+        need = [s for s in STAGES if s in stages or s in missing]
+        raise ConfigError(f"--resume: {why}, so {', '.join(redo)} must be redone, but --stages leaves out "
+                          f"{', '.join(missing)}: add {', '.join(missing)} to --stages (--stages {','.join(need)}) "
+                          "or leave --stages out. Nothing was run or moved.")
+    return ResumePlan(first, [s for s in stages if s in later], stale, redo)

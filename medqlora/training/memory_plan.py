@@ -87,8 +87,7 @@ def plan(shape: ModelShape, start: Settings, lora_r: int, targets: list[str], bu
     if est(s) > limit and "8bit" not in s.optimizer:
         apply(f"optimizer {s.optimizer} -> adamw_8bit", Settings(**{**asdict(s), "optimizer": "adamw_8bit"}))
     while est(s) > limit and s.micro_batch_size > 1:
-        mb = s.micro_batch_size // 2
-        acc = s.effective_batch // mb if s.effective_batch % mb == 0 else s.gradient_accumulation * 2
+        mb, acc = smaller_micro_batch(s.micro_batch_size, s.gradient_accumulation)
         apply(f"micro-batch {s.micro_batch_size} -> {mb}, accumulation {s.gradient_accumulation} -> {acc} "
               f"(effective batch {mb * acc})", Settings(**{**asdict(s), "micro_batch_size": mb,
                                                            "gradient_accumulation": acc}))
@@ -105,38 +104,58 @@ def plan(shape: ModelShape, start: Settings, lora_r: int, targets: list[str], bu
         steps[-1]["grows"] = True
     if est(s) > limit and allow_shorter_seq:
         floor = max(MIN_SEQ_STEP, min_seq or MIN_SEQ_STEP)
-        seq = s.max_seq_length
-        while est(Settings(**{**asdict(s), "max_seq_length": seq})) > limit and seq // 2 >= floor:
-            seq //= 2
-        seq = max(seq, floor)
-        if seq < s.max_seq_length:
+        seq = next((n for n in seq_candidates(s.max_seq_length, floor)
+                    if est(Settings(**{**asdict(s), "max_seq_length": n})) <= limit), None)
+        if seq is not None:
             apply(f"max_seq_length {s.max_seq_length} -> {seq}", Settings(**{**asdict(s), "max_seq_length": seq}))
     final = est(s)
     p = Plan(s, round(final, 2), round(limit, 2), round(budget, 2), source, steps,
              {k: round(v, 3) for k, v in estimate_training(shape, s, lora_r, targets).items()}, context_gb)
     if final > limit:
-        raise MemoryFitError(unfit_message(shape, s, lora_r, targets, final, limit, budget, source, max_fraction,
-                                           allow_shorter_seq, context_gb))
+        raise MemoryFitError(unfit_message(shape, start, s, lora_r, targets, limit, budget, source, max_fraction,
+                                           allow_shorter_seq, context_gb, min_seq))
     return p
 
 
-def unfit_message(shape, s: Settings, lora_r, targets, final, limit, budget, source, max_fraction, allow_shorter,
-                  context_gb) -> str:
-    """What would fit: the longest max_seq_length at micro-batch 1, and the smallest card for this config."""
-    seq = s.max_seq_length
-    while seq > MIN_SEQ_STEP and total(estimate_training(
-            shape, Settings(**{**asdict(s), "max_seq_length": seq}), lora_r, targets)) + context_gb > limit:
-        seq //= 2
-    fits_seq = total(estimate_training(shape, Settings(**{**asdict(s), "max_seq_length": seq}),
-                                       lora_r, targets)) + context_gb <= limit
-    card = final / max_fraction
+def smaller_micro_batch(micro_batch: int, accumulation: int) -> tuple[int, int]:
+    """At most half the micro-batch, with the accumulation that keeps the effective batch (and so the optimizer's
+    trajectory and the checkpoints): the largest divisor of the effective batch up to micro_batch // 2."""
+    effective = micro_batch * accumulation
+    mb = next(d for d in range(max(micro_batch // 2, 1), 0, -1) if effective % d == 0)  # 1 always divides
+    return mb, effective // mb
+
+
+def seq_candidates(longest: int, floor: int) -> list[int]:
+    """Shorter max_seq_lengths to try, longest first: the multiples of MIN_SEQ_STEP between floor and longest, then
+    the floor itself (the data's p99 length, below which more than 1% of the examples would be left out)."""
+    top = (longest - 1) // MIN_SEQ_STEP * MIN_SEQ_STEP
+    return list(range(top, floor, -MIN_SEQ_STEP)) + ([floor] if floor < longest else [])
+
+
+def unfit_message(shape, start: Settings, s: Settings, lora_r, targets, limit, budget, source, max_fraction,
+                  allow_shorter, context_gb, min_seq: int | None = None) -> str:
+    """What would fit: the longest max_seq_length at these settings (saying so when it is below the data's p99
+    length), and the smallest card for the config as written (start) and with the plan's optimizations (s)."""
+    def est(x: Settings, seq: int | None = None) -> float:
+        return total(estimate_training(shape, Settings(**{**asdict(x), "max_seq_length": seq or x.max_seq_length}),
+                                       lora_r, targets)) + context_gb
+
+    final = est(s)
+    fits = next((n for n in seq_candidates(s.max_seq_length, MIN_SEQ_STEP) if est(s, n) <= limit), None)
+    if fits is None:
+        advice = "no max_seq_length fits; "
+    elif min_seq and fits < min_seq:
+        advice = (f"no model.max_seq_length from the data's p99 length ({min_seq} tokens) up fits ({fits} would, "
+                  "leaving out more than 1% of the training examples); ")
+    else:
+        advice = f"model.max_seq_length {fits} would fit" + ("" if allow_shorter else
+                  " (set memory.allow_shorter_seq: true to let the run shorten it, or set it yourself)") + "; "
+    written, optimized = math.ceil(est(start) / max_fraction), math.ceil(final / max_fraction)
     return (f"the run needs about {final:.1f} GiB at its peak even at micro-batch {s.micro_batch_size} with gradient "
             f"checkpointing and an 8-bit optimizer, more than {max_fraction:.0%} of the {budget:.1f} GiB budget "
-            f"({source}), i.e. {limit:.1f} GiB. "
-            + (f"model.max_seq_length {seq} would fit" + ("" if allow_shorter else
-               " (set memory.allow_shorter_seq: true to let the run shorten it, or set it yourself)") + "; "
-               if fits_seq else "no max_seq_length fits; ")
-            + f"a card with at least {math.ceil(card)} GiB would fit this config as it is")
+            f"({source}), i.e. {limit:.1f} GiB. " + advice
+            + f"a card with at least {written} GiB would fit this config as written"
+            + (f" ({optimized} GiB with the changes above)" if optimized != written else ""))
 
 
 RUNTIME_GIB_CPU = 2.0  # Python, torch and the libraries: the floor of a CPU run's RSS, measured here

@@ -4,8 +4,9 @@ the loss it would have alone, prompt tokens masked as before.
 TRL packs with best-fit decreasing and marks where each example starts by restarting position_ids at 0. What
 keeps the examples apart is the attention: Unsloth builds a block-diagonal mask from those positions, and
 transformers' SDPA path does the same, but only when no KV cache is passed (TRL's chunked loss calls the model
-without one; train() also turns `model.config.use_cache` off). `check` measures it on the run's own
-first packed row before any training step: each example's loss inside the row against its loss alone.
+without one; train() also turns `model.config.use_cache` off). `check` measures it before any training step on
+the run's first packed row holding two examples or more: each example's loss inside the row against its loss alone
+(a row of one example compares nothing; with no such row the check says "not checked", never "passed").
 """
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ def segments(position_ids) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out if b - a > 1]
 
 
+MAX_SEARCH_BATCHES = 200  # batches looked through for a row holding two examples (collating only: cheap)
+
+
 @dataclass
 class PackingCheck:
-    examples: int
+    examples: int  # examples with answer tokens in the row checked; under 2: nothing was compared
     answer_tokens: int
     max_abs_diff: float
     tolerance: float
@@ -41,34 +45,77 @@ class PackingCheck:
     prompt_checked: int  # examples whose unpacked labels were at hand to compare with
     losses_packed: list[float]
     losses_alone: list[float]
+    batches_searched: int = 1  # batches looked through to find a row holding at least two examples
+
+    @property
+    def checked(self) -> bool:
+        """Only a row holding two examples or more can show one example attending to another."""
+        return self.examples >= 2
 
     @property
     def passed(self) -> bool:
-        return self.prompt_masked and self.max_abs_diff <= self.tolerance
+        return self.checked and self.prompt_masked and self.max_abs_diff <= self.tolerance
+
+    @property
+    def failed(self) -> bool:
+        return self.checked and not self.passed
+
+    @property
+    def verdict(self) -> str:
+        return "passed" if self.passed else "FAILED" if self.failed else "not checked"
 
     def line(self) -> str:
+        if not self.checked:
+            return (f"packing check: not checked: no packed row in the {self.batches_searched} batches searched holds "
+                    "two examples with answer tokens, so none could show examples attending to each other")
         verdict = "examples isolated" if self.passed else "EXAMPLES NOT ISOLATED"
-        return (f"packing check: {self.examples} examples in the first packed row, per-example loss packed vs alone "
+        where = ("the first packed row" if self.batches_searched == 1
+                 else f"a packed row of batch {self.batches_searched}")
+        return (f"packing check: {self.examples} examples in {where}, per-example loss packed vs alone "
                 f"max difference {self.max_abs_diff:.2e} (tolerance {self.tolerance:g}), prompt tokens "
                 f"{'masked' if self.prompt_masked else 'NOT masked'} ({self.prompt_checked} compared): {verdict}")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "checked": self.checked, "passed": self.passed, "verdict": self.verdict}
+
+
+def _answer_segments(labels, position_ids) -> list[tuple[int, int]]:
+    return [s for s in segments(position_ids.tolist()) if (labels[s[0] + 1:s[1]] != -100).any()]
+
+
+def find_row(batches, max_batches: int = MAX_SEARCH_BATCHES) -> tuple[dict | None, int]:
+    """The first row, as a batch of one, holding at least two examples with answer tokens, and how many batches
+    were looked through (all of them, up to max_batches, when there is none)."""
+    searched = 0
+    for batch in batches:
+        if searched >= max_batches:
+            break
+        searched += 1
+        n = batch["input_ids"].shape[0]
+        for r in range(n):
+            if len(_answer_segments(batch["labels"][r], batch["position_ids"][r])) >= 2:
+                return {k: v[r:r + 1] if getattr(v, "ndim", 0) and v.shape[0] == n else v
+                        for k, v in batch.items()}, searched
+    return None, searched
 
 
 def _loss(model, **kw) -> float:
     return float(model(**kw).loss.float())
 
 
-def check(model, batch: dict, dataset_rows: list[dict] | None = None, max_examples: int = 8) -> PackingCheck:
-    """Per-example losses of the first row of a packed batch (other examples' labels masked, so the loss is that
-    example's alone) against the same example run by itself. dataset_rows, the unpacked training rows, lets the
-    check also confirm each example's prompt mask survived packing."""
+def check(model, batches, dataset_rows: list[dict] | None = None, max_examples: int = 8) -> PackingCheck:
+    """Per-example losses in a packed row (other examples' labels masked, so the loss is that example's alone)
+    against the same example run by itself. `batches`, one batch or an iterable of them, is searched for the first
+    row holding at least two examples; without one the result is "not checked", never passed. dataset_rows, the
+    unpacked training rows, lets the check also confirm each example's prompt mask survived packing."""
     import torch
 
-    ids, labels, pos = batch["input_ids"][:1], batch["labels"][:1], batch["position_ids"][:1]
-    extra = {k: v for k, v in batch.items() if k not in ("input_ids", "labels", "position_ids", "attention_mask")}
-    segs = [s for s in segments(pos[0].tolist()) if (labels[0, s[0] + 1:s[1]] != -100).any()][:max_examples]
+    row, searched = find_row([batches] if isinstance(batches, dict) else batches)
+    if row is None:
+        return PackingCheck(0, 0, 0.0, 0.0, True, 0, [], [], searched)
+    ids, labels, pos = row["input_ids"], row["labels"], row["position_ids"]
+    extra = {k: v for k, v in row.items() if k not in ("input_ids", "labels", "position_ids", "attention_mask")}
+    segs = _answer_segments(labels[0], pos[0])[:max_examples]
     by_ids = {tuple(r["input_ids"]): r["labels"] for r in dataset_rows or []}
     dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
     saved = [m.p for m in dropouts]
@@ -102,13 +149,13 @@ def check(model, batch: dict, dataset_rows: list[dict] | None = None, max_exampl
     dtype_bytes = next((p.element_size() for p in model.parameters() if p.is_floating_point() and not p.requires_grad),
                        4)
     return PackingCheck(len(segs), tokens, diff, TOLERANCE.get(dtype_bytes, TOLERANCE[2]), masked, compared,
-                        [round(x, 5) for x in packed], [round(x, 5) for x in alone])
+                        [round(x, 5) for x in packed], [round(x, 5) for x in alone], searched)
 
 
 def check_trainer(trainer, dataset_rows: list[dict] | None = None) -> PackingCheck:
-    """check() on the first batch the trainer's own collator makes (the collator and kwargs the run trains with)."""
+    """check() on the batches the trainer's own collator makes (the collator and kwargs the run trains with)."""
     model = trainer.model
-    batch = next(iter(trainer.get_train_dataloader()))
     device = next(p.device for p in model.parameters())
-    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-    return check(model, batch, dataset_rows)
+    batches = ({k: v.to(device) if hasattr(v, "to") else v for k, v in b.items()}
+               for b in trainer.get_train_dataloader())
+    return check(model, batches, dataset_rows)

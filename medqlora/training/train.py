@@ -86,8 +86,27 @@ def architecture_table(loaded: Loaded):
     return pd.DataFrame({"value": {k: str(v) for k, v in rows.items()}})
 
 
-def _last_checkpoint(folder: Path) -> str | None:
-    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+def _complete(ckpt: Path) -> bool:
+    """A checkpoint the trainer finished writing: the trainer writes trainer_state.json last, after the weights,
+    optimizer, scheduler and RNG state; a kill (Colab disconnect, OOM killer) before that leaves a folder without it."""
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    weights = any((ckpt / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors"))
+    return weights and (ckpt / "optimizer.pt").is_file() and (ckpt / "scheduler.pt").is_file()
+
+
+def _last_checkpoint(folder: Path, print_fn=print) -> str | None:
+    """The newest complete checkpoint. Newer incomplete ones (interrupted while being written) are said and removed:
+    nothing can resume from them, and the trainer writes that step's checkpoint again when it gets there."""
+    ckpts = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    while ckpts and not _complete(ckpts[-1]):
+        bad = ckpts.pop()
+        print_fn(f"{bad.name} is incomplete (no trainer state: interrupted while it was being written): skipped "
+                 "and removed")
+        shutil.rmtree(bad, ignore_errors=True)
     return str(ckpts[-1]) if ckpts else None
 
 
@@ -97,7 +116,7 @@ def _resumable_checkpoint(cfg: RunConfig, run: RunDir, print_fn) -> str | None:
     folder = run / "checkpoints"
     made_from = {**stage_inputs(cfg, "train"), "data_fingerprint": run.result("preprocess")["fingerprint"]}
     stamp = folder / "made_from.json"
-    last = _last_checkpoint(folder)
+    last = _last_checkpoint(folder, print_fn)
     if last and stamp.is_file():
         old = json.loads(stamp.read_text())
         if old == made_from:
@@ -146,10 +165,10 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
     """Train; resume from the newest checkpoint in the run folder if a previous attempt left one.
 
     `plan` (memory_plan.plan_training) gives the settings fitted to the memory budget; a CUDA out-of-memory error
-    halves the micro-batch (doubling accumulation, so the effective batch stays) and goes on from the newest
-    checkpoint, up to memory.oom_retries times. Every figure in the result comes from the trainer's log history,
-    which a resumed trainer restores from the checkpoint: a resumed run reports the same totals as one that ran
-    through."""
+    at least halves the micro-batch, to a divisor of the effective batch with the accumulation that keeps it (so the
+    optimizer steps and the checkpoints stay the same), and goes on from the newest checkpoint, up to
+    memory.oom_retries times. Every figure in the result comes from the trainer's log history, which a resumed
+    trainer restores from the checkpoint: a resumed run reports the same totals as one that ran through."""
     import datasets
     import torch
     from trl import SFTTrainer
@@ -192,7 +211,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
             # the unpacked rows, to compare prompt masks with (packing reorders them by length)
             packing_check = P.check_trainer(trainer, ds.select(range(min(len(ds), 20000))).to_list())
             print_fn(packing_check.line())
-            if not packing_check.passed:
+            if packing_check.failed:
                 if cfg.train.packing is True:
                     raise RuntimeError(
                         f"{packing_check.line()}. Packed examples would train on each other's tokens with this model "
@@ -225,13 +244,15 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
                 f"model.max_seq_length (now {cfg.model.max_seq_length}) or set memory.allow_shorter_seq: true, "
                 "keep train.gradient_checkpointing on, use train.optimizer: adamw_8bit, lower lora.r, or use a "
                 f"card with more memory ({error})")
+        # the effective batch is kept (a divisor of it), so the checkpoints stay valid and training goes on
+        new_mb, new_acc = memory_plan.smaller_micro_batch(mb, acc)
         cfg = cfg.model_copy(deep=True)
-        cfg.train.micro_batch_size, cfg.train.gradient_accumulation = mb // 2, acc * 2
-        oom_log.append({"at_step": step, "micro_batch": [mb, mb // 2], "accumulation": [acc, acc * 2],
+        cfg.train.micro_batch_size, cfg.train.gradient_accumulation = new_mb, new_acc
+        oom_log.append({"at_step": step, "micro_batch": [mb, new_mb], "accumulation": [acc, new_acc],
                         "error": error})
-        memory_log.record(run, "train", f"out of memory at step {step}: micro-batch {mb} -> {mb // 2}")
-        print_fn(f"memory: out of memory at step {step}; retrying with micro-batch {mb // 2} and accumulation "
-                 f"{acc * 2} (effective batch {mb * acc}) from the newest checkpoint")
+        memory_log.record(run, "train", f"out of memory at step {step}: micro-batch {mb} -> {new_mb}")
+        print_fn(f"memory: out of memory at step {step}; retrying with micro-batch {new_mb} and accumulation "
+                 f"{new_acc} (effective batch {new_mb * new_acc}, unchanged) from the newest checkpoint")
     session_seconds = time.time() - t0
     loaded.model.config.use_cache = use_cache
     trainer.save_model(str(run.adapter_dir))
