@@ -221,20 +221,47 @@ def score(items: list[dict], answers: list[dict | str], opened: bool = False,
 
 
 def closed_distribution(items: list[dict], texts: list[str], opened: bool = False) -> dict | None:
-    """Predicted answers against the references, the majority-class and chance baselines, and whether one
-    answer dominates the predictions (a model that always says 'A' is not a model that knows a little)."""
+    """Generated closed-form answers against the references (answer_distribution), with up to 10 unread answers."""
     closed = [(it, t) for it, t in zip(items, texts) if it["kind"] in ("choice", "yesno")]
     if not closed:
         return None
-    predicted = Counter(str(closed_answer(it, t, opened)) for it, t in closed)
-    reference = Counter(it["answer"] for it, _ in closed)
-    n = len(closed)
-    chance = sum(1 / (len(it["options"]) if it["kind"] == "choice" else 3) for it, _ in closed) / n
+    picks = [closed_answer(it, t, opened) for it, t in closed]
+    return {**answer_distribution([it for it, _ in closed], picks),
+            "unparsed": [t[:200] for (_, t), p in zip(closed, picks) if p is None][:10]}
+
+
+def answer_distribution(items: list[dict], picks: list[str | None]) -> dict:
+    """Predicted answers (None: unread) against the references, the majority-class and chance baselines, and whether
+    one answer dominates the predictions (a model that always says 'A' is not a model that knows a little)."""
+    predicted = Counter(str(p) for p in picks)
+    reference = Counter(it["answer"] for it in items)
+    n = len(items)
+    chance = sum(1 / (len(it["options"]) if it["kind"] == "choice" else 3) for it in items) / n
     top, top_n = predicted.most_common(1)[0]
     return {"predicted": dict(predicted), "reference": dict(reference),
             "majority_baseline": reference.most_common(1)[0][1] / n, "chance_baseline": chance,
-            "dominant": top if top_n / n > DOMINANT_SHARE else None, "dominant_share": top_n / n,
-            "unparsed": [t[:200] for it, t in closed if closed_answer(it, t, opened) is None][:10]}
+            "dominant": top if top_n / n > DOMINANT_SHARE else None, "dominant_share": top_n / n}
+
+
+def closed_warnings(name: str, metrics: dict) -> list[str]:
+    """What a reader must not miss about one eval set's closed-form scores, per model and scoring: one answer given
+    to most items, and an accuracy not above the chance or the majority-class baseline."""
+    out = []
+    for who, label in (("base", "base"), ("finetuned", "fine-tuned")):
+        m = metrics[who]
+        for acc_key, dist_key, how in (("accuracy", "closed", "generated"), ("loglik_acc", "loglik_closed",
+                                                                              "log-likelihood")):
+            d, acc = m.get(dist_key), m.get(acc_key)
+            if not d or acc is None:
+                continue
+            if d["dominant"]:
+                out.append(f"{name}: {label} answers {d['dominant']!r} to {d['dominant_share']:.0%} of "
+                           f"{sum(d['predicted'].values())} items ({how})")
+            floor = max(d["chance_baseline"], d["majority_baseline"])
+            if acc <= floor:
+                which = "chance" if d["chance_baseline"] >= d["majority_baseline"] else "majority-class"
+                out.append(f"{name}: {label} accuracy {acc:.3f} ({how}) is not above the {which} baseline {floor:.3f}")
+    return out
 
 
 def bootstrap(values: list[float], n: int = 2000, seed: int = 0) -> list[float] | None:
