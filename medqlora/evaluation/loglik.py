@@ -11,7 +11,8 @@ Prompts (eval.choice_prompt):
            'Yes' / 'No' / 'Maybe', the way the model was taught to start its answer.
   lm_eval  lm-eval's medqa task: 'Question: ...\\nA. ...\\nB. ...\\nAnswer:' then ' A', ' B', ...; yes/no items as
            its pubmedqa task: 'Abstract: <context>\\nQuestion: ...\\nAnswer:' then ' yes', ' no', ' maybe'.
-           No chat template and no special tokens, as lm-eval runs a model without --apply_chat_template.
+           No chat template, the tokenizer's default special tokens: as lm-eval runs a model without
+           --apply_chat_template.
 """
 from __future__ import annotations
 
@@ -117,7 +118,9 @@ def score_choices(model, tokenizer, items: list[dict], prompt: str, template: st
                   label: str = "", **kw) -> list[dict | None]:
     """Per item (None for free text): the options, their log-likelihoods and characters, the pick by acc and by
     acc_norm, and whether each is the reference."""
-    special = adds_special_tokens(template) if prompt == "chat" else False
+    # chat: tokenized as in training; lm_eval: the tokenizer's own special tokens (a Llama's begin-of-text), as
+    # lm-eval 0.4.13's HFLM encodes when add_bos_token is left unset
+    special = adds_special_tokens(template) if prompt == "chat" else True
     plan, pairs = [], []
     for it in items:
         if it["kind"] not in ("choice", "yesno"):
