@@ -1,6 +1,9 @@
 """Log-likelihood scoring of closed-form items (eval.choice_scoring): lm-eval's prompt and tokenization, batched
 forward passes that give the same numbers as one sequence at a time, acc against acc_norm, and the stage's output."""
 import json
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -115,11 +118,12 @@ def mixed_run(tmp_path_factory, tiny_model_dir):
           {"question": "Which mineral is low in anemia?", "options": MCQ["options"], "answer": "C"}]
     yn = [{"question": q, "context": "A trial.", "long_answer": "It does.", "final_decision": d}
           for q, d in (("Do statins lower LDL?", "yes"), ("Do antibiotics treat colds?", "no"))]
-    cfg = load_config(tiny_params(tmp, tiny_model_dir, write_jsonl(tmp / "t.jsonl", rows),
-                                  write_jsonl(tmp / "e.jsonl", ev), train={"max_steps": 2},
-                                  export={"formats": ["lora"]},
-                                  eval={"sets": [{"name": "yn", "source": str(write_jsonl(tmp / "yn.jsonl", yn))}]}))
+    params = tiny_params(tmp, tiny_model_dir, write_jsonl(tmp / "t.jsonl", rows), write_jsonl(tmp / "e.jsonl", ev),
+                         train={"max_steps": 2}, export={"formats": ["lora"]},
+                         eval={"sets": [{"name": "yn", "source": str(write_jsonl(tmp / "yn.jsonl", yn))}]})
+    cfg = load_config(params)
     run = RunDir(tmp / "run")
+    shutil.copy(params, run.config_path)  # as the runner leaves it: `ask` reads the run's own config
     tok = M.load_tokenizer(M.resolve_model(cfg.model)[0], cfg.model)
     P.save_result(P.prepare(cfg, run, tok), cfg, run)
     run.save_result("train", T.train(cfg, run, T.load_for_training(cfg), print_fn=lambda *a: None))
@@ -150,3 +154,13 @@ def test_the_stage_reports_loglik_beside_generation(mixed_run, scoring):
     assert closed[0]["options"] == MCQ["options"]
     if scoring == "loglik":  # nothing generated for closed items: the pick is the answer and the score
         assert all(row["base"] is None and row["base score"] == float(row["base_loglik"]["correct"]) for row in closed)
+
+
+def test_ask_shows_progress_and_no_library_noise(mixed_run):
+    cfg, run = mixed_run
+    r = subprocess.run([sys.executable, "-m", "medqlora.evaluation.ask", str(run.path), "What causes scurvy?",
+                        "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "s] loading" in r.stdout and "the fine-tuned model answers 1 question" in r.stdout
+    assert "Q: What causes scurvy?" in r.stdout and "fine-tuned:" in r.stdout
+    assert r.stderr == "", f"library output reached the terminal: {r.stderr[:500]}"
