@@ -43,9 +43,8 @@ def test_batched_loglikelihoods_equal_one_sequence_at_a_time(tiny_lm):
     import torch
 
     model, tok = tiny_lm
-    pairs = [LL.encode_pair(tok, c, k, False) for c in ("Question: scurvy?\nAnswer:", "Question: a much longer "
-                                                         "question about statins and LDL?\nAnswer:")
-             for k in (" yes", " no", " maybe", " A", " vitamin C deficiency")]
+    contexts = ("Question: scurvy?\nAnswer:", "Question: a much longer question about statins and LDL?\nAnswer:")
+    pairs = [LL.encode_pair(tok, c, k, False) for c in contexts for k in (" yes", " no", " maybe", " A", " vitamin C")]
     lines = []
     batched = LL.loglikelihoods(model, tok, pairs, batch_size=3, print_fn=lines.append)
     for (ctx, cont), (ll, greedy) in zip(pairs, batched):
@@ -157,9 +156,9 @@ def test_the_stage_reports_loglik_beside_generation(mixed_run, scoring):
 
 
 def test_ask_shows_progress_and_no_library_noise(mixed_run):
-    cfg, run = mixed_run
+    _, run = mixed_run
     r = subprocess.run([sys.executable, "-m", "medqlora.evaluation.ask", str(run.path), "What causes scurvy?",
-                        "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)
+                        "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "s] loading" in r.stdout and "the fine-tuned model answers 1 question" in r.stdout
     assert "Q: What causes scurvy?" in r.stdout and "fine-tuned:" in r.stdout

@@ -77,9 +77,8 @@ def ask(run_dir: str | Path, questions: list[str], max_new_tokens: int | None = 
     n = f"{len(questions)} question{'s' if len(questions) > 1 else ''}"
     step(f"loaded ({backend}); the base model answers {n} (up to {cfg.eval.max_new_tokens} new tokens) ...")
     kw = {"oom_retries": cfg.memory.oom_retries, "template": cfg.data.template, "sampling_kw": sampling(cfg)}
-    with quiet_libraries():
-        with model.disable_adapter():
-            base = answer_queries(cfg, model, tok, questions, kw)
+    with quiet_libraries(), model.disable_adapter():
+        base = answer_queries(cfg, model, tok, questions, kw)
     step(f"the fine-tuned model answers {n} ...")
     with quiet_libraries():
         tuned = answer_queries(cfg, model, tok, questions, kw)

@@ -1,4 +1,5 @@
-"""Stage 5: answers from the base and the fine-tuned model on held-out items, ROUGE and accuracy for both.
+"""Stage 5: answers from the base and the fine-tuned model on held-out items, ROUGE and accuracy for both, and
+closed-form items scored by each option's log-likelihood too (eval.choice_scoring, loglik.py).
 
 Both answer sets come from one model with the adapter switched off and on (or, with eval.merge, merged into the
 dequantized base for the fine-tuned pass), with the same prompts and the same greedy decoding, so the only
@@ -15,12 +16,12 @@ from medqlora.core import memory_log
 from medqlora.evaluation.generate import answer_queries, batch_for, generate, sampling, select_items
 from medqlora.evaluation.loglik import loglik_items, loglik_metrics, score_choices
 from medqlora.evaluation.scoring import (
+    bootstrap,
     closed_warnings,
     headline_per_item,
     intervals,
     item_scores,
     paired_bootstrap,
-    bootstrap,
     prompt_opens_think,
     score,
     split_reasoning,
@@ -106,7 +107,10 @@ def compare(cfg, run, print_fn=print) -> dict:
     print_fn(f"closed-form items: {'generated' if plan['generate'] else ''}"
              f"{' and ' if plan['generate'] and plan['loglik'] else ''}"
              f"{'scored by log-likelihood (' + plan['prompt'] + ' prompt)' if plan['loglik'] else ''} ({plan['why']})")
-    generated = lambda items: [it for it in items if plan["generate"] or it["kind"] == "freetext"]  # noqa: E731
+
+    def generated(items: list[dict]) -> list[dict]:  # the items that get generated answers
+        return [it for it in items if plan["generate"] or it["kind"] == "freetext"]
+
     batch, batching = batch_for(cfg, ref, [it for _, items, _ in chosen for it in items], tok, print_fn, merge)
     answers, choices = {"base": {}, "finetuned": {}}, {"base": {}, "finetuned": {}}
     seconds, tokens = {"base": 0.0, "finetuned": 0.0}, {"base": 0, "finetuned": 0}
@@ -173,7 +177,7 @@ def score_set(run, name: str, items: list[dict], answers: dict[str, list[dict]],
             ch = choices[who][i]
             if id(it) in gen_ids:
                 a = next(texts[who])
-                thought, answer, finished = split_reasoning(a["text"], opened)
+                _, answer, finished = split_reasoning(a["text"], opened)
                 row.update({who: a["text"], f"{who}_answer": answer, f"{who}_thought_finished": finished,
                             f"{who}_hit_limit": a["hit_limit"], f"{who} score": next(heads[who])})  # ROUGE-L or 1/0
             else:  # scored by log-likelihood only: the pick is the answer

@@ -109,9 +109,16 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[list[int], list[int]]], b
 def _logits(model, ids, lo: int, width: int):
     """Logits of positions lo..width-1 only (the continuations'), so a large vocabulary does not fill memory."""
     try:
-        return model(input_ids=ids, logits_to_keep=width - lo).logits
+        logits = model(input_ids=ids, logits_to_keep=width - lo).logits
+        if logits.shape[1] == width - lo:
+            return logits
     except TypeError:  # a forward without logits_to_keep: all positions, then the slice
-        return model(input_ids=ids).logits[:, lo:]
+        pass
+    logits = model(input_ids=ids).logits
+    if logits.shape[1] != width:
+        raise RuntimeError(f"the model returned logits for {logits.shape[1]} of {width} positions: it cannot be scored "
+                           "by log-likelihood (set eval.choice_scoring: generate)")
+    return logits[:, lo:]
 
 
 def score_choices(model, tokenizer, items: list[dict], prompt: str, template: str, batch_size: int,
