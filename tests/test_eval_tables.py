@@ -37,6 +37,10 @@ def test_categories_are_normalized_merged_and_small_ones_pooled(tmp_path):
     assert t["items"].dtype.kind == "i" and t.loc["cardiology", "note"] == ""
     assert "under 10 items" in t.loc["obstetrics and gynecology", "note"]
     assert "'obstetrics' counted as 'obstetrics and gynecology'" in st.caption
+    few = I.category_table(fake_run(tmp_path, [row(f"q{i}", "freetext", c, 0.2, 0.4) for i, c in
+                                               enumerate(["a", "b", "c"])])).data
+    assert list(few.index) == ["a", "b", "c"], "all small: flagged, not pooled into one row"
+    assert set(few["note"]) == {"under 10 items: no conclusion"}
 
 
 def test_side_by_side_shows_options_marks_and_loops(tmp_path):

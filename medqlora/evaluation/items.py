@@ -133,7 +133,8 @@ def merge_categories(names) -> dict[str, str]:
 def category_table(run, name: str = "held-out"):
     """Each category of the eval set (specialty, question type, topic: the data's category column), normalized and
     merged (merge_categories), with its items and both models' mean score (ROUGE-L for free text, correctness for
-    closed-form items); categories under POOL_BELOW items pooled into one row, those under FEW_ITEMS flagged."""
+    closed-form items); categories under POOL_BELOW items pooled into one row (unless all are that small), those
+    under FEW_ITEMS flagged."""
     import pandas as pd
 
     rows = item_table(run, name)
@@ -143,6 +144,8 @@ def category_table(run, name: str = "held-out"):
     cat = [merged[normalize_category(r.get("category"))] for r in rows]
     sizes = pd.Series(cat).value_counts()
     small = sorted(sizes[sizes < POOL_BELOW].index)
+    if len(small) == len(sizes):  # every category is small: one pooled row would hide them all; flagged instead
+        small = []
     pool = f"other ({len(small)} categories under {POOL_BELOW} items)"
     df = pd.DataFrame([{"category": pool if c in small else c, "items": 1, "base": r["base score"],
                         "fine-tuned": r["finetuned score"], "improved": int(r["change"] == "improved"),
