@@ -70,6 +70,9 @@ def test_every_eval_set_gets_its_closed_table_and_warnings():
     text = T.warnings_text(result)
     assert "WARNING yesno: base answers 'yes' to 100% of 30 items (generated)" in text
     assert "held-out: base accuracy 1.000" not in text, "an accuracy above its baselines is no warning"
+    m = score(mcq, ["I am not sure."] * 20)
+    assert closed_warnings("x", {"base": m, "finetuned": m})[0] == "x: base gives no readable answer to 100% of 20 items " \
+        "(generated)"
 
 
 def test_the_metrics_chart_has_a_y_label_and_the_baselines(tmp_path):

@@ -254,9 +254,11 @@ def closed_warnings(name: str, metrics: dict) -> list[str]:
             d, acc = m.get(dist_key), m.get(acc_key)
             if not d or acc is None:
                 continue
-            if d["dominant"]:
-                out.append(f"{name}: {label} answers {d['dominant']!r} to {d['dominant_share']:.0%} of "
-                           f"{sum(d['predicted'].values())} items ({how})")
+            n = sum(d["predicted"].values())
+            if d["dominant"] == "None":  # most answers could not be read as any option
+                out.append(f"{name}: {label} gives no readable answer to {d['dominant_share']:.0%} of {n} items ({how})")
+            elif d["dominant"]:
+                out.append(f"{name}: {label} answers {d['dominant']!r} to {d['dominant_share']:.0%} of {n} items ({how})")
             floor = max(d["chance_baseline"], d["majority_baseline"])
             if acc <= floor:
                 which = "chance" if d["chance_baseline"] >= d["majority_baseline"] else "majority-class"

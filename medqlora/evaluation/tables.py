@@ -101,8 +101,10 @@ def closed_table(result: dict):
                 rows.setdefault((name, "accuracy"), {})[col] = f"{m[who][acc_key]:.3f}"
                 rows.setdefault((name, "majority-class baseline"), {})[col] = f"{d['majority_baseline']:.3f}"
                 rows.setdefault((name, "chance baseline"), {})[col] = f"{d['chance_baseline']:.3f}"
-                rows.setdefault((name, "warning"), {})[col] = (f"answers {d['dominant']} to {d['dominant_share']:.0%}"
-                                                               " of items" if d["dominant"] else "")
+                share = f"{d['dominant_share']:.0%} of items"
+                rows.setdefault((name, "warning"), {})[col] = (
+                    "" if not d["dominant"] else f"no answer read in {share}" if d["dominant"] == "None"
+                    else f"answers {d['dominant']} to {share}")
     if not rows:
         return pd.DataFrame({"closed-form items": ["none in any eval set"]})
     df = pd.DataFrame.from_dict(rows, orient="index")
