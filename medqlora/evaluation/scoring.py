@@ -49,7 +49,8 @@ def _clean(text: str) -> str:
 
 
 def extract_choice(text: str, options: dict[str, str], prompt_opened_think: bool = False) -> str | None:
-    """The option letter an answer commits to, or None when it cannot be read or names two options.
+    """The option letter an answer commits to, or None when it cannot be read, names two options or hedges
+    ('Option B or C', 'B/C'), or only rules an option out ('Not B.', 'The answer is not A.').
 
     In order: an explicit statement ('the answer is B', 'Answer: (B)', the last one wins); a lone letter;
     a letter in parentheses; a line that starts with a letter and that option's text; 'option B'; the one
@@ -59,6 +60,29 @@ def extract_choice(text: str, options: dict[str, str], prompt_opened_think: bool
     if not t:
         return None
     L = f"[{''.join(options)}]"
+    pick = _pick(t, options, L, _negated(t, L))
+    return None if pick in _alternatives(t, L) else pick  # 'Option B or C', 'B/C' name no one option
+
+
+# a letter right after a negation ('Not B.', 'the answer is not A', "isn't option C") is ruled out, not chosen
+_NEGATION = (r"(?:\bnot|n't|\bnever|\bexcept|\bnor|\brather\s+than|\binstead\s+of)\s+"
+             r"(?:(?:the\s+)?(?:option|answer|choice)\s*)?")
+
+
+def _negated(t: str, L: str) -> set[int]:
+    """Positions of option letters that a negation rules out."""
+    return {m.start(1) for m in re.finditer(rf"{_NEGATION}\(?({L})\b", t, flags=re.I)}
+
+
+def _alternatives(t: str, L: str) -> set[str]:
+    """Letters offered as alternatives ('B or C', 'either (B) or (D)', 'B/C'): an answer naming one of them hedges."""
+    out = set()
+    for m in re.finditer(rf"(?<![\w.])\(?({L})\)?\s*(?:\bor\b|/)\s*\(?({L})\)?(?!\w)", t):
+        out.update(m.groups())
+    return out
+
+
+def _pick(t: str, options: dict[str, str], L: str, negated: set[int]) -> str | None:
     stated = []
     for m in re.finditer(rf"\b(?:answer|choice)(?:\s+is|\s+would\s+be|\s*:|\s*=)?\s*(?:option\s*)?"
                          rf"(?:\(({L})\)|({L})\b)(\s+or\s+\(?{L}\b)?", t, flags=re.I):
@@ -71,13 +95,14 @@ def extract_choice(text: str, options: dict[str, str], prompt_opened_think: bool
     lone = re.fullmatch(rf"\(?({L})\)?[.:)]?", t, flags=re.I)
     if lone:
         return lone.group(1).upper()
-    parens = {m.upper() for m in re.findall(rf"\(({L})\)", t, flags=re.I)}
+    parens = {m.group(1).upper() for m in re.finditer(rf"\(({L})\)", t, flags=re.I) if m.start(1) not in negated}
     if len(parens) == 1:
         return parens.pop()
     first = re.match(rf"\(?({L})[.):]\s*(.*)", t)
     if first and (not first.group(2) or first.group(2).lower().startswith(options[first.group(1)].lower()[:20])):
         return first.group(1)
-    named = {m.upper() for m in re.findall(rf"\boption\s*\(?({L})\b", t, flags=re.I)}
+    named = {m.group(1).upper() for m in re.finditer(rf"\boption\s*\(?({L})\b", t, flags=re.I)
+             if m.start(1) not in negated}
     if len(named) == 1:
         return named.pop()
     # a capital letter standing alone ('... points to B.'), not as a word ('A recent', 'I think', 'C. difficile')
@@ -86,7 +111,7 @@ def extract_choice(text: str, options: dict[str, str], prompt_opened_think: bool
              for k, v in options.items() if v}
     inside = lambda i: any(a <= i < b for ss in spans.values() for a, b in ss)  # noqa: E731  ('vitamin C')
     alone = {m.group(1) for m in re.finditer(rf"(?<![\w.])({L})(?![\w])", t)
-             if not _as_word(t, m.end(1), m.group(1)) and not inside(m.start(1))}
+             if not _as_word(t, m.end(1), m.group(1)) and not inside(m.start(1)) and m.start(1) not in negated}
     if len(alone) == 1:
         return alone.pop()
     hits = [k for k, ss in spans.items() if ss]
@@ -196,20 +221,49 @@ def score(items: list[dict], answers: list[dict | str], opened: bool = False,
 
 
 def closed_distribution(items: list[dict], texts: list[str], opened: bool = False) -> dict | None:
-    """Predicted answers against the references, the majority-class and chance baselines, and whether one
-    answer dominates the predictions (a model that always says 'A' is not a model that knows a little)."""
+    """Generated closed-form answers against the references (answer_distribution), with up to 10 unread answers."""
     closed = [(it, t) for it, t in zip(items, texts) if it["kind"] in ("choice", "yesno")]
     if not closed:
         return None
-    predicted = Counter(str(closed_answer(it, t, opened)) for it, t in closed)
-    reference = Counter(it["answer"] for it, _ in closed)
-    n = len(closed)
-    chance = sum(1 / (len(it["options"]) if it["kind"] == "choice" else 3) for it, _ in closed) / n
+    picks = [closed_answer(it, t, opened) for it, t in closed]
+    return {**answer_distribution([it for it, _ in closed], picks),
+            "unparsed": [t[:200] for (_, t), p in zip(closed, picks) if p is None][:10]}
+
+
+def answer_distribution(items: list[dict], picks: list[str | None]) -> dict:
+    """Predicted answers (None: unread) against the references, the majority-class and chance baselines, and whether
+    one answer dominates the predictions (a model that always says 'A' is not a model that knows a little)."""
+    predicted = Counter(str(p) for p in picks)
+    reference = Counter(it["answer"] for it in items)
+    n = len(items)
+    chance = sum(1 / (len(it["options"]) if it["kind"] == "choice" else 3) for it in items) / n
     top, top_n = predicted.most_common(1)[0]
     return {"predicted": dict(predicted), "reference": dict(reference),
             "majority_baseline": reference.most_common(1)[0][1] / n, "chance_baseline": chance,
-            "dominant": top if top_n / n > DOMINANT_SHARE else None, "dominant_share": top_n / n,
-            "unparsed": [t[:200] for it, t in closed if closed_answer(it, t, opened) is None][:10]}
+            "dominant": top if top_n / n > DOMINANT_SHARE else None, "dominant_share": top_n / n}
+
+
+def closed_warnings(name: str, metrics: dict) -> list[str]:
+    """What a reader must not miss about one eval set's closed-form scores, per model and scoring: one answer given
+    to most items, and an accuracy not above the chance or the majority-class baseline."""
+    out = []
+    for who, label in (("base", "base"), ("finetuned", "fine-tuned")):
+        m = metrics[who]
+        for acc_key, dist_key, how in (("accuracy", "closed", "generated"), ("loglik_acc", "loglik_closed",
+                                                                              "log-likelihood")):
+            d, acc = m.get(dist_key), m.get(acc_key)
+            if not d or acc is None:
+                continue
+            n = sum(d["predicted"].values())
+            if d["dominant"] == "None":  # most answers could not be read as any option
+                out.append(f"{name}: {label} gives no readable answer to {d['dominant_share']:.0%} of {n} items ({how})")
+            elif d["dominant"]:
+                out.append(f"{name}: {label} answers {d['dominant']!r} to {d['dominant_share']:.0%} of {n} items ({how})")
+            floor = max(d["chance_baseline"], d["majority_baseline"])
+            if acc <= floor:
+                which = "chance" if d["chance_baseline"] >= d["majority_baseline"] else "majority-class"
+                out.append(f"{name}: {label} accuracy {acc:.3f} ({how}) is not above the {which} baseline {floor:.3f}")
+    return out
 
 
 def bootstrap(values: list[float], n: int = 2000, seed: int = 0) -> list[float] | None:

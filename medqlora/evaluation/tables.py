@@ -1,7 +1,7 @@
-"""What the evaluate notebook shows: metric, set, category and closed-form tables, answers side by side, the chart."""
+"""What the evaluate notebook shows per eval set: metric, set and closed-form tables, the warnings, the chart.
+Item-level tables (answers side by side, categories) are in items.py."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from medqlora.evaluation.scoring import (
@@ -21,7 +21,8 @@ def queries_table(result: dict):
             .set_properties(**{"text-align": "left", "white-space": "pre-wrap", "vertical-align": "top"}))
 
 
-METRIC_ROWS = (*ROUGE_KEYS, "accuracy", "parse_rate", "looping", "hit_token_limit", "answer_words_mean")
+METRIC_ROWS = (*ROUGE_KEYS, "accuracy", "parse_rate", "loglik_acc", "loglik_acc_norm", "looping", "hit_token_limit",
+               "answer_words_mean")
 
 
 def metrics_table(result: dict):
@@ -59,110 +60,100 @@ def sets_table(result: dict):
 
     rows = []
     for name, st in result.get("sets", {}).items():
-        for k in ("rougeL", "accuracy"):
+        for k in ("rougeL", "accuracy", "loglik_acc", "loglik_acc_norm"):
             b, f = st["metrics"]["base"].get(k), st["metrics"]["finetuned"].get(k)
             c = (st["changes"].get(k) or {}).get("change")
             if b is None or c is None:
                 continue
             lo, hi = c["ci95"]
             n = st["metrics"]["base"]["n_freetext" if k == "rougeL" else "n_choice"]
-            rows.append({"eval set": name, "items": n, "metric": k, "base": round(b, 3),
-                         "fine-tuned": round(f, 3), "change [95% CI]": f"{c['change']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
-                         "verdict": "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"})
+            d = st["metrics"]["base"].get("loglik_closed" if k.startswith("loglik") else "closed")
+            rows.append({"eval set": name, "items": n, "metric": k, "base": f"{b:.3f}", "fine-tuned": f"{f:.3f}",
+                         "change [95% CI]": f"{c['change']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+                         "verdict": "better" if lo > 0 else "worse" if hi < 0 else "no clear difference",
+                         "chance / majority": f"{d['chance_baseline']:.3f} / {d['majority_baseline']:.3f}"
+                         if d and k != "rougeL" else ""})
     return pd.DataFrame(rows).set_index(["eval set", "metric"]) if rows else pd.DataFrame()
 
 
-def category_table(run, name: str = "held-out"):
-    """Each category of the eval set (specialty, question type, topic: the data's category column), with its
-    items and both models' mean score (ROUGE-L for free text, correctness for closed-form items)."""
-    import pandas as pd
-
-    rows = item_table(run, name)
-    if not rows or not any(r.get("category") for r in rows):
-        return pd.DataFrame({"categories": ["the eval set has no category column"]})
-    df = pd.DataFrame([{"category": r.get("category") or "(none)", "items": 1, "base": r["base score"],
-                        "fine-tuned": r["finetuned score"], "improved": r["change"] == "improved",
-                        "regressed": r["change"] == "regressed"} for r in rows])
-    out = df.groupby("category").agg(items=("items", "sum"), base=("base", "mean"), finetuned=("fine-tuned", "mean"),
-                                     improved=("improved", "sum"), regressed=("regressed", "sum"))
-    out["change"] = out["finetuned"] - out["base"]  # scores: ROUGE-L for free text, 1/0 for closed-form
-    return out.rename(columns={"base": "base score", "finetuned": "fine-tuned score"}).sort_values("change").round(3)
+CLOSED_SCORINGS = (("closed", "accuracy", "generated"), ("loglik_closed", "loglik_acc", "log-likelihood"))
 
 
 def closed_table(result: dict):
-    """Closed-form answers: what each model predicted against the references, with the baselines an accuracy
-    must beat, and a warning when one answer dominates."""
+    """Closed-form answers of every eval set (the held-out split and each eval.sets entry): what each model
+    predicted against the references, by generation and by log-likelihood where scored, with the majority-class and
+    chance baselines an accuracy must beat and the warning when one answer dominates."""
     import pandas as pd
 
-    m = result["metrics"]
-    if not m["base"].get("closed"):
-        return pd.DataFrame({"closed-form items": ["none in this eval set"]})
     rows = {}
-    for name in ("base", "finetuned"):
-        d = m[name]["closed"]
-        for ans, n in sorted(d["predicted"].items()):
-            rows.setdefault(f"predicted {ans}", {})[name] = str(n)
-        rows.setdefault("accuracy", {})[name] = round(m[name]["accuracy"], 3)
-        rows.setdefault("majority-class baseline", {})[name] = round(d["majority_baseline"], 3)
-        rows.setdefault("chance baseline", {})[name] = round(d["chance_baseline"], 3)
-        rows.setdefault("warning", {})[name] = (f"answers {d['dominant']} to {d['dominant_share']:.0%} of items"
-                                                if d["dominant"] else "")
-    for ans, n in sorted(m["base"]["closed"]["reference"].items()):
-        rows.setdefault(f"predicted {ans}", {})["reference"] = str(n)
-    df = pd.DataFrame(rows).T.reindex(columns=["reference", "base", "finetuned"])
-    return df.astype(object).where(df.notna(), "").rename(columns={"reference": "references",
-                                                                  "finetuned": "fine-tuned"})
+    for name, st in result.get("sets", {"held-out": result}).items():
+        m = st["metrics"]
+        for dist_key, acc_key, how in CLOSED_SCORINGS:
+            for who, label in (("base", "base"), ("finetuned", "fine-tuned")):
+                d = m[who].get(dist_key)
+                if not d:
+                    continue
+                col = f"{label} ({how})"
+                for ref, k in sorted(d["reference"].items()):
+                    rows.setdefault((name, f"answer {ref}"), {})["references"] = str(k)
+                for ans, n in sorted(d["predicted"].items()):
+                    rows.setdefault((name, "no answer read" if ans == "None" else f"answer {ans}"), {})[col] = str(n)
+                rows.setdefault((name, "accuracy"), {})[col] = f"{m[who][acc_key]:.3f}"
+                rows.setdefault((name, "majority-class baseline"), {})[col] = f"{d['majority_baseline']:.3f}"
+                rows.setdefault((name, "chance baseline"), {})[col] = f"{d['chance_baseline']:.3f}"
+                share = f"{d['dominant_share']:.0%} of items"
+                rows.setdefault((name, "warning"), {})[col] = (
+                    "" if not d["dominant"] else f"no answer read in {share}" if d["dominant"] == "None"
+                    else f"answers {d['dominant']} to {share}")
+    if not rows:
+        return pd.DataFrame({"closed-form items": ["none in any eval set"]})
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index = pd.MultiIndex.from_tuples(df.index, names=["eval set", ""])
+    cols = ["references"] + [c for c in df.columns if c != "references"]
+    return df.reindex(columns=cols).fillna("")
 
 
-def item_table(run, name: str = "held-out") -> list[dict]:
-    """Every answered item of an eval set with both models' scores (saved when it was scored: ROUGE-L, or correct)
-    and improved / regressed / unchanged (a ROUGE-L change over 0.05, or a change in correctness)."""
-    path = run / "eval" / ("answers.jsonl" if name == "held-out" else f"answers_{name}.jsonl")
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    for r in rows:
-        d = r["finetuned score"] - r["base score"]
-        r["change"] = "improved" if d > 0.05 else "regressed" if d < -0.05 else "unchanged"
-        r["delta"] = d
-    return rows
+def warnings_text(result: dict) -> str:
+    """Every closed-form warning of every eval set (a dominant answer, an accuracy not above a baseline), one a line."""
+    ws = result.get("warnings")
+    if ws is None:  # an evaluate.json from before the warnings were kept
+        from medqlora.evaluation.scoring import closed_warnings
 
-
-def side_by_side(run, n: int, name: str = "held-out"):
-    """The same held-out question, the reference and both answers, with per-item scores and whether the
-    fine-tuned answer improved, regressed or stayed; worst regressions first. Wrapped, left-aligned text."""
-    import pandas as pd
-
-    rows = item_table(run, name)
-    picked = sorted(rows, key=lambda r: r["delta"])[:n]
-    df = pd.DataFrame(picked)[["change", "kind", "question", "reference", "base_answer", "base score",
-                               "finetuned_answer", "finetuned score"]]
-    df = df.rename(columns={"base_answer": "base", "finetuned_answer": "fine-tuned", "base score": "base score "
-                            "(ROUGE-L or correct)", "finetuned score": "fine-tuned score"})
-    counts = pd.Series([r["change"] for r in rows]).value_counts().to_dict()
-    caption = (f"{len(rows)} items: {counts.get('improved', 0)} improved, {counts.get('regressed', 0)} regressed, "
-               f"{counts.get('unchanged', 0)} unchanged (ROUGE-L change over 0.05, or correctness); "
-               f"the {len(picked)} shown are the worst changes first")
-    return (df.style.format(precision=3).set_caption(caption).hide(axis="index")
-            .set_properties(**{"text-align": "left", "white-space": "pre-wrap", "vertical-align": "top"}))
+        ws = [w for name, st in result.get("sets", {}).items() for w in closed_warnings(name, st["metrics"])]
+    return "\n".join(f"WARNING {w}" for w in ws) or "no warnings: no answer dominates and every accuracy is above " \
+        "its chance and majority-class baselines"
 
 
 def plot_metrics(result: dict, path: Path):
+    """Held-out metrics of both models with 95% bootstrap intervals, the y axis labelled, and the chance and
+    majority-class baselines drawn over the accuracy bars."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    keys = [k for k in (*ROUGE_KEYS, "accuracy") if result["metrics"]["base"].get(k) is not None]
+    m = result["metrics"]
+    keys = [k for k in (*ROUGE_KEYS, "accuracy", "loglik_acc", "loglik_acc_norm") if m["base"].get(k) is not None]
     x = np.arange(len(keys))
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(8, 3.4))
     for off, name, label in ((-0.2, "base", "base"), (0.2, "finetuned", "fine-tuned")):
-        vals = [result["metrics"][name][k] for k in keys]
+        vals = [m[name][k] for k in keys]
         cis = [(result.get("changes", {}).get(k) or {}).get(f"{name}_ci95") or [v, v] for k, v in zip(keys, vals)]
         err = [[v - lo for v, (lo, _) in zip(vals, cis)], [hi - v for v, (_, hi) in zip(vals, cis)]]
         bars = ax.bar(x + off, vals, 0.4, label=label, yerr=err, capsize=3)
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    drawn = set()
+    for i, k in enumerate(keys):
+        d = m["base"].get("loglik_closed" if k.startswith("loglik") else "closed") if "acc" in k else None
+        for base_key, style, label in (("chance_baseline", "--", "chance"), ("majority_baseline", ":", "majority class")):
+            if d:
+                ax.hlines(d[base_key], i - 0.45, i + 0.45, colors="black", linestyles=style,
+                          label=None if label in drawn else f"{label} baseline")
+                drawn.add(label)
     ax.set_xticks(x, keys)
     ax.set_ylim(0, 1)
-    ax.set_title(f"held-out: {result['metrics']['base']['n_freetext']} free-text, "
-                 f"{result['metrics']['base']['n_choice']} closed-form items (bars: 95% bootstrap intervals)")
-    ax.legend()
+    ax.set_ylabel("score (ROUGE F1, share correct)")
+    ax.set_title(f"held-out: {m['base']['n_freetext']} free-text, {m['base']['n_choice']} closed-form items "
+                 "(bars: 95% bootstrap intervals)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return fig
