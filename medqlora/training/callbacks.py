@@ -84,3 +84,19 @@ class MemoryRecorder(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kw):
         memory_log.record(self.run, "train", f"epoch {round(state.epoch or 0, 2)} end")
+
+
+class EvaluateAtEpochEnd(TrainerCallback):
+    """The validation loss at each epoch end too (eval_strategy 'steps' alone would skip it), unless the last step
+    was just evaluated."""
+
+    def __init__(self):
+        self.last_step = -1
+
+    def on_evaluate(self, args, state, control, **kw):
+        self.last_step = state.global_step
+
+    def on_epoch_end(self, args, state, control, **kw):
+        if state.global_step != self.last_step:
+            control.should_evaluate = True
+        return control

@@ -162,6 +162,19 @@ def load_base(ref: str, cfg: ModelConfig, backend: str, for_training: bool):
     return model, tok
 
 
+def keep_training_layout(model) -> int:
+    """Stop bitsandbytes from repacking this model's 4-bit weights for CPU inference. On a CPU with AVX512-BF16 the
+    first eval-mode forward without gradients (a validation pass, generate) repacks them into a layout with no
+    backward pass, and from then on gradients no longer reach the LoRA weights below (DESIGN.md). A model that is
+    trained must keep its training layout, evaluated or not. Returns the number of 4-bit layers guarded."""
+    n = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
 def load_hint(ref: str, e: BaseException) -> str:
     """What to do when a model cannot be loaded: gated, missing, or offline."""
     msg = str(e)
