@@ -256,7 +256,10 @@ def length_stats(p: Prepared):
         out[name] = {"examples": len(lens), "mean": a.mean(), "p50": np.percentile(a, 50),
                      "p90": np.percentile(a, 90), "p99": np.percentile(a, 99), "max": a.max(),
                      "total tokens": a.sum()}
-    return pd.DataFrame(out).T.round(1)
+    df = pd.DataFrame(out).T.round(1)
+    for col in ("examples", "max", "total tokens"):  # counts: no '240.0'
+        df[col] = df[col].astype(int)
+    return df
 
 
 def plot_lengths(p: Prepared, cfg: RunConfig, path: Path):

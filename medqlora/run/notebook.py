@@ -25,6 +25,27 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
+def progress_bars_to_log() -> None:
+    """Library progress bars (tqdm: GGUF conversion, dataset maps) to the kernel process's own stderr, which the
+    runner sends to run.log, instead of the notebook's stderr stream: in a saved report they are a red block of
+    carriage-return lines that reads like an error. Text progress meant for the report is printed, not a bar."""
+    import sys
+
+    import tqdm.std
+
+    init = tqdm.std.tqdm.__init__
+    if getattr(init, "_medqlora", False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        if len(args) < 5 and kwargs.get("file") in (None, sys.stderr):
+            kwargs["file"] = sys.__stderr__
+        init(self, *args, **kwargs)
+
+    __init__._medqlora = True
+    tqdm.std.tqdm.__init__ = __init__
+
+
 def _merges(config_path: str) -> bool:
     """Whether export.formats asks for a merged model (Unsloth then merges, and must be imported first)."""
     import yaml
@@ -43,6 +64,7 @@ def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir
 
         preload_unsloth()  # before anything below imports transformers
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    progress_bars_to_log()
     import datasets
 
     datasets.disable_progress_bars()
@@ -71,7 +93,8 @@ def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir
 
 
 def kv_table(d: dict, name: str = "value"):
-    """A dict (nested one level) as a two-column table; long values wrap instead of being cut at 50 characters."""
+    """A dict (nested one level) as a two-column table; long values wrap instead of being cut at 50 characters;
+    numbers formatted for reading (no '240.0'; sizes in B/KiB/MiB/GiB)."""
     import pandas as pd
 
     flat = {}
@@ -80,7 +103,9 @@ def kv_table(d: dict, name: str = "value"):
             flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
         else:
             flat[k] = v
-    df = pd.DataFrame({name: {k: "" if v is None else str(v) for k, v in flat.items()}})
+    from medqlora.core.system import human_value
+
+    df = pd.DataFrame({name: {k: human_value(k, v) for k, v in flat.items()}})
     return df.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap"})
 
 
