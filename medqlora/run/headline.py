@@ -50,7 +50,7 @@ def build(run: RunDir, stages: list[dict] | None = None) -> Headline:
                                                "answers": ev.get("answers")}}
         for name, st in sets.items():
             h.rows += _metric_rows(name, st)
-            h.warnings += set_warnings(name, st)
+            h.warnings += set_warnings(name, st, run)
     if train:
         from medqlora.training.history import loss_line
 
@@ -84,7 +84,7 @@ def _metric_rows(name: str, st: dict) -> list[dict]:
     return rows
 
 
-def set_warnings(name: str, st: dict) -> list[str]:
+def set_warnings(name: str, st: dict, run: RunDir | None = None) -> list[str]:
     """What a reader must know before trusting the set's numbers: one answer for everything, accuracy no better
     than guessing, answers that loop or run into the token limit, a ROUGE change that is mostly a length change."""
     out = []
@@ -117,6 +117,13 @@ def set_warnings(name: str, st: dict) -> list[str]:
         elif ci and ci[0] <= bar:
             out.append(f"{name}: fine-tuned accuracy {acc:.3f}{was} is not clearly above the baselines ({against}): "
                        f"its 95% interval reaches down to {ci[0]:.3f}")
+    rouge = (changes.get("rougeL") or {}).get("change")
+    wb, wf = base.get("answer_words_mean"), tuned.get("answer_words_mean")
+    if rouge and wb and wf and max(wb, wf) / max(min(wb, wf), 1e-9) >= LENGTH_RATIO:
+        ref = _reference_words(st.get("answers"), run)
+        out.append(f"{name}: ROUGE-L {rouge['change']:+.3f} comes with answers {wb:.0f} -> {wf:.0f} words on average"
+                   + (f" (references: {ref:.0f})" if ref else "") + ": ROUGE rewards a length near the reference's, "
+                   "so the change is partly length; read the side-by-side answers before calling it better")
     for key, what in (("looping", "answers that repeat themselves"), ("hit_token_limit", "answers cut off at the "
                                                                        "token limit")):
         b, f = base.get(key), tuned.get(key)
@@ -124,13 +131,6 @@ def set_warnings(name: str, st: dict) -> list[str]:
             continue
         if abs(f - b) >= RATE_CHANGE or f >= HIGH_RATE:
             out.append(f"{name}: {what}: {b:.0%} -> {f:.0%}")
-    rouge = (changes.get("rougeL") or {}).get("change")
-    wb, wf = base.get("answer_words_mean"), tuned.get("answer_words_mean")
-    if rouge and wb and wf and max(wb, wf) / max(min(wb, wf), 1e-9) >= LENGTH_RATIO:
-        ref = _reference_words(st.get("answers"))
-        out.append(f"{name}: ROUGE-L {rouge['change']:+.3f} comes with answers {wb:.0f} -> {wf:.0f} words on average"
-                   + (f" (references: {ref:.0f})" if ref else "") + ": ROUGE rewards a length near the reference's, "
-                   "so the change is partly length; read the side-by-side answers before calling it better")
     parse = tuned.get("parse_rate")
     if parse is not None and parse < 0.8:
         out.append(f"{name}: only {parse:.0%} of the fine-tuned closed-form answers name an option")
@@ -143,11 +143,17 @@ def _reference_share(closed: dict, answer: str) -> str:
     return f"{ref.get(answer, 0) / total:.0%}" if total else "?"
 
 
-def _reference_words(answers_path: str | None) -> float | None:
-    """Mean words of the free-text references, from the set's answers file (None when it cannot be read)."""
+def _reference_words(answers_path: str | None, run: RunDir | None = None) -> float | None:
+    """Mean words of the free-text references, from the set's answers file (in the run folder when the folder
+    moved since; None when it cannot be read)."""
+    if not answers_path:
+        return None
+    path = Path(answers_path)
+    if not path.is_file() and run is not None:
+        path = run / "eval" / path.name
     try:
-        rows = [json.loads(line) for line in Path(answers_path).read_text().splitlines() if line.strip()]
-    except (OSError, TypeError, ValueError):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
         return None
     refs = [len(str(r.get("reference", "")).split()) for r in rows if r.get("kind") == "freetext"]
     return sum(refs) / len(refs) if refs else None

@@ -29,10 +29,11 @@ def combined_notebook(run: RunDir, title: str):
                   "tags", [])) and c.source not in (BOOTSTRAP, CHECK)]
     from medqlora.run import headline
 
-    summary = run / "summary.json"
-    stages = read_json(summary).get("stages") if summary.is_file() else None
-    top = headline.markdown(headline.build(run, stages))  # what happened, before any stage
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\n{top}\n<details><summary>Contents</summary>\n\n"
+    summary = read_json(run / "summary.json") if (run / "summary.json").is_file() else {}
+    top = headline.markdown(headline.build(run, summary.get("stages")))  # what happened, before any stage
+    status = f"**{summary['status']}**" + (f" · model {summary['model']}" if summary.get("model") else "") + "\n\n" \
+        if summary.get("status") else ""
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\n{status}{top}\n<details><summary>Contents</summary>\n\n"
                                               + "\n".join(toc) + "\n\n</details>")] + cells
     nb.metadata = {"language_info": {"name": "python"}}
     return nb
