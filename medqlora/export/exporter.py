@@ -86,7 +86,7 @@ prompt template `{cfg.data.template}`).
 | backend | {train['backend']} |
 | LoRA | r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, modules {', '.join(cfg.lora.target_modules)} |
 | steps / epochs | {train['steps']} / {train['epochs']} |
-| loss | {_num(train['first_loss'])} -> {_num(train['final_loss'])} (mean {_num(train.get('train_loss'))}) |
+| loss | {_num(train.get('loss_start', train['first_loss']))} -> {_num(train.get('loss_end', train['final_loss']))} (first and last fifth of the steps; mean {_num(train.get('train_loss'))}); validation {_num(train.get('val_first'))} -> {_num(train.get('val_last'))} |
 | training time | {train['seconds']} s, peak memory {train['peak_memory_gb']} GiB |
 | data fingerprint | {prep['fingerprint'][:16]} |
 
