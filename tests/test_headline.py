@@ -86,6 +86,16 @@ def test_at_chance_accuracy_and_a_length_driven_rouge_gain_are_warned(tmp_path):
     assert "[train](#stage-train)" in md
 
 
+def test_answers_naming_no_option_are_said_as_such_not_as_a_dominant_answer(tmp_path):
+    none = json.loads(json.dumps(YESNO))
+    for who in ("base", "finetuned"):
+        none["metrics"][who]["closed"].update(predicted={"None": 30}, dominant="None", dominant_share=1.0)
+        none["metrics"][who]["parse_rate"] = 0.0
+    h = H.build(write_run(tmp_path, {"yesno": none}))
+    assert not any('"None"' in w for w in h.warnings), h.warnings
+    assert "yesno: only 0% of the fine-tuned closed-form answers name an option (base 0%)" in "\n".join(h.warnings)
+
+
 def test_an_accuracy_above_chance_with_a_clear_interval_is_not_warned(tmp_path):
     good = json.loads(json.dumps(HELD_OUT))
     good["metrics"]["finetuned"]["accuracy"] = 0.8

@@ -91,7 +91,8 @@ def set_warnings(name: str, st: dict, run: RunDir | None = None) -> list[str]:
     m, changes = st.get("metrics") or {}, st.get("changes") or {}
     base, tuned = m.get("base") or {}, m.get("finetuned") or {}
     closed = {who: (m.get(who) or {}).get("closed") or {} for who in ("base", "finetuned")}
-    dom = {who: (c.get("dominant"), c.get("dominant_share")) for who, c in closed.items() if c.get("dominant")}
+    dom = {who: (c.get("dominant"), c.get("dominant_share")) for who, c in closed.items()
+           if c.get("dominant") and c.get("dominant") != "None"}  # "None": no option named, said below
     n_closed = base.get("n_choice")
     of = f" of {n_closed} closed-form items" if n_closed else ""
     if len(dom) == 2 and dom["base"][0] == dom["finetuned"][0]:
@@ -131,9 +132,11 @@ def set_warnings(name: str, st: dict, run: RunDir | None = None) -> list[str]:
             continue
         if abs(f - b) >= RATE_CHANGE or f >= HIGH_RATE:
             out.append(f"{name}: {what}: {b:.0%} -> {f:.0%}")
-    parse = tuned.get("parse_rate")
+    parse, parse_base = tuned.get("parse_rate"), base.get("parse_rate")
     if parse is not None and parse < 0.8:
-        out.append(f"{name}: only {parse:.0%} of the fine-tuned closed-form answers name an option")
+        was = f" (base {parse_base:.0%})" if parse_base is not None else ""
+        out.append(f"{name}: only {parse:.0%} of the fine-tuned closed-form answers name an option{was}: the rest "
+                   "count as wrong")
     return out
 
 
