@@ -57,7 +57,7 @@ def test_a_constant_answer_set_is_named_with_its_share_and_the_reference_share(t
     assert "yesno: answers cut off at the token limit: 10% -> 97%" in text
     assert "yesno: answers that repeat themselves: 0% -> 90%" in text
     assert "yesno: fine-tuned accuracy 0.433 (base 0.433) is not above the baselines" in text  # = majority 13/30
-    row = next(r for r in h.rows if r["set"] == "yesno" and r["metric"] == "accuracy")
+    row = next(r for r in h.rows if r["set"] == "yesno" and r["metric"] == "accuracy (closed-form)")
     assert row["verdict"] == "no clear difference" and row["ci95"] == [-0.1, 0.1]
     assert not any(r["metric"] == "parse_rate" for r in h.rows)
 
@@ -79,10 +79,10 @@ def test_at_chance_accuracy_and_a_length_driven_rouge_gain_are_warned(tmp_path):
             in text)
     assert "held-out: answers that repeat themselves: 28% -> 7%" in text
     assert not any("dominant" in w or "nearly everything" in w for w in h.warnings)
-    rouge = next(r for r in h.rows if r["metric"] == "ROUGE-L")
+    rouge = next(r for r in h.rows if r["metric"] == "ROUGE-L (free text)")
     assert rouge["verdict"] == "better" and rouge["items"] == 40
     md = H.markdown(h)
-    assert "| held-out | ROUGE-L | 40 | 0.120 | 0.181 | +0.061 [+0.038, +0.086] | better |" in md
+    assert "| held-out | ROUGE-L (free text) | 40 | 0.120 | 0.181 | +0.061 [+0.038, +0.086] | better |" in md
     assert "[train](#stage-train)" in md
 
 

@@ -212,7 +212,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
     if val is None and cfg.train.early_stopping_patience:
         raise ValueError("train.early_stopping_patience is set but the prepared data has no validation rows "
                          f"({run.val_data} is missing): rerun the preprocess stage with data.val_fraction above 0")
-    M.keep_training_layout(loaded.model)  # validation passes run mid-training: they must not repack the 4-bit weights
+    guarded = M.keep_training_layout(loaded.model)  # validation passes mid-training must not repack the weights
     initial_lora = {k: v.detach().clone() for k, v in loaded.model.named_parameters() if v.requires_grad}
     memory_log.record(run, "train", "before training")
     # Training reads no KV cache, and with one transformers' attention would not keep packed examples apart (TRL's
@@ -283,6 +283,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
         print_fn(f"memory: out of memory at step {step}; retrying with micro-batch {new_mb} and accumulation "
                  f"{new_acc} (effective batch {new_mb * new_acc}, unchanged) from the newest checkpoint")
     session_seconds = time.time() - t0
+    M.release_training_layout(guarded)
     loaded.model.config.use_cache = use_cache
     trainer.save_model(str(run.adapter_dir))
     loaded.tokenizer.save_pretrained(str(run.adapter_dir))
