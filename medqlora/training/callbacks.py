@@ -57,6 +57,12 @@ class ProgressPrinter(TrainerCallback):
                    f"{memory_line(snap)}")
 
 
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        if metrics and "eval_loss" in metrics:
+            secs = f" ({metrics['eval_runtime']:.1f} s)" if "eval_runtime" in metrics else ""
+            self.print(f"step {state.global_step:>4}/{state.max_steps} | validation loss {metrics['eval_loss']:.4f}{secs}")
+
+
 class StopOnNonFiniteLoss(TrainerCallback):
     """A NaN or infinite loss ends training at once, with the step and what to change."""
 
