@@ -124,6 +124,14 @@ def test_losses_and_export_failures_reach_the_headline_and_summary_md(tmp_path):
     assert "[export](04_export.ipynb) (failed)" in head
 
 
+def test_a_noisy_training_loss_beside_a_falling_validation_loss_is_said_as_such(tmp_path):
+    train = {"loss_start": 3.29, "loss_end": 3.51, "train_loss": 3.3, "losses": [[1, 3.0], [2, 3.5], [10, 3.51]],
+             "val_losses": [[2, 3.36], [10, 3.20]], "val_best": 3.20, "val_best_step": 10}
+    warning = H.train_warnings(train)
+    assert len(warning) == 1 and "training loss did not fall (3.2900 -> 3.5100" in warning[0]
+    assert "the validation loss fell (3.3600 -> 3.2000)" in warning[0]
+
+
 def test_a_run_without_results_yet_has_a_headline_that_says_so(tmp_path):
     h = H.build(RunDir(tmp_path / "empty"))
     assert h.rows == [] and h.warnings == [] and "No evaluation results yet" in H.markdown(h)
