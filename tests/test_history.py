@@ -29,12 +29,13 @@ def test_epoch_table_and_train_loss_weight_each_logged_loss_by_the_steps_it_cove
 
 def test_smoothed_ends_and_validation_figures():
     s = H.summarize_history(HISTORY, 24)
-    # first fifth of 24 steps: steps 1..4.8 -> the step-1 entry alone; last fifth: the entries after step 19.2
-    assert s["loss_start"] == pytest.approx(3.0) and s["loss_end"] == pytest.approx(0.5)
+    # logged every ~4 steps, so each end spans two intervals (8 steps, more than a fifth of 24): the entries at
+    # steps 1 and 5 (covering 1 and 4 steps), and those after step 16
+    assert s["loss_start"] == pytest.approx((3.0 * 1 + 2.0 * 4) / 5) and s["loss_end"] == pytest.approx(0.5)
     assert s["val_losses"] == [(12, 1.8), (24, 1.9)]
     assert (s["val_first"], s["val_last"], s["val_best"], s["val_best_step"]) == (1.8, 1.9, 1.8, 12)
     line = H.loss_line(s)
-    assert "training loss 3.0000 -> 0.5000" in line and "validation loss 1.8000 (step 12) -> 1.9000 (step 24)" in line
+    assert "training loss 2.2000 -> 0.5000" in line and "validation loss 1.8000 (step 12) -> 1.9000 (step 24)" in line
 
 
 def test_noisy_single_steps_do_not_decide_the_ends():

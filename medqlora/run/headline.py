@@ -53,8 +53,11 @@ def build(run: RunDir, stages: list[dict] | None = None) -> Headline:
             h.rows += _metric_rows(name, st)
             h.warnings += set_warnings(name, st, run)
     if train:
-        from medqlora.training.history import loss_line
+        from medqlora.training.history import loss_ends, loss_line
 
+        if train.get("losses"):  # the ends from the logged losses themselves (also for a train.json from before)
+            start, end = loss_ends([tuple(x) for x in train["losses"]])
+            train = {**train, "loss_start": start, "loss_end": end}
         h.losses = loss_line(train)
         h.warnings += train_warnings(train)
     if export:

@@ -37,10 +37,11 @@ def weighted_mean(losses: list[tuple[int, float]], start: int = 0) -> float | No
 
 def loss_ends(losses: list[tuple[int, float]]) -> tuple[float | None, float | None]:
     """The training loss at the start and at the end of the run, each the step-weighted mean over a fifth of the
-    steps (at least one logged entry): single logged steps are too noisy to say whether the loss fell."""
+    steps (at least two logging intervals): single logged steps are too noisy to say whether the loss fell."""
     if not losses:
         return None, None
-    span = max(1.0, losses[-1][0] / 5)
+    gaps = sorted(b - a for (a, _), (b, _) in zip(losses, losses[1:])) or [1]
+    span = max(1.0, losses[-1][0] / 5, 2 * gaps[len(gaps) // 2])
     head = [x for x in losses if x[0] <= span] or losses[:1]
     i = next(i for i, (step, _) in enumerate(losses) if step > losses[-1][0] - span)
     return weighted_mean(head), weighted_mean(losses[i:], losses[i - 1][0] if i else 0)
@@ -145,7 +146,8 @@ def plot_loss(result: dict, path: Path):
     if losses:
         steps, raw = zip(*losses)
         ax.plot(steps, raw, lw=0.8, alpha=0.35, color="C0", label="training loss (each logged step)")
-        window = max(2, round(steps[-1] / 10))
+        gaps = sorted(b - a for a, b in zip(steps, steps[1:])) or [1]
+        window = max(round(steps[-1] / 10), 3 * gaps[len(gaps) // 2])  # at least three logged losses
         ax.plot(steps, smoothed(losses, window), lw=2, color="C0", label=f"training loss, mean of {window} steps")
     if val:
         ax.plot(*zip(*val), marker="o", lw=1.5, color="C1", label="validation loss (held-out training rows)")
