@@ -115,6 +115,10 @@ def test_losses_and_export_failures_reach_the_headline_and_summary_md(tmp_path):
     assert "training loss did not fall (2.6000 -> 2.7000" in text
     assert "validation loss rose (2.5000 at step 6 -> 2.6000 at step 12)" in text
     assert "export gguf: check FAILED (logits differ)" in text
+    merged = {"check": {"passed": False, "logits_rel_rmse": 0.0593, "tolerance": 0.0428, "identical": 2, "prompts": 3}}
+    assert H.export_warnings({"formats": {"merged_16bit": merged}}) == [
+        "export merged_16bit: check FAILED (logits rel. RMSE 0.0593 against the adapter's, tolerance 0.0428; greedy "
+        "answers identical on 2/3 prompts); the exported file may not answer as the evaluated adapter does"]
     assert h.warnings[0] == "stage export failed: boom"
     assert h.losses.startswith("training loss 2.6000 -> 2.7000 (mean of the first and last fifth")
     md = readable({"run_id": "r1", "status": "failed", "model": "m", "run_dir": str(run.path), "stages": [

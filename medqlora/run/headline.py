@@ -199,7 +199,17 @@ def export_warnings(e: dict) -> list[str]:
             out.append(f"export {name}: not written ({f['error'][:160]})")
         check = f.get("check") or {}
         if check and not check.get("passed", True):
-            out.append(f"export {name}: check FAILED" + (f" ({check['error'][:160]})" if check.get("error") else ""))
+            if check.get("error"):
+                why = f" ({check['error'][:160]})"
+            elif check.get("logits_rel_rmse") is not None and check.get("tolerance") is not None:
+                why = (f" (logits rel. RMSE {check['logits_rel_rmse']:.3g} against the adapter's, tolerance "
+                       f"{check['tolerance']:.3g}" + (f"; greedy answers identical on {check['identical']}/"
+                                                      f"{check['prompts']} prompts" if "identical" in check else "")
+                       + ")")
+            else:
+                why = ""
+            out.append(f"export {name}: check FAILED{why}; the exported file may not answer as the evaluated "
+                       "adapter does")
     return out
 
 
