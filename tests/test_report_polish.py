@@ -15,22 +15,23 @@ def test_integers_and_sizes_read_as_such():
     assert human_value("n", 3) == "3" and human_value("x", "text") == "text"
 
 
-def test_library_progress_bars_go_to_the_process_stderr_not_the_notebook(monkeypatch, capfd):
-    """In a kernel sys.stderr is the cell's stderr stream (a red block in the report); the process's own stderr
-    is what the runner sends to run.log."""
+def test_library_progress_bars_go_to_run_log_not_the_notebook(tmp_path, monkeypatch):
+    """In a kernel sys.stderr is the cell's stderr stream (a red block in the report), and ipykernel forwards the
+    process's file descriptor 2 there too: the bars are written into the run folder's run.log."""
     import io
 
     from tqdm import tqdm
 
-    notebook.progress_bars_to_log()
-    notebook.progress_bars_to_log()  # idempotent: wrapped once
+    log = tmp_path / "run.log"
+    notebook.progress_bars_to_log(log)
+    notebook.progress_bars_to_log(log)  # idempotent: wrapped once, one file
     cell = io.StringIO()
     monkeypatch.setattr(sys, "stderr", cell)
     for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
         pass
     assert cell.getvalue() == ""
-    assert "Converting and de-quantizing" in capfd.readouterr().err
+    assert "Converting and de-quantizing" in log.read_text()
     explicit = io.StringIO()
     for _ in tqdm(range(2), desc="mine", file=explicit):  # a bar given its own file keeps it
         pass
-    assert "mine" in explicit.getvalue()
+    assert "mine" in explicit.getvalue() and "mine" not in log.read_text()

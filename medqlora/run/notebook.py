@@ -25,24 +25,28 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
-def progress_bars_to_log() -> None:
-    """Library progress bars (tqdm: GGUF conversion, dataset maps) to the kernel process's own stderr, which the
-    runner sends to run.log, instead of the notebook's stderr stream: in a saved report they are a red block of
-    carriage-return lines that reads like an error. Text progress meant for the report is printed, not a bar."""
+_BAR_FILE = {}  # the open run.log each kernel sends library progress bars to
+
+
+def progress_bars_to_log(path: Path) -> None:
+    """Library progress bars (tqdm: GGUF conversion, dataset maps) into the run folder's run.log instead of the
+    notebook: in a saved report they are a red stderr block of carriage-return lines that reads like an error.
+    (The process's own stderr is no way out: ipykernel forwards file descriptor 2 into the cell too.) Text
+    progress meant for the report is printed, not drawn as a bar; a bar given its own file keeps it."""
     import sys
 
     import tqdm.std
 
-    init = tqdm.std.tqdm.__init__
-    if getattr(init, "_medqlora", False):
-        return
+    if _BAR_FILE.get("path") != path:
+        _BAR_FILE.update(path=path, file=open(path, "a", buffering=1, encoding="utf-8"))  # noqa: SIM115
+    init = getattr(tqdm.std.tqdm.__init__, "_medqlora_init", tqdm.std.tqdm.__init__)
 
     def __init__(self, *args, **kwargs):
-        if len(args) < 5 and kwargs.get("file") in (None, sys.stderr):
-            kwargs["file"] = sys.__stderr__
+        if len(args) < 5 and kwargs.get("file") in (None, sys.stderr, sys.__stderr__):
+            kwargs["file"] = _BAR_FILE["file"]
         init(self, *args, **kwargs)
 
-    __init__._medqlora = True
+    __init__._medqlora_init = init
     tqdm.std.tqdm.__init__ = __init__
 
 
@@ -64,7 +68,6 @@ def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir
 
         preload_unsloth()  # before anything below imports transformers
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    progress_bars_to_log()
     import datasets
 
     datasets.disable_progress_bars()
@@ -83,6 +86,7 @@ def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir
             torch.cuda.set_per_process_memory_fraction(float(cap) * 1024**3 / torch.cuda.mem_get_info()[1])
     cfg = load_config(config_path)
     run = RunDir(run_dir)
+    progress_bars_to_log(run / "run.log")
     from medqlora.core.memory_log import record
 
     record(run, stage, "start")
