@@ -61,7 +61,8 @@ def tiny_params(tmp_path: Path, model_dir: str, train_file: Path, eval_file: Pat
 
     cfg = {"run_name": "tiny",
            "model": {"name_or_path": model_dir, "max_seq_length": 512, "cache_dir": str(tmp_path / "cache")},
-           "data": {"source": str(train_file), "min_train_examples": 2},  # tiny files: a few rows is the point
+           # tiny files: a few rows is the point; no validation split unless a test asks (data.val_fraction)
+           "data": {"source": str(train_file), "min_train_examples": 2, "val_fraction": 0},
            "lora": {"r": 8, "alpha": 16},
            "train": {"epochs": 1, "micro_batch_size": 4, "gradient_accumulation": 1, "learning_rate": 1e-3,
                      "gradient_checkpointing": False},

@@ -105,6 +105,29 @@ def test_batch_continues_past_a_failed_run_and_builds_summary_and_comparison(tmp
     assert runner.expand_params([str(folder / "t*.yaml")]) == [str(folder / "three.yaml"), str(folder / "two.yaml")]
 
 
+def test_comparison_labels_rows_by_run_id_warns_on_a_run_given_twice_and_stars_no_tie(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """compare A A used to label both rows 'run' (the folder's name), say nothing, and star one of the two."""
+    a = fake_run(tmp_path / "x" / "run", "alpha", (0.05, 0.02, 0.08))
+    b = fake_run(tmp_path / "y" / "run", "beta", (0.05, 0.02, 0.08))  # identical results, another run
+    lines = []
+    once = comparison.load_runs([a, tmp_path / "x" / ".." / "x" / "run"], print_fn=lines.append)
+    assert [r["run"] for r in once] == ["alpha"] and "given more than once" in lines[0]
+    assert not any(r["best"] for r in comparison.metric_rows(once)), "one run has no best run"
+    twins = comparison.load_runs([a, b])
+    assert [r["run"] for r in twins] == ["alpha", "beta"]
+    rows = comparison.metric_rows(twins)
+    assert rows and all(r["verdict"] == "better" or r["metric"] != "rougeL" for r in rows)
+    assert not any(r["best"] for r in rows), "identical results: no star"
+    assert "★" not in comparison.metrics_table(twins).to_html()
+    copy = fake_run(tmp_path / "z" / "alpha", "alpha", (0.01, 0.0, 0.02))  # a copy of alpha's folder elsewhere
+    assert [r["run"] for r in comparison.load_runs([a, copy])] == ["alpha (x)", "alpha (z)"]
+    seen = []
+    monkeypatch.setattr(comparison, "compare_report", lambda dirs, out: seen.append(dirs) or out / "compare.html")
+    assert runner.main(["compare", str(a), str(a), "--out", str(tmp_path / "cmp")]) == 0
+    assert seen == [[str(a.resolve())]] and "given more than once" in capsys.readouterr().err
+
+
 def test_run_report_joins_the_notebooks_and_says_which_failed(tmp_path):
     from medqlora.run.report import run_report
 

@@ -64,10 +64,19 @@ def test_wrong_type_is_named_with_value(tmp_path):
     ("data.eval_fraction", 1.5, r"data\.eval_fraction"),
     ("model.backend", "vllm", r"model\.backend: Input should be 'auto', 'unsloth' or 'hf'"),
     ("run_name", "bad name/x", r"run_name: .*letters, digits"),
+    ("data.val_fraction", 1.0, r"data\.val_fraction"),
+    ("train.eval_steps", 2.5, r"train\.eval_steps 2\.5: give a whole number"),
 ])
 def test_impossible_values_rejected(tmp_path, key, value, match):
     with pytest.raises(ConfigError, match=match):
         load_config(write(tmp_path, base_raw()), [f"{key}={value}"])
+
+
+def test_early_stopping_needs_a_validation_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"early_stopping_patience needs a validation set: set data\.val_fraction"):
+        load_config(write(tmp_path, base_raw()), ["train.early_stopping_patience=2", "data.val_fraction=0"])
+    cfg = load_config(write(tmp_path, base_raw()), ["train.early_stopping_patience=2"])
+    assert cfg.train.early_stopping_patience == 2 and cfg.data.val_fraction > 0
 
 
 def test_missing_required_section(tmp_path):

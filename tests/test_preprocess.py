@@ -13,14 +13,29 @@ from medqlora.data.formats import DataError
 
 def config(tokenizer_dir, **data) -> RunConfig:
     return RunConfig.model_validate({"run_name": "t", "model": {"name_or_path": tokenizer_dir, "max_seq_length": 256},
-                                     "data": data})
+                                     "data": {"val_fraction": 0, **data}})  # no validation split unless asked
 
 
 def test_bundled_sample_prepares_with_fixed_eval_split(tmp_path, tokenizer, tokenizer_dir):
     cfg = config(tokenizer_dir, source=str(ROOT / "data" / "medqa_train.jsonl"),
-                 eval_source=str(ROOT / "data" / "medqa_eval.jsonl"))
-    p = P.prepare(cfg, RunDir(tmp_path / "run"), tokenizer)
-    assert p.checks.kinds == {"train/freetext": 160, "train/choice": 80, "eval/freetext": 40, "eval/choice": 20}
+                 eval_source=str(ROOT / "data" / "medqa_eval.jsonl"), val_fraction=0.1)
+    run = RunDir(tmp_path / "run")
+    p = P.prepare(cfg, run, tokenizer)
+    k = p.checks.kinds
+    assert (k["eval/freetext"], k["eval/choice"]) == (40, 20)
+    assert k["train/freetext"] + k["val/freetext"] == 160 and k["train/choice"] + k["val/choice"] == 80
+    assert 12 <= p.checks.kept["val"] <= 36, "about a tenth of the 240 training rows is held out for validation"
+    import datasets
+
+    val, train = datasets.load_from_disk(str(run.val_data)), datasets.load_from_disk(str(run.train_data))
+    assert len(val) == p.checks.kept["val"] and len(train) == p.checks.kept["train"]
+    assert not set(val["id"]) & set(train["id"]), "a validation row is never trained on"
+    result = P.save_result(p, cfg, run)
+    assert result["val_examples"] == len(val) and result["train_examples"] == len(train)
+    capped = P.prepare(config(tokenizer_dir, source=str(ROOT / "data" / "medqa_train.jsonl"),
+                              eval_source=str(ROOT / "data" / "medqa_eval.jsonl"), val_fraction=0.1,
+                              val_max_examples=5), RunDir(tmp_path / "capped"), tokenizer)
+    assert capped.checks.kept["val"] == 5 and capped.checks.kept["train"] == 235
     assert p.checks.dropped == {}, "the bundled sample is clean and has no train/eval overlap"
     assert max(p.train_lengths) <= 256
 

@@ -79,7 +79,7 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
                          eval={"sets": [{"name": "bench", "source": str(bench), "max_items": 10}],
                                "queries": ["What is the first-line treatment of anaphylaxis?"],
                                "repetition_penalty": 1.1},
-                         export={"zip": True})
+                         export={"zip": True}, data={"val_fraction": 0.25})
     reports = tmp_path / "reports"
     r = runner(params, "--reports-dir", reports, "--run-id", "e2e")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -95,7 +95,15 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     assert s["status"] == "ok" and s["run_id"] == "e2e" and s["model"] == tiny_model_dir
     assert [x["name"] for x in s["stages"]] == ["setup", "preprocess", "train", "export", "evaluate"]
     assert all(x["status"] == "ok" and x["seconds"] > 0 and Path(x["notebook"]).is_file() for x in s["stages"])
-    assert s["train"]["steps"] == 4 and s["train"]["final_loss"] > 0 and s["train"]["peak_memory_gb"] > 0
+    prep = json.loads((run / "results" / "preprocess.json").read_text())
+    assert prep["val_examples"] >= 1 and (run / "data" / "val").is_dir()
+    assert s["train"]["steps"] == -(-prep["train_examples"] // 4) and s["train"]["final_loss"] > 0
+    assert s["train"]["peak_memory_gb"] > 0 and s["train"]["val_last"] > 0
+    # the headline opens report.html and summary.md, before any stage
+    html, md = (run / "report.html").read_text(), (run / "summary.md").read_text()
+    assert html.index("change [95% CI, paired]") < html.index("Loss:") < html.index("Stage: setup")
+    assert "validation loss" in html[:html.index("Stage: setup")]
+    assert md.index("| eval set | metric |") < md.index("| stage | status |") and "**Loss:** training loss" in md
     for which in ("base", "finetuned"):
         m = s["metrics"][which]
         assert set(m) >= {"rouge1", "rouge2", "rougeL", "accuracy", "n_freetext", "n_choice"}
@@ -104,7 +112,6 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     answers = [json.loads(line) for line in (run / "eval" / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 6 and all("base" in a and "finetuned" in a for a in answers)
     # a benchmark set is scored apart, and a training question found in it is dropped as a leak
-    prep = json.loads((run / "results" / "preprocess.json").read_text())
     assert prep["dropped"].get("leak") == 1 and prep["eval_sets"]["bench"]["kept"] == 5
     ev = json.loads((run / "results" / "evaluate.json").read_text())
     assert list(ev["sets"]) == ["held-out", "bench"] and ev["sets"]["bench"]["n_items"] == 5

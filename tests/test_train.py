@@ -291,3 +291,68 @@ def test_kill_9_of_the_training_process_during_a_checkpoint_save_then_resume(tmp
     resumed = T.train(cfg, run, T.load_for_training(cfg), print_fn=lines.append)
     assert "checkpoint-8 is incomplete" in "\n".join(lines) and resumed["resumed_from"].endswith("checkpoint-4")
     assert resumed["steps"] == 12 and [s for s, _ in resumed["losses"]] == list(range(1, 13))
+
+
+def _antidote_run(tmp_path, tiny_model_dir, **train):
+    rows = [{"question": f"What is the antidote for poison {i}?", "answer": f"Antidote {i} given early."}
+            for i in range(12)]
+    src = write_jsonl(tmp_path / "t.jsonl", rows * 2)
+    ev = write_jsonl(tmp_path / "e.jsonl", [{"question": "What is the antidote for poison 99?", "answer": "None."}])
+    cfg = load_config(tiny_params(tmp_path, tiny_model_dir, src, ev,
+                                  train={"max_steps": 12, "learning_rate": 1e-2, "micro_batch_size": 4,
+                                         "group_by_length": False, "eval_steps": 3, **train},
+                                  data={"val_fraction": 0.3, "max_drop_fraction": 0.8}))  # 12 of 24 are repeats
+    run = RunDir(tmp_path / "run")
+    tok = M.load_tokenizer(M.resolve_model(cfg.model)[0], cfg.model)
+    P.save_result(P.prepare(cfg, run, tok), cfg, run)
+    return cfg, run
+
+
+def test_validation_during_training_leaves_the_training_untouched(tmp_path, tiny_model_dir):
+    """The validation loss is measured every train.eval_steps on rows preprocess held out of the training data.
+    An eval-mode pass on the CPU would make bitsandbytes repack the 4-bit weights and cut the gradients off
+    (DESIGN.md): the training losses with validation passes must equal those of the same run without them."""
+    cfg, run = _antidote_run(tmp_path, tiny_model_dir)
+    prep = run.result("preprocess")
+    assert prep["val_examples"] >= 1 and prep["train_examples"] + prep["val_examples"] == 12
+    assert prep["kept"]["val"] == prep["val_examples"]
+    with_val = T.train(cfg, run, T.load_for_training(cfg), print_fn=lambda *a: None)
+    assert [s for s, _ in with_val["val_losses"]] == [3, 6, 9, 12]
+    assert with_val["val_examples"] == prep["val_examples"] and with_val["epochs_table"][-1]["val_loss"] is not None
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    shutil.rmtree(run.val_data)
+    without = T.train(cfg, run, T.load_for_training(cfg), print_fn=lambda *a: None)
+    assert without["val_losses"] == [] and without["val_examples"] == 0
+    a, b = [v for _, v in with_val["losses"]], [v for _, v in without["losses"]]
+    # Measured: equal for 2 steps, then apart by up to 0.04 (2 threads) or 0.11 (OMP_NUM_THREADS=1): with an eval
+    # schedule the trainer's steps differ slightly (not found why). Both fall 10.72 -> ~9.95; gradients cut off from
+    # the 4-bit base would leave the loss near 10.7 after the first validation pass.
+    assert a[:2] == pytest.approx(b[:2], abs=1e-4) and a == pytest.approx(b, abs=0.3), (a, b)
+    assert with_val["loss_end"] < with_val["loss_start"] - 0.5, a
+
+
+def test_a_model_being_trained_is_never_repacked_for_cpu_inference(tmp_path, tiny_model_dir):
+    """The mechanism behind the test above: an explicit eval-mode, no-grad forward (as a validation pass or
+    generate does) repacks bitsandbytes' 4-bit weights on a CPU with AVX512-BF16 (measured: every 4-bit layer of
+    the tiny model); load_for_training guards the model so that it keeps the layout gradients flow through."""
+    cfg, _ = _antidote_run(tmp_path, tiny_model_dir)
+    loaded = T.load_for_training(cfg)
+    M.keep_training_layout(loaded.model)
+    loaded.model.eval()
+    with torch.no_grad():
+        loaded.model(input_ids=torch.tensor([[1, 2, 3, 4]]))
+    layers = [m for m in loaded.model.modules() if hasattr(getattr(m, "weight", None), "quant_state")]
+    assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_model_dir):
+    """A learning rate high enough to overshoot makes the validation loss rise; with patience 1 training stops
+    and the adapter saved is the best evaluation's."""
+    cfg, run = _antidote_run(tmp_path, tiny_model_dir, early_stopping_patience=1, eval_steps=1, learning_rate=0.3)
+    result = T.train(cfg, run, T.load_for_training(cfg), print_fn=lambda *a: None)
+    es = result["early_stopping"]
+    assert es["stopped_early"] and result["steps"] < 12, result["val_losses"]
+    assert es["kept_checkpoint"].endswith(f"checkpoint-{result['val_best_step']}")
+    assert result["val_best"] == min(v for _, v in result["val_losses"]) < result["val_last"]

@@ -40,6 +40,9 @@ class RunConfig(Section):
             raise ValueError("model.backend=unsloth does not train in float32; set model.dtype to auto or bfloat16")
         if self.train.packing is True and self.model.max_seq_length < 64:
             raise ValueError("train.packing needs model.max_seq_length of at least 64")
+        if self.train.early_stopping_patience and not self.data.val_fraction:
+            raise ValueError("train.early_stopping_patience needs a validation set: set data.val_fraction above 0 "
+                             "(e.g. 0.1), or remove early_stopping_patience")
         return self
 
 

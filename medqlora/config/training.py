@@ -37,6 +37,19 @@ class TrainConfig(Section):
         "Unsloth: a step of 8 rows of 2048 tokens holds about 50 examples of 300 tokens, so an epoch has fewer, "
         "larger optimizer steps (the train notebook prints examples per step).")
     group_by_length: bool = Field(True, description="Unpacked: batch examples of similar length (less padding).")
+    eval_steps: float = Field(
+        0.2, gt=0, description="Measure the validation loss (data.val_fraction) every N optimizer steps, and at each "
+        "epoch end; below 1: a share of the steps the run really has (0.2: five times a run).")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop when the validation loss has not improved for this many evaluations, and keep "
+        "the best checkpoint as the adapter (checkpoints are then written when the validation loss improves). "
+        "null: train to the end. Needs data.val_fraction > 0.")
+
+    @model_validator(mode="after")
+    def _eval_steps_whole(self) -> "TrainConfig":
+        if self.eval_steps >= 1 and self.eval_steps != int(self.eval_steps):
+            raise ValueError(f"train.eval_steps {self.eval_steps:g}: give a whole number of steps, or a share below 1")
+        return self
 
 
 

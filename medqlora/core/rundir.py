@@ -74,6 +74,11 @@ class RunDir:
         return self.path / "data" / "train"
 
     @property
+    def val_data(self) -> Path:
+        """The validation rows held out of the training data (data.val_fraction), tokenized like train/."""
+        return self.path / "data" / "val"
+
+    @property
     def eval_items(self) -> Path:
         return self.path / "data" / "eval.jsonl"
 

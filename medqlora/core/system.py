@@ -22,6 +22,31 @@ def clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def human_size(n: float | None) -> str:
+    """A file size a reader takes in at a glance: 512 B, 3.4 KiB, 12.5 MiB, 1.20 GiB."""
+    if n is None or n != n:
+        return ""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.2f} {unit}" if v < 10 else f"{v:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def human_value(key: str, v) -> str:
+    """A table cell: whole numbers without '.0' and with thousands separators, sizes (keys naming bytes) in units,
+    other floats to four significant digits."""
+    if v is None:
+        return ""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if "bytes" in key.lower():
+        return human_size(v)
+    if isinstance(v, int) or float(v).is_integer():
+        return f"{int(v):,}"
+    return f"{v:.4g}"
+
+
 def in_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ or "COLAB_GPU" in os.environ
 

@@ -235,7 +235,7 @@ def row_key(ex: Example) -> str:
     return hashlib.sha1(f"{question_key(ex)}\x00{options}\x00{_fold(answer)}".encode()).hexdigest()
 
 
-def in_eval_split(ex: Example, fraction: float, seed: int) -> bool:
+def in_eval_split(ex: Example, fraction: float, seed: int | str) -> bool:
     """Deterministic split by a hash of the question: stable across reruns and row order, streaming-safe,
     and a question asked twice lands on one side only."""
     h = hashlib.sha256(f"{seed}:{question_key(ex)}".encode()).digest()

@@ -71,7 +71,7 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         tok["prompt"], tok["completion"] = prompt, completion
         return tok
 
-    kept_eval = []
+    kept_eval, val_rows = [], []
 
     def add_eval(ex: D.Example) -> None:
         tok = tokenized(ex, prompt_only=True)
@@ -97,12 +97,18 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
             tok = tokenized(ex)
             if tok is None:
                 continue
+            row = {"id": ex.id, "kind": ex.kind, "input_ids": tok["input_ids"], "labels": tok["labels"],
+                   "n_tokens": tok["n_tokens"]}
+            # the validation share: a second hash of the question (another salt than the eval split's), capped
+            if len(val_rows) < dc.val_max_examples and D.in_eval_split(ex, dc.val_fraction, f"val-{dc.seed}"):
+                checks.keep("val", ex.kind)
+                val_rows.append(row)
+                continue
             checks.keep("train", ex.kind)
             train_lengths.append(tok["n_tokens"])
             if not first:
                 first.update(tok)
-            yield {"id": ex.id, "kind": ex.kind, "input_ids": tok["input_ids"], "labels": tok["labels"],
-                   "n_tokens": tok["n_tokens"]}
+            yield row
 
     import datasets
 
@@ -123,12 +129,16 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         # Nothing is written to the run folder until the data is known to be worth training on.
         assert checks.balanced(), f"row accounting is off: {checks}"
         refuse_meaningless(checks, dc, max_len, all_lengths, kept_eval)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp = out.with_name("train.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        ds.save_to_disk(str(tmp))
-        tmp.rename(out)
+        val = datasets.Dataset.from_list(val_rows, features=ds.features) if val_rows else None
+        for data, path in ((ds, out), (val, run.val_data)):
+            if path.exists():
+                shutil.rmtree(path)
+            if data is None:  # no validation set this time: a stale one must not be read
+                continue
+            tmp = path.with_name(path.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            data.save_to_disk(str(tmp))
+            tmp.rename(path)
     eval_text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept_eval)
     run.eval_items.write_text(eval_text)
     for name, b in benchmarks.items():
@@ -137,11 +147,14 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         eval_text += text
         b.pop("keys")
     h = hashlib.sha256()
-    for f in sorted(out.glob("*.arrow")):
+    for f in sorted(out.glob("*.arrow")) + sorted(run.val_data.glob("*.arrow")):
         h.update(f.read_bytes())
     h.update(eval_text.encode())
     if any(k.startswith("eval/") for k in checks.kinds) and dc.eval_source is None:
         notes.append(f"eval split: {dc.eval_fraction:.0%} of questions by hash (seed {dc.seed})")
+    if dc.val_fraction:
+        notes.append(f"validation split: {len(val_rows)} training rows held out for the validation loss "
+                     f"(data.val_fraction {dc.val_fraction:g}, at most data.val_max_examples {dc.val_max_examples})")
     return Prepared(fmt, mapping, checks, train_lengths, eval_lengths, kept_eval, first, h.hexdigest(),
                     time.time() - t0, notes, benchmarks)
 
@@ -243,7 +256,10 @@ def length_stats(p: Prepared):
         out[name] = {"examples": len(lens), "mean": a.mean(), "p50": np.percentile(a, 50),
                      "p90": np.percentile(a, 90), "p99": np.percentile(a, 99), "max": a.max(),
                      "total tokens": a.sum()}
-    return pd.DataFrame(out).T.round(1)
+    df = pd.DataFrame(out).T.round(1)
+    for col in ("examples", "max", "total tokens"):  # counts: no '240.0'
+        df[col] = df[col].astype(int)
+    return df
 
 
 def plot_lengths(p: Prepared, cfg: RunConfig, path: Path):
@@ -285,6 +301,8 @@ def save_result(p: Prepared, cfg: RunConfig, run: RunDir) -> dict:
                             f"a hash split of data.source {cfg.data.source}: {cfg.data.eval_fraction:.0%} of its "
                             f"questions (seed {cfg.data.seed})"),
               "p99_tokens": int(np.percentile(p.train_lengths, 99)) if p.train_lengths else None,
+              "train_examples": p.checks.kept.get("train", 0), "val_examples": p.checks.kept.get("val", 0),
+              "val_data": str(run.val_data) if p.checks.kept.get("val") else None,
               "fingerprint": p.fingerprint, "train_data": str(run.train_data), "eval_items": str(run.eval_items),
               "seconds": round(p.seconds, 2), "notes": p.notes,
               "eval_sets": {name: {**b, "path": str(run.eval_set_path(name))} for name, b in p.benchmarks.items()}}

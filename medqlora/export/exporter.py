@@ -13,7 +13,7 @@ from pathlib import Path
 from medqlora.config import RunConfig, save_config
 from medqlora.core import memory_log
 from medqlora.core.rundir import RunDir, read_json, write_json
-from medqlora.core.system import versions
+from medqlora.core.system import human_size, versions
 
 MANIFEST = "manifest.json"
 
@@ -86,7 +86,7 @@ prompt template `{cfg.data.template}`).
 | backend | {train['backend']} |
 | LoRA | r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, modules {', '.join(cfg.lora.target_modules)} |
 | steps / epochs | {train['steps']} / {train['epochs']} |
-| loss | {_num(train['first_loss'])} -> {_num(train['final_loss'])} (mean {_num(train.get('train_loss'))}) |
+| loss | {_num(train.get('loss_start', train['first_loss']))} -> {_num(train.get('loss_end', train['final_loss']))} (first and last fifth of the steps; mean {_num(train.get('train_loss'))}); validation {_num(train.get('val_first'))} -> {_num(train.get('val_last'))} |
 | training time | {train['seconds']} s, peak memory {train['peak_memory_gb']} GiB |
 | data fingerprint | {prep['fingerprint'][:16]} |
 
@@ -264,8 +264,8 @@ def formats_table(result: dict):
                          f"{'PASSED' if c['passed'] else 'FAILED'}: logits rel. RMSE {c['logits_rel_rmse']:.2e} "
                          f"(tolerance {c['tolerance']:.0e}), top-1 agreement {c['top1_agreement']:.1%}, tokenizer "
                          f"same ids {c['tokenizer_same_ids']}, metadata {'same' if not c['metadata_differs'] else c['metadata_differs']}"))
-    df = pd.DataFrame(rows, columns=["format", "where", "MiB", "made by", "check"])
-    df["MiB"] = df["MiB"].map(lambda b: "" if b is None or b != b else f"{b / 1024**2:.1f}")
+    df = pd.DataFrame(rows, columns=["format", "where", "size", "made by", "check"])
+    df["size"] = df["size"].map(human_size)
     return df.style.hide(axis="index").set_properties(**{"text-align": "left", "white-space": "pre-wrap"})
 
 
@@ -374,6 +374,6 @@ def files_table(folder: Path):
     import pandas as pd
 
     m = read_json(Path(folder) / MANIFEST)["files"]
-    rows = [(rel, meta["bytes"] / 1024**2, meta["sha256"][:16]) for rel, meta in m.items()]
-    return pd.DataFrame(rows, columns=["file", "MiB", "sha256 (first 16)"]).round(3)
+    rows = [(rel, human_size(meta["bytes"]), meta["sha256"][:16]) for rel, meta in m.items()]
+    return pd.DataFrame(rows, columns=["file", "size", "sha256 (first 16)"])
 

@@ -40,7 +40,7 @@ def load_run(folder: str | Path) -> dict:
 
         cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
     failed = next((x for x in s.get("stages", []) if x.get("status") != "ok"), None)
-    return {"run": folder.name, "path": str(folder.resolve()), "status": s.get("status", "missing"),
+    return {"run": s.get("run_id") or folder.name, "path": str(folder.resolve()), "status": s.get("status", "missing"),
             "rerun_of": Path(s["rerun_of"]).name if s.get("rerun_of") else None,
             "failed_stage": failed and f"{failed['name']}: {failed.get('error')}",
             "model": s.get("model") or (cfg.get("model") or {}).get("name_or_path"),
@@ -50,14 +50,38 @@ def load_run(folder: str | Path) -> dict:
             "tokens_per_s": round(prep["train_tokens"] * train["epochs"] / train["seconds"])  # tokens trained / s
             if prep.get("train_tokens") and train.get("epochs") and train.get("seconds") else None,
             "peak_gb": max(peaks.values()) if (peaks := s.get("memory_peaks_gb")) else train.get("peak_memory_gb"),
-            "final_loss": train.get("final_loss"), "sets": ev.get("sets", {}),
+            "final_loss": train.get("loss_end", train.get("final_loss")), "val_loss": train.get("val_last"),
+            "sets": ev.get("sets", {}),
             "notebooks": sorted(str(p) for p in folder.glob("0*.ipynb")),
             "report": str(folder / "report.html") if (folder / "report.html").is_file() else None,
             "tensorboard": str(folder / "tensorboard") if (folder / "tensorboard").is_dir() else None}
 
 
-def load_runs(folders) -> list[dict]:
-    return [load_run(f) for f in folders]
+def unique_folders(folders) -> tuple[list[str], list[str]]:
+    """The folders once each (by resolved path), and a warning for each one given more than once."""
+    seen, out, warnings = set(), [], []
+    for f in folders:
+        key = str(Path(f).resolve())
+        if key in seen:
+            warnings.append(f"warning: {f} was given more than once; it is compared once (a run against itself "
+                            "shows no difference and no best run)")
+            continue
+        seen.add(key)
+        out.append(f)
+    return out, warnings
+
+
+def load_runs(folders, print_fn=print) -> list[dict]:
+    """One record per distinct run folder, labelled by run id (made unique where two runs share one)."""
+    folders, warnings = unique_folders(folders)
+    for w in warnings:
+        print_fn(w)
+    runs = [load_run(f) for f in folders]
+    labels = [r["run"] for r in runs]
+    for r in runs:
+        if labels.count(r["run"]) > 1:  # two folders with one run id (copies): tell them apart by their parent
+            r["run"] = f"{r['run']} ({Path(r['path']).parent.name})"
+    return runs
 
 
 def runs_table(runs: list[dict]):
@@ -74,7 +98,7 @@ def runs_table(runs: list[dict]):
                      "micro-batch x accumulation": f"{st.get('micro_batch_size')} x {st.get('gradient_accumulation')}"
                      if st else "", "max_seq_length": st.get("max_seq_length"),
                      "train s": r["train_seconds"], "tokens/s": r["tokens_per_s"], "peak GiB": r["peak_gb"],
-                     "final loss": r["final_loss"]})
+                     "final loss": r["final_loss"], "val loss": r.get("val_loss")})
     return pd.DataFrame(rows)
 
 
@@ -100,16 +124,19 @@ def metric_rows(runs: list[dict]) -> list[dict]:
                     verdict = "no clear difference"
                 rows.append({"run": r["run"], "eval set": name, "metric": k, "items": st["n_items"], "base": b,
                              "fine-tuned": f, "change": f - b, "ci95": (lo, hi), "verdict": verdict})
-    best = {}
-    for row in rows:  # best fine-tuned value per (set, metric), among changes that are real improvements
-        if row["verdict"] != "better":
-            continue
-        key = (row["eval set"], row["metric"])
-        sign = -1 if row["metric"] in LOWER_IS_BETTER else 1
-        if key not in best or sign * row["fine-tuned"] > sign * best[key]["fine-tuned"]:
-            best[key] = row
+    # The best run per (set, metric): among the real improvements, the fine-tuned value that beats every other
+    # one. With one run, or a tie (identical runs), there is no best run and no star.
+    by_key: dict[tuple, list[dict]] = {}
     for row in rows:
-        row["best"] = best.get((row["eval set"], row["metric"])) is row
+        by_key.setdefault((row["eval set"], row["metric"]), []).append(row)
+    for key, group in by_key.items():
+        sign = -1 if key[1] in LOWER_IS_BETTER else 1
+        better = [r for r in group if r["verdict"] == "better"]
+        top = max(better, key=lambda r: sign * r["fine-tuned"]) if better and len(group) > 1 else None
+        if top is not None and any(sign * r["fine-tuned"] >= sign * top["fine-tuned"] for r in better if r is not top):
+            top = None  # a tie
+        for row in group:
+            row["best"] = row is top
     return rows
 
 
@@ -196,6 +223,10 @@ def compare_main(argv: list[str]) -> int:
     if missing:
         print(f"error: not run folders (no config.yaml): {missing}", file=sys.stderr)
         return EXIT_INVALID
+    folders, warnings = unique_folders(a.runs)
+    for w in warnings:
+        print(w, file=sys.stderr)
+    a.runs = folders
     out = Path(a.out or default_reports() / f"compare-{datetime.now():%Y%m%d-%H%M%S}")
     print(f"comparison report: {compare_report([str(Path(r).resolve()) for r in a.runs], out)}")
     return EXIT_OK

@@ -25,6 +25,31 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
+_BAR_FILE = {}  # the open run.log each kernel sends library progress bars to
+
+
+def progress_bars_to_log(path: Path) -> None:
+    """Library progress bars (tqdm: GGUF conversion, dataset maps) into the run folder's run.log instead of the
+    notebook: in a saved report they are a red stderr block of carriage-return lines that reads like an error.
+    (The process's own stderr is no way out: ipykernel forwards file descriptor 2 into the cell too.) Text
+    progress meant for the report is printed, not drawn as a bar; a bar given its own file keeps it."""
+    import sys
+
+    import tqdm.std
+
+    if _BAR_FILE.get("path") != path:
+        _BAR_FILE.update(path=path, file=open(path, "a", buffering=1, encoding="utf-8"))  # noqa: SIM115
+    init = getattr(tqdm.std.tqdm.__init__, "_medqlora_init", tqdm.std.tqdm.__init__)
+
+    def __init__(self, *args, **kwargs):
+        if len(args) < 5 and kwargs.get("file") in (None, sys.stderr, sys.__stderr__):
+            kwargs["file"] = _BAR_FILE["file"]
+        init(self, *args, **kwargs)
+
+    __init__._medqlora_init = init
+    tqdm.std.tqdm.__init__ = __init__
+
+
 def _merges(config_path: str) -> bool:
     """Whether export.formats asks for a merged model (Unsloth then merges, and must be imported first)."""
     import yaml
@@ -61,6 +86,7 @@ def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir
             torch.cuda.set_per_process_memory_fraction(float(cap) * 1024**3 / torch.cuda.mem_get_info()[1])
     cfg = load_config(config_path)
     run = RunDir(run_dir)
+    progress_bars_to_log(run / "run.log")
     from medqlora.core.memory_log import record
 
     record(run, stage, "start")
@@ -71,7 +97,8 @@ def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir
 
 
 def kv_table(d: dict, name: str = "value"):
-    """A dict (nested one level) as a two-column table; long values wrap instead of being cut at 50 characters."""
+    """A dict (nested one level) as a two-column table; long values wrap instead of being cut at 50 characters;
+    numbers formatted for reading (no '240.0'; sizes in B/KiB/MiB/GiB)."""
     import pandas as pd
 
     flat = {}
@@ -80,7 +107,9 @@ def kv_table(d: dict, name: str = "value"):
             flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
         else:
             flat[k] = v
-    df = pd.DataFrame({name: {k: "" if v is None else str(v) for k, v in flat.items()}})
+    from medqlora.core.system import human_value
+
+    df = pd.DataFrame({name: {k: human_value(k, v) for k, v in flat.items()}})
     return df.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap"})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir
+from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir, read_json
 from medqlora.run.colab import BOOTSTRAP, CHECK
 
 
@@ -27,7 +27,14 @@ def combined_notebook(run: RunDir, title: str):
         cells.append(nbformat.v4.new_markdown_cell(f'<a id="stage-{stage}"></a>\n\n# Stage: {stage}'))
         cells += [c for c in part.cells if not {"parameters", "injected-parameters"} & set(c.get("metadata", {}).get(
                   "tags", [])) and c.source not in (BOOTSTRAP, CHECK)]
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\n" + "\n".join(toc))] + cells
+    from medqlora.run import headline
+
+    summary = read_json(run / "summary.json") if (run / "summary.json").is_file() else {}
+    top = headline.markdown(headline.build(run, summary.get("stages")))  # what happened, before any stage
+    status = f"**{summary['status']}**" + (f" · model {summary['model']}" if summary.get("model") else "") + "\n\n" \
+        if summary.get("status") else ""
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\n{status}{top}\n<details><summary>Contents</summary>\n\n"
+                                              + "\n".join(toc) + "\n\n</details>")] + cells
     nb.metadata = {"language_info": {"name": "python"}}
     return nb
 

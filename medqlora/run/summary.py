@@ -48,7 +48,9 @@ class Summary:
         if run.result_path("train").is_file():
             t = read_json(run.result_path("train"))
             self.data["train"] = {k: t.get(k) for k in ("backend", "steps", "epochs", "first_loss", "final_loss",
-                                                         "train_loss", "seconds", "seconds_per_step",
+                                                         "loss_start", "loss_end", "train_loss", "val_first",
+                                                         "val_last", "val_best", "val_best_step", "val_examples",
+                                                         "seconds", "seconds_per_step",
                                                          "warmup_steps", "peak_memory_gb")}
             self.data["train"]["effective_settings"] = t.get("effective_settings")
             self.data["train"]["memory_plan_steps"] = ((t.get("memory") or {}).get("plan") or {}).get("steps")
@@ -76,7 +78,11 @@ def _num(v) -> str:
 
 
 def readable(s: dict) -> str:
+    from medqlora.run import headline
+
     lines = [f"# {s['run_id']}: {s['status']}", "", f"model: {s['model']}", ""]
+    if s.get("run_dir"):
+        lines += [headline.markdown(headline.build(RunDir(s["run_dir"]), s.get("stages")), links="files"), ""]
     lines += ["| stage | status | seconds | notebook |", "|---|---|---|---|"]
     lines += [f"| {x['name']} | {x['status']} | {x['seconds']} | {Path(x['notebook']).name} |" for x in s["stages"]]
     if s.get("data"):
@@ -85,8 +91,8 @@ def readable(s: dict) -> str:
         lines += ["", f"data ({d['format']}): {d['rows_read']} rows read, kept {d['kept']}, dropped: {dropped}"]
     if s.get("train"):
         t = s["train"]
-        lines += ["", f"training ({t['backend']}): {t['steps']} steps, loss {_num(t['first_loss'])} -> "
-                  f"{_num(t['final_loss'])}, {t['seconds']} s, peak memory {t['peak_memory_gb']} GiB"]
+        lines += ["", f"training ({t['backend']}): {t['steps']} steps, {t['seconds']} s, peak memory "
+                  f"{t['peak_memory_gb']} GiB"]
     if s.get("metrics"):
         lines += ["", "| metric | base | fine-tuned |", "|---|---|---|"]
         for k in ("rouge1", "rouge2", "rougeL", "accuracy", "parse_rate", "looping", "hit_token_limit", "n_freetext",

@@ -57,6 +57,12 @@ class ProgressPrinter(TrainerCallback):
                    f"{memory_line(snap)}")
 
 
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        if metrics and "eval_loss" in metrics:
+            secs = f" ({metrics['eval_runtime']:.1f} s)" if "eval_runtime" in metrics else ""
+            self.print(f"step {state.global_step:>4}/{state.max_steps} | validation loss {metrics['eval_loss']:.4f}{secs}")
+
+
 class StopOnNonFiniteLoss(TrainerCallback):
     """A NaN or infinite loss ends training at once, with the step and what to change."""
 
@@ -84,3 +90,19 @@ class MemoryRecorder(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kw):
         memory_log.record(self.run, "train", f"epoch {round(state.epoch or 0, 2)} end")
+
+
+class EvaluateAtEpochEnd(TrainerCallback):
+    """The validation loss at each epoch end too (eval_strategy 'steps' alone would skip it), unless the last step
+    was just evaluated."""
+
+    def __init__(self):
+        self.last_step = -1
+
+    def on_evaluate(self, args, state, control, **kw):
+        self.last_step = state.global_step
+
+    def on_epoch_end(self, args, state, control, **kw):
+        if state.global_step != self.last_step:
+            control.should_evaluate = True
+        return control

@@ -162,6 +162,24 @@ def load_base(ref: str, cfg: ModelConfig, backend: str, for_training: bool):
     return model, tok
 
 
+def keep_training_layout(model) -> list:
+    """Stop bitsandbytes from repacking this model's 4-bit weights for CPU inference. On a CPU with AVX512-BF16 the
+    first eval-mode forward without gradients (a validation pass, generate) repacks them into a layout with no
+    backward pass, and from then on gradients no longer reach the LoRA weights below (DESIGN.md). A model that is
+    trained must keep its training layout, evaluated or not. Returns the 4-bit layers guarded, for
+    release_training_layout once training is over."""
+    guarded = [m for m in model.modules() if getattr(m, "support_avx512bf16_for_cpu", False)]
+    for module in guarded:
+        module.support_avx512bf16_for_cpu = False
+    return guarded
+
+
+def release_training_layout(guarded: list) -> None:
+    """Training is over: the layers may take bitsandbytes' faster CPU inference layout again."""
+    for module in guarded:
+        module.support_avx512bf16_for_cpu = True
+
+
 def load_hint(ref: str, e: BaseException) -> str:
     """What to do when a model cannot be loaded: gated, missing, or offline."""
     msg = str(e)

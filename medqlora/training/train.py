@@ -25,6 +25,7 @@ from medqlora.core.system import (
     peak_memory_gb,
 )
 from medqlora.training.callbacks import (
+    EvaluateAtEpochEnd,
     MemoryRecorder,
     ProgressPrinter,
     StopOnNonFiniteLoss,
@@ -132,7 +133,7 @@ def _resumable_checkpoint(cfg: RunConfig, run: RunDir, print_fn) -> str | None:
     return None
 
 
-def sft_config(cfg: RunConfig, run: RunDir, packing: bool):
+def sft_config(cfg: RunConfig, run: RunDir, packing: bool, validate: bool = False):
     import torch
     from trl import SFTConfig
 
@@ -140,19 +141,36 @@ def sft_config(cfg: RunConfig, run: RunDir, packing: bool):
     dtype = M.compute_dtype(cfg.model)
     if t.report_to == "tensorboard":  # transformers 5 reads the event-file folder from the environment only
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
+    best = validate and bool(t.early_stopping_patience)  # keep the best checkpoint: saved when val loss improves
+    steps = int(t.eval_steps) if t.eval_steps >= 1 else t.eval_steps  # below 1: a share of the steps
+    evaluation = dict(eval_strategy="steps", eval_steps=steps, per_device_eval_batch_size=t.micro_batch_size,
+                      load_best_model_at_end=best, metric_for_best_model="eval_loss" if best else None,
+                      greater_is_better=False if best else None) if validate else dict(eval_strategy="no")
     return SFTConfig(
         output_dir=str(run / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=t.learning_rate, lr_scheduler_type=t.scheduler, weight_decay=t.weight_decay,
         # a float below 1 is a share of the optimizer steps the trainer really runs (max_steps, packing included)
         warmup_steps=t.warmup_ratio, optim=t.optimizer, seed=t.seed,
-        logging_steps=t.logging_steps, logging_first_step=True, save_strategy="steps" if t.save_steps else "epoch",
+        logging_steps=t.logging_steps, logging_first_step=True,
+        save_strategy="best" if best else "steps" if t.save_steps else "epoch", **evaluation,
         save_steps=t.save_steps or 500, save_total_limit=t.save_total_limit,
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=t.gradient_checkpointing and not cfg.model.load_in_4bit,
         max_length=cfg.model.max_seq_length, packing=packing,
         train_sampling_strategy="group_by_length" if t.group_by_length and not packing else "random",
         report_to=[] if t.report_to == "none" else [t.report_to], run_name=run.path.name, disable_tqdm=True, dataset_num_proc=None, remove_unused_columns=True)
+
+
+def validation_data(run: RunDir, max_seq_length: int):
+    """The validation rows preprocess held out (data.val_fraction), or None when there are none."""
+    import datasets
+
+    if not (run.val_data / "dataset_info.json").is_file():
+        return None
+    val = datasets.load_from_disk(str(run.val_data))
+    val = val.filter(lambda r: r["n_tokens"] <= max_seq_length) if "n_tokens" in val.column_names else val
+    return val.select_columns(["input_ids", "labels"]) if len(val) else None
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -190,6 +208,11 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
                  "are longer and are left out")
     useful_tokens_per_epoch = int(sum(ds["n_tokens"])) if "n_tokens" in ds.column_names else None
     ds = ds.select_columns(["input_ids", "labels"])
+    val = validation_data(run, cfg.model.max_seq_length)
+    if val is None and cfg.train.early_stopping_patience:
+        raise ValueError("train.early_stopping_patience is set but the prepared data has no validation rows "
+                         f"({run.val_data} is missing): rerun the preprocess stage with data.val_fraction above 0")
+    guarded = M.keep_training_layout(loaded.model)  # validation passes mid-training must not repack the weights
     initial_lora = {k: v.detach().clone() for k, v in loaded.model.named_parameters() if v.requires_grad}
     memory_log.record(run, "train", "before training")
     # Training reads no KV cache, and with one transformers' attention would not keep packed examples apart (TRL's
@@ -201,11 +224,17 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
     oom_log: list[dict] = []
     t0 = time.time()
     while True:
-        args = sft_config(cfg, run, packing)
+        args = sft_config(cfg, run, packing, validate=val is not None)
         progress = ProgressPrinter(print_fn)
-        trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=ds, processing_class=loaded.tokenizer,
+        extra = [] if val is None else [EvaluateAtEpochEnd()]
+        if val is not None and cfg.train.early_stopping_patience:
+            from transformers import EarlyStoppingCallback
+
+            extra.append(EarlyStoppingCallback(cfg.train.early_stopping_patience))
+        trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=ds, eval_dataset=val,
+                             processing_class=loaded.tokenizer,
                              callbacks=[progress, StopOnNonFiniteLoss(cfg.train.learning_rate), MemoryRecorder(run),
-                                        *callbacks])
+                                        *extra, *callbacks])
         trainer.remove_callback(PrinterCallback)  # its raw log dicts repeat what ProgressPrinter shows
         if packing and packing_check is None:
             # the unpacked rows, to compare prompt masks with (packing reorders them by length)
@@ -254,6 +283,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
         print_fn(f"memory: out of memory at step {step}; retrying with micro-batch {new_mb} and accumulation "
                  f"{new_acc} (effective batch {new_mb * new_acc}, unchanged) from the newest checkpoint")
     session_seconds = time.time() - t0
+    M.release_training_layout(guarded)
     loaded.model.config.use_cache = use_cache
     trainer.save_model(str(run.adapter_dir))
     loaded.tokenizer.save_pretrained(str(run.adapter_dir))
@@ -264,6 +294,10 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
     peak = round(peak_memory_gb(), 2)
     result = {"backend": loaded.backend, "base_model": loaded.ref, "steps": state.global_step,
               "epochs": round(state.epoch or 0, 3), "examples": len(ds), **history,
+              "val_examples": len(val) if val is not None else 0,
+              "early_stopping": ({"patience": cfg.train.early_stopping_patience, "stopped_early":
+                                  state.global_step < state.max_steps, "kept_checkpoint": state.best_model_checkpoint}
+                                 if val is not None and cfg.train.early_stopping_patience else None),
               "seconds_per_step": round(history["seconds"] / max(state.global_step, 1), 3),
               "packing": packing, "packing_check": packing_check.to_dict() if packing_check else None,
               "examples_per_step": round(len(ds) * (state.epoch or 0) / max(state.global_step, 1), 1),
