@@ -97,7 +97,11 @@ def test_gguf_without_the_llama_qk_permutation_would_be_caught(trained_run, tmp_
     assert not check["passed"] and check["logits_rel_rmse"] > 1e-2
 
 
-def test_a_k_quant_is_said_early_and_the_other_formats_still_exported(trained_run, tmp_path):
+def test_a_k_quant_is_said_early_and_the_other_formats_still_exported(trained_run, tmp_path, monkeypatch):
+    """Where llama-cpp-python (the [gguf] extra) is not installed; where it is, tests/test_llama_cpp.py makes one."""
+    from medqlora.config import export as export_section
+
+    monkeypatch.setattr(export_section, "llama_cpp_installed", lambda: False)
     cfg, run = trained_run
     with pytest.warns(UserWarning, match="q4_k_m needs llama.cpp"):
         kq = load_config(tiny_params(tmp_path, cfg.model.name_or_path, tmp_path / "x.jsonl", None,
@@ -105,6 +109,7 @@ def test_a_k_quant_is_said_early_and_the_other_formats_still_exported(trained_ru
     cfg2 = cfg.model_copy(update={"export": kq.export})
     result = E.export(cfg2, run)
     assert "llama-quantize" in result["formats"]["gguf"]["error"]
+    assert "pip install 'medqlora[gguf]'" in result["formats"]["gguf"]["error"]
     assert "merged_16bit" in result["formats"] and E.verify(run.export_dir) == []
     assert not (run.export_dir / "gguf").exists()
     with pytest.raises(ValueError, match="unknown GGUF quantization"):

@@ -15,6 +15,15 @@ from medqlora.config.base import Section
 GGUF_MAKEABLE = ("f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1")
 NEEDS_LLAMA_CPP = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 
+
+
+def llama_cpp_installed() -> bool:
+    """Whether llama.cpp's quantizer is importable here (llama-cpp-python: pip install 'medqlora[gguf]')."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
 class ExportConfig(Section):
     destination: str | None = Field(
         None, description="Also copy the exported adapter to this folder or fsspec URL (gs://bucket/path).")
@@ -54,10 +63,7 @@ class ExportConfig(Section):
     @model_validator(mode="after")
     def _say_k_quant_early(self):
         
-        import importlib.util
-
-        if ("gguf" in self.formats and self.gguf_quant in NEEDS_LLAMA_CPP
-                and importlib.util.find_spec("llama_cpp") is None):
+        if "gguf" in self.formats and self.gguf_quant in NEEDS_LLAMA_CPP and not llama_cpp_installed():
             import warnings
 
             warnings.warn(f"export.gguf_quant {self.gguf_quant} needs llama.cpp's quantizer, which is not here: pip "

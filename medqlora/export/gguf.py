@@ -35,9 +35,9 @@ assert set(TOLERANCE) == set(GGUF_MAKEABLE) | set(NEEDS_LLAMA_CPP)
 
 def k_quant_tool() -> bool:
     """Whether llama.cpp's own quantizer is importable here (llama-cpp-python: pip install 'medqlora[gguf]')."""
-    import importlib.util
+    from medqlora.config import export as export_section
 
-    return importlib.util.find_spec("llama_cpp") is not None
+    return export_section.llama_cpp_installed()
 
 
 def check_supported(model_type: str, quant: str) -> None:
