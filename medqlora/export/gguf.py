@@ -209,6 +209,23 @@ def vocab_rows(gguf_file: str | Path) -> dict:
             "output_rows": rows.get("output.weight"), "vocab_size": vs.contents() if vs is not None else None}
 
 
+def _gguf_tokenizer(gguf_file: Path):
+    """transformers' tokenizer read from the GGUF, made to tokenize as llama.cpp does where its reader does not: the
+    USER_DEFINED tokens (non-special added tokens such as <think>) are matched whole in raw text."""
+    import gguf
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    gtok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    f = gguf.GGUFReader(str(gguf_file)).fields
+    types = f["tokenizer.ggml.token_type"].contents()
+    user = [f["tokenizer.ggml.tokens"].contents(i) for i, t in enumerate(types) if t == gguf.TokenType.USER_DEFINED]
+    gtok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
+    field = f.get("tokenizer.ggml.add_bos_token")
+    gtok.gguf_add_bos = bool(field.contents()) if field is not None else None
+    return gtok
+
+
 def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str], quant: str) -> dict:
     """Read the GGUF back and compare it with the merged model on the same prompts: the token list against the
     embedding rows (what llama.cpp checks on load), logits with transformers (relative RMS error against the
@@ -229,8 +246,9 @@ def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str]
     device = "cuda" if torch.cuda.is_available() and n_bytes < 0.8 * torch.cuda.mem_get_info()[0] else "cpu"
     ref, back = ref.to(device).eval(), back.to(device).eval()
     tok = AutoTokenizer.from_pretrained(str(merged_dir))
-    gtok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    same_ids = sum(tok(p)["input_ids"] == gtok(p)["input_ids"] for p in prompts)
+    gtok = _gguf_tokenizer(gguf_file)
+    plain = lambda t, p: t(p, add_special_tokens=False)["input_ids"]  # noqa: E731  (bos: the add_bos_token key)
+    same_ids = sum(plain(tok, p) == plain(gtok, p) for p in prompts)
     from medqlora.export.merge import logits_agreement
 
     logits = logits_agreement(ref, back, tok, prompts)
@@ -239,6 +257,11 @@ def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str]
             "vocab_size")
     meta_diff = {k: (getattr(meta_cfg, k, None), getattr(ref_cfg, k, None)) for k in keys
                  if getattr(meta_cfg, k, None) != getattr(ref_cfg, k, None)}
+    from medqlora.export.gguf_meta import adds_bos_eos
+
+    add_bos = gtok.gguf_add_bos, adds_bos_eos(merged_dir)["bos"]
+    if add_bos[0] != add_bos[1]:
+        meta_diff["add_bos_token"] = add_bos
     del ref, back
     return {"prompts": len(prompts), **logits, "tolerance": TOLERANCE[quant], "vocab": vocab, "vocab_ok": vocab_ok,
             "tokenizer_same_ids": f"{same_ids}/{len(prompts)}", "metadata_differs": meta_diff,
