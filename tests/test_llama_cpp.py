@@ -12,7 +12,7 @@ import pytest
 from medqlora.export import gguf as G
 from medqlora.export import gguf_meta
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.llama_cpp]
 
 QUESTIONS = ["Which drug reverses an opioid overdose?", "What is the first-line treatment of anaphylaxis (adults)?",
              "Name 3 signs of sepsis. <think> think first </think>"]
