@@ -125,7 +125,7 @@ def short_run(tmp_path_factory, tiny_model_dir):
     ev = [{"question": f"Which drug reverses overdose {i}?", "answer": f"Agent {i}."} for i in (90, 91, 92)]
     cfg = load_config(tiny_params(tmp, tiny_model_dir, write_jsonl(tmp / "t.jsonl", rows),
                                   write_jsonl(tmp / "e.jsonl", ev),
-                                  train={"max_steps": 3, "learning_rate": 1e-3, "group_by_length": False}))
+                                  train={"max_steps": 3, "learning_rate": 1e-4, "group_by_length": False}))
     run = RunDir(tmp / "run")
     tok = M.load_tokenizer(M.resolve_model(cfg.model)[0], cfg.model)
     P.save_result(P.prepare(cfg, run, tok), cfg, run)
@@ -224,9 +224,38 @@ def test_parallel_runs_share_the_one_time_gguf_conversion(tiny_model_dir, tmp_pa
     while not all((tmp_path / f"ready{i}").exists() for i in range(2)) and time.time() < deadline:
         time.sleep(0.05)
     go.touch()
-    outs = [p.communicate(timeout=180) for p in procs]
+    outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e[-800:] for _, e in outs]
     notes = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
     assert sorted(n["conversion"].split(" ")[0] for n in notes) == ["converted", "reused"], notes
     assert notes[0]["converted_to"] == notes[1]["converted_to"]
     assert not [p.name for p in (tmp_path / "cache").iterdir() if ".tmp" in p.name]
+
+
+def test_a_conversion_finished_meanwhile_by_another_run_is_reused(tiny_model_dir, tmp_path, monkeypatch):
+    """The race itself, made certain: another run's conversion lands while this one converts (it did not wait for
+    the lock: an older version, or another machine on a shared cache). Its rename then meets a full folder; the
+    finished conversion is used instead of failing the setup stage, and no temporary folder is left."""
+    import shutil
+
+    import transformers
+
+    from medqlora.training import model as M
+
+    (tmp_path / "src").mkdir()
+    G.write_gguf(tiny_model_dir, tmp_path / "src" / "tiny.gguf", "f32", "tiny")
+    cfg = ModelConfig(name_or_path=str(tmp_path / "src"), gguf_file="tiny.gguf", cache_dir=str(tmp_path / "cache"))
+    other = ModelConfig(name_or_path=str(tmp_path / "src"), gguf_file="tiny.gguf", cache_dir=str(tmp_path / "other"))
+    finished = M.resolve_model(other)[0]  # what the other run will have written
+    _, out = M.converted_folder(cfg)
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def other_run_finishes_now(*a, **kw):
+        if kw.get("gguf_file") and not out.exists():
+            shutil.copytree(finished, out)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", other_run_finishes_now)
+    ref, notes = M.resolve_model(cfg)
+    assert ref == str(out) and notes["conversion"].startswith("reused"), notes
+    assert [p.name for p in (tmp_path / "cache").iterdir() if ".tmp" in p.name] == []

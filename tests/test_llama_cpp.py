@@ -42,6 +42,7 @@ def models(tmp_path_factory, tokenizer_dir):
 
 
 def hf_greedy(model_dir, prompt_ids, n):
+    """transformers' greedy tokens and its logits at every prompt position."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -49,7 +50,14 @@ def hf_greedy(model_dir, prompt_ids, n):
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, eos_token_id=None,
                              pad_token_id=0)
-    return out[0, len(prompt_ids):].tolist()
+        logits = model(torch.tensor([prompt_ids])).logits[0].numpy()
+    return out[0, len(prompt_ids):].tolist(), logits
+
+
+def llama_logits(llm, prompt_ids):
+    llm.reset()
+    llm.eval(prompt_ids)
+    return llm.scores[:len(prompt_ids)].copy()
 
 
 def llama_greedy(llm, prompt_ids, n):
@@ -63,12 +71,13 @@ def llama_greedy(llm, prompt_ids, n):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_llama_cpp_loads_the_gguf_and_answers_as_transformers(llama_cpp, models, arch, tmp_path):
+    import numpy as np
     from transformers import AutoTokenizer
 
     model_dir = models[arch]
     made = G.write_gguf(model_dir, tmp_path / f"{arch}-f16.gguf", "f16", f"tiny-{arch}")
     tok = AutoTokenizer.from_pretrained(model_dir)
-    llm = llama_cpp.Llama(made["file"], n_ctx=512, n_threads=2, verbose=False)
+    llm = llama_cpp.Llama(made["file"], n_ctx=512, n_threads=2, verbose=False, logits_all=True)
     try:
         assert llm.n_vocab() == made["tokens"]
         think = llm.tokenize(b"<think>", add_bos=False, special=False)
@@ -83,13 +92,17 @@ def test_llama_cpp_loads_the_gguf_and_answers_as_transformers(llama_cpp, models,
             assert cpp_ids == hf_ids, (q, cpp_ids, hf_ids)
             # a plain prompt, special tokens added as the tokenizer adds them (Qwen2 here: bos)
             assert llm.tokenize(q.encode(), add_bos=True, special=True) == tok(q)["input_ids"]
-            want, got = hf_greedy(model_dir, hf_ids, 8), llama_greedy(llm, cpp_ids, 8)
-            rows.append((q, want, got))
+            (want, ref), got = hf_greedy(model_dir, hf_ids, 8), llama_greedy(llm, cpp_ids, 8)
+            cpp = llama_logits(llm, cpp_ids)
+            rel = float(np.sqrt(((cpp - ref) ** 2).sum() / (ref ** 2).sum()))
+            rows.append((q, want, got, rel, float((cpp.argmax(-1) == ref.argmax(-1)).mean())))
         print(f"\n{arch}: {made['tokens']} tokens (embedding rows {G.vocab_rows(made['file'])['embedding_rows']}), "
               f"pre {made['tokenizer_pre']}, add_bos {made['add_bos_token']}, <think> -> {think}")
-        for q, want, got in rows:
-            print(f"  {q[:40]!r}: transformers {want} llama.cpp {got} {'same' if want == got else 'DIFFER'}")
-        assert all(want == got for _, want, got in rows)
+        for q, want, got, rel, top1 in rows:
+            print(f"  {q[:40]!r}: greedy transformers {want} llama.cpp {got} {'same' if want == got else 'DIFFER'}; "
+                  f"prompt logits rel. RMSE {rel:.1e}, top-1 agreement {top1:.0%}")
+        assert all(want == got for _, want, got, _, _ in rows)
+        assert all(rel < 1e-2 and top1 == 1.0 for *_, rel, top1 in rows), "f16: the logits, not only the argmax"
     finally:
         llm.close()
 
