@@ -138,7 +138,7 @@ def formats_table(result: dict):
              f"finite, LoRA B trained {result['adapter']['lora_B_trained']}")]
     if "merged_16bit" in f:
         m, c = f["merged_16bit"], f["merged_16bit"]["check"]
-        grid = f", the base's own 16-bit rounding {c['rounding_rel_rmse']:.2e}" if c.get("rounding_rel_rmse") else ""
+        grid = f", its own 16-bit rounding {c['rounding_rel_rmse']:.2e}" if c.get("rounding_rel_rmse") else ""
         rows.append(("merged_16bit", rejected.get("merged_16bit", m["dir"]), m["bytes"], f"{m['method']}, {m['dtype']}",
                      f"{'PASSED' if c['passed'] else 'FAILED'}: logits rel. RMSE {c['logits_rel_rmse']:.2e} against "
                      f"the adapter model (tolerance {c['tolerance']:.2e}"
