@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 
-.PHONY: setup run test test-all test-lmeval clean
+.PHONY: setup run test test-all test-lmeval test-gguf clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -21,7 +21,14 @@ test: setup
 
 # Also the slow end-to-end checks with the real offline model (about 10 minutes on 2 CPU cores).
 test-all: setup
-	$(PY) -m pytest -q -m "not gpu" tests
+	$(PY) -m pytest -q -m "not gpu and not llama_cpp" tests
+
+# The GGUF files against llama.cpp itself: installs llama-cpp-python (the [gguf] extra, built from source: about
+# 13 minutes on 2 CPU cores the first time), then loads a tiny Llama's and a tiny Qwen2's GGUF in llama.cpp and
+# compares token ids and greedy tokens with transformers, and makes a q4_k_m with llama.cpp's quantizer.
+test-gguf: setup
+	$(PY) -m pip install -q "llama-cpp-python==0.3.36"
+	$(PY) -m pytest -q -s -m llama_cpp tests/test_llama_cpp.py
 
 # eval.choice_scoring: loglik against lm-evaluation-harness itself (tests/test_lmeval.py, about 10 minutes on 2 CPU
 # cores), in its own venv: lm-eval would change a pinned version in .venv. Offline: lm-eval reads a local medqa file.

@@ -1,4 +1,4 @@
-"""Random-weight Llama-shaped models with a real tokenizer, for tests and for GPU speed/memory runs.
+"""Random-weight Llama- and Qwen2-shaped models with a real tokenizer, for tests and for GPU speed/memory runs.
 
 Speed and memory do not depend on weight values, and no machine here can download weights.
     python -m medqlora.testing OUT_DIR [--hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 128]
@@ -44,6 +44,34 @@ def make_tiny_llama(out: str | Path, tokenizer_dir: str | None = None, hidden: i
     torch.manual_seed(seed)
     with torch.device("cuda" if torch.cuda.is_available() and dtype != "float32" else "cpu"):  # big shapes: GPU
         model = LlamaForCausalLM(cfg).to(getattr(torch, dtype))
+    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                               pad_token_id=tok.pad_token_id)
+    out = Path(out)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def make_tiny_qwen2(out: str | Path, tokenizer_dir: str | None = None, hidden: int = 64, layers: int = 2,
+                    heads: int = 4, kv_heads: int = 2, intermediate: int = 128, pad_vocab: int = 64, seed: int = 0) -> str:
+    """A Qwen2 shaped like DeepSeek-R1-Distill-Qwen where it matters to an export: `<think>` and `</think>` are added
+    tokens that are not special, the embedding has `pad_vocab` more rows than the tokenizer has tokens (R1-Distill-
+    Qwen: 152,064 rows, 151,665 tokens), q/k/v carry biases, the output layer is not tied, and the tokenizer adds a
+    bos token."""
+    import torch
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir or default_tokenizer_dir())
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")])
+    tok.bos_token = "<|endoftext|>"
+    tok.add_bos_token = True
+    cfg = Qwen2Config(vocab_size=len(tok) + pad_vocab, hidden_size=hidden, intermediate_size=intermediate,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=2048, tie_word_embeddings=False, rope_theta=10000.0,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg)
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                pad_token_id=tok.pad_token_id)
     out = Path(out)

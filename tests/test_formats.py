@@ -53,6 +53,21 @@ def test_merged_and_gguf_exported_checked_and_in_the_manifest(trained_run):
     assert "PASSED" in E.formats_table(result).to_html()
     meta = json.loads((run.export_dir / "training_metadata.json").read_text())
     assert len(meta["base_model"]["revision"]["local_fingerprint"]) == 16, "which base weights, when knowable"
+    import gguf as gg
+
+    f = gg.GGUFReader(gguf["file"]).fields
+    assert f["general.size_label"].contents() == "3.2M" and f["tokenizer.ggml.add_bos_token"].contents() is False
+    # the Ollama Modelfile beside it asks as evaluation asked: the first held-out prompt, rebuilt from its template
+    assert "gguf/Modelfile" in files
+    modelfile = (run.export_dir / "gguf" / "Modelfile").read_text()
+    assert "FROM ./tiny-q8_0.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    no_system = template.split("{{ else }}", 1)[1].rsplit("{{ end }}", 1)[0]
+    item = json.loads(run.eval_items.read_text().splitlines()[0])
+    tok = M.load_tokenizer(M.resolve_model(cfg.model)[0], cfg.model)
+    user = item["prompt"].split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+    assert no_system.replace("{{ .Prompt }}", user) == item["prompt"] == tok.apply_chat_template(
+        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
 
 
 def test_merged_model_greedy_answers_equal_the_adapters(trained_run, tmp_path):
@@ -97,7 +112,11 @@ def test_gguf_without_the_llama_qk_permutation_would_be_caught(trained_run, tmp_
     assert not check["passed"] and check["logits_rel_rmse"] > 1e-2
 
 
-def test_a_k_quant_is_said_early_and_the_other_formats_still_exported(trained_run, tmp_path):
+def test_a_k_quant_is_said_early_and_the_other_formats_still_exported(trained_run, tmp_path, monkeypatch):
+    """Where llama-cpp-python (the [gguf] extra) is not installed; where it is, tests/test_llama_cpp.py makes one."""
+    from medqlora.config import export as export_section
+
+    monkeypatch.setattr(export_section, "llama_cpp_installed", lambda: False)
     cfg, run = trained_run
     with pytest.warns(UserWarning, match="q4_k_m needs llama.cpp"):
         kq = load_config(tiny_params(tmp_path, cfg.model.name_or_path, tmp_path / "x.jsonl", None,
@@ -105,6 +124,7 @@ def test_a_k_quant_is_said_early_and_the_other_formats_still_exported(trained_ru
     cfg2 = cfg.model_copy(update={"export": kq.export})
     result = E.export(cfg2, run)
     assert "llama-quantize" in result["formats"]["gguf"]["error"]
+    assert "pip install 'medqlora[gguf]'" in result["formats"]["gguf"]["error"]
     assert "merged_16bit" in result["formats"] and E.verify(run.export_dir) == []
     assert not (run.export_dir / "gguf").exists()
     with pytest.raises(ValueError, match="unknown GGUF quantization"):
@@ -166,3 +186,42 @@ def test_a_gguf_whose_read_back_failed_is_one_failed_row_in_the_formatted_table(
                                    "check": {"passed": False, "error": "could not read it back: OSError: x"}}}}
     html = E.formats_table(result).to_html()
     assert "FAILED: could not read it back" in html and ">2.0<" in html  # sizes in MiB, as for the other rows
+
+
+def test_a_failed_check_fails_the_stage_and_its_format_is_not_published(trained_run, tmp_path, monkeypatch):
+    """A GGUF whose check fails is set aside, kept out of the manifest and the destination, and the stage fails
+    saying which check and by how much; the adapter and the merged model (which passed) are exported. With
+    export.keep_failed the same GGUF is published, marked as failed."""
+    cfg, run = trained_run
+    monkeypatch.setitem(G.TOLERANCE, "q8_0", 1e-9)  # no real q8_0 file is this close
+    c = cfg.model_copy(deep=True)
+    c.export.destination = str(tmp_path / "published")
+    with pytest.raises(RuntimeError, match=r"gguf \(q8_0\) check FAILED: logits rel. RMSE against the merged model "
+                                           r"\d\.\d+e-\d+ > tolerance 1e-09"):
+        E.export(c, run)
+    files = json.loads((run.export_dir / E.MANIFEST).read_text())["files"]
+    assert "adapter/adapter_model.safetensors" in files and "merged/config.json" in files
+    assert not [f for f in files if f.startswith("gguf/")] and not (run.export_dir / "gguf").exists()
+    assert E.verify(run.export_dir) == [] and not (tmp_path / "published").exists()
+    assert (run / "export.rejected" / "gguf" / "tiny-q8_0.gguf").is_file(), "set aside for a look"
+    c.export.keep_failed = True
+    result = E.export(c, run)
+    assert result["kept_failed"] == ["gguf"] and not result["formats"]["gguf"]["check"]["passed"]
+    assert "gguf/tiny-q8_0.gguf" in json.loads((run.export_dir / E.MANIFEST).read_text())["files"]
+    assert E.verify(str(tmp_path / "published")) == [] and "FAILED" in E.formats_table(result).to_html()
+
+
+def test_failed_checks_say_which_check_and_by_how_much():
+    from medqlora.export.formats import failed_checks
+
+    good_gguf = {"quant": "q8_0", "check": {"passed": True}}
+    crashed = failed_checks({"gguf": {"quant": "q8_0", "check": {"passed": False, "error": "could not read it "
+                                                                  "back: OSError: truncated"}}})
+    assert crashed == {"gguf": "gguf (q8_0) check FAILED: could not read it back: OSError: truncated"}
+    bad_merge = {"passed": False, "logits_rel_rmse": 0.21, "tolerance": 0.05, "top1_agreement": 0.9,
+                 "identical": 1, "prompts": 3}
+    out = failed_checks({"merged_16bit": {"check": bad_merge}, "gguf": good_gguf})
+    assert out["merged_16bit"] == ("merged_16bit check FAILED: logits rel. RMSE against the adapter model 2.10e-01 "
+                                   "> tolerance 5.00e-02 (top-1 agreement 90.0%, greedy answers identical on 1/3)")
+    assert "made from a merged model whose check failed" in out["gguf"], "a GGUF of a bad merge is bad too"
+    assert failed_checks({"merged_16bit": {"check": {**bad_merge, "passed": True}}, "gguf": good_gguf}) == {}

@@ -15,6 +15,15 @@ from medqlora.config.base import Section
 GGUF_MAKEABLE = ("f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1")
 NEEDS_LLAMA_CPP = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 
+
+
+def llama_cpp_installed() -> bool:
+    """Whether llama.cpp's quantizer is importable here (llama-cpp-python: pip install 'medqlora[gguf]')."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
 class ExportConfig(Section):
     destination: str | None = Field(
         None, description="Also copy the exported adapter to this folder or fsspec URL (gs://bucket/path).")
@@ -29,8 +38,13 @@ class ExportConfig(Section):
         "the merged model answers as the evaluated adapter does. unsloth (GPU): Unsloth's save_pretrained_merged, "
         "onto the original 16-bit checkpoint: differs from the trained 4-bit model by the base's quantization error.")
     gguf_quant: str = Field("q8_0", description="GGUF quantization: f32, f16, bf16, q8_0 (near-lossless), q5_0, "
-                            "q5_1, q4_0, q4_1. K-quants (q4_k_m, ...) need llama.cpp's llama-quantize: asking for one "
+                            "q5_1, q4_0, q4_1; K-quants (q4_k_m, q5_k_m, q6_k, ...) through llama.cpp's quantizer where "
+                            "llama-cpp-python is installed (pip install 'medqlora[gguf]'); without it asking for one "
                             "exports the other formats and says how to make it.")
+    keep_failed: bool = Field(False, description="A merged model or GGUF whose check failed is set aside in "
+                              "export.rejected/ and fails the export stage (the adapter and the formats that passed are "
+                              "exported). true: keep and publish it anyway, marked FAILED in the report and "
+                              "result; the stage succeeds.")
 
     @field_validator("formats")
     @classmethod
@@ -49,9 +63,10 @@ class ExportConfig(Section):
     @model_validator(mode="after")
     def _say_k_quant_early(self):
         
-        if "gguf" in self.formats and self.gguf_quant in NEEDS_LLAMA_CPP:
+        if "gguf" in self.formats and self.gguf_quant in NEEDS_LLAMA_CPP and not llama_cpp_installed():
             import warnings
 
-            warnings.warn(f"export.gguf_quant {self.gguf_quant} needs llama.cpp's llama-quantize, which is not here: "
-                          "the export stage will write the other formats and say how to make it (q8_0 needs nothing)")
+            warnings.warn(f"export.gguf_quant {self.gguf_quant} needs llama.cpp's quantizer, which is not here: pip "
+                          "install 'medqlora[gguf]' (llama-cpp-python), or the export stage will write the other "
+                          "formats and say how to make it (q8_0 needs nothing)")
         return self

@@ -1,7 +1,7 @@
 """python -m medqlora.export verify EXPORT_DIR: re-read every file of an export against its manifest."""
 import sys
 
-from medqlora.export.exporter import verify
+from medqlora.export.manifest import verify
 
 if len(sys.argv) != 3 or sys.argv[1] != "verify":
     sys.exit("usage: python -m medqlora.export verify EXPORT_DIR (a folder or an fsspec URL)")

@@ -3,8 +3,10 @@ tensor-name maps and quantizers: no llama.cpp build needed.
 
 Covered: Llama-architecture models (Llama 3.x, SmolLM2, DeepSeek-R1-Distill-Llama) and Qwen2 (DeepSeek-R1-
 Distill-Qwen) with byte-level BPE tokenizers, at the quantizations the package can make in Python (f32, f16,
-bf16, q8_0, q5_0, q5_1, q4_0, q4_1). K-quants (q4_k_m, ...) need llama.cpp's `llama-quantize`; asking for one
-raises GGUFUnsupported, and the export notebook says so while the other formats are still exported.
+bf16, q8_0, q5_0, q5_1, q4_0, q4_1). K-quants (q4_k_m, ...)
+are made by llama.cpp's own quantizer through llama-cpp-python where it is installed (pip install 'medqlora[gguf]');
+elsewhere asking for one raises GGUFUnsupported, and the export notebook says so while the other formats are still
+exported.
 Q/K projections are permuted as llama.cpp's convert_hf_to_gguf.py does (transformers undoes it when reading).
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 from medqlora.config import GGUF_MAKEABLE, NEEDS_LLAMA_CPP
+from medqlora.export.gguf_meta import GGUFUnsupported, tokenizer_pre  # noqa: F401  (the stage names them here)
 
 # Quantization -> gguf file type, for the names the schema accepts (config.GGUF_MAKEABLE).
 MAKEABLE = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",
@@ -23,46 +26,34 @@ assert tuple(MAKEABLE) == GGUF_MAKEABLE
 ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
 # Relative RMS error of the logits, GGUF read back against the merged model, that each quantization allows.
 TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "bf16": 2e-2, "q8_0": 5e-2, "q5_0": 0.15, "q5_1": 0.15, "q4_0": 0.3,
-             "q4_1": 0.3}
+             "q4_1": 0.3,
+             # K-quants, by their bits per weight as the legacy ones above (llama.cpp's quantizer, [gguf] extra)
+             "q6_k": 0.1, "q5_k_s": 0.15, "q5_k_m": 0.15, "q4_k_s": 0.3, "q4_k_m": 0.3, "q3_k_s": 0.45,
+             "q3_k_m": 0.45, "q3_k_l": 0.45, "q2_k": 0.6}
+assert set(TOLERANCE) == set(GGUF_MAKEABLE) | set(NEEDS_LLAMA_CPP)
 
 
-class GGUFUnsupported(ValueError):
-    """This model or quantization cannot be written here; the message says what to use instead."""
+def k_quant_tool() -> bool:
+    """Whether llama.cpp's own quantizer is importable here (llama-cpp-python: pip install 'medqlora[gguf]')."""
+    from medqlora.config import export as export_section
+
+    return export_section.llama_cpp_installed()
 
 
 def check_supported(model_type: str, quant: str) -> None:
-    if quant in NEEDS_LLAMA_CPP:
+    if quant in NEEDS_LLAMA_CPP and not k_quant_tool():
         raise GGUFUnsupported(
-            f"export.gguf_quant {quant!r} is a llama.cpp K-quant, which the gguf Python package cannot make; "
-            f"choose one of {sorted(MAKEABLE)} (q8_0 is near-lossless), or quantize the exported f16 GGUF with "
-            f"llama.cpp: llama-quantize model-f16.gguf model-{quant}.gguf {quant.upper()}")
-    if quant not in MAKEABLE:
+            f"export.gguf_quant {quant!r} is a llama.cpp K-quant, which the gguf Python package cannot make and "
+            f"llama-cpp-python (its quantizer) is not installed here: pip install 'medqlora[gguf]' (builds llama.cpp, "
+            f"about 13 minutes on 2 CPU cores), or choose one of {sorted(MAKEABLE)} (q8_0 is near-lossless), or "
+            f"quantize the exported f16 GGUF with llama.cpp: llama-quantize model-f16.gguf model-{quant}.gguf "
+            f"{quant.upper()}")
+    if quant not in MAKEABLE and quant not in NEEDS_LLAMA_CPP:
         raise GGUFUnsupported(f"export.gguf_quant {quant!r} is unknown; choose one of {sorted(MAKEABLE)}")
     if model_type not in ARCHITECTURES:
         raise GGUFUnsupported(
             f"GGUF export covers {sorted(ARCHITECTURES)} models, not {model_type!r}; convert the exported merged "
             "model with llama.cpp's convert_hf_to_gguf.py")
-
-
-def tokenizer_pre(model_cfg) -> str:
-    """The pre-tokenizer name llama.cpp keys its regex on: the source GGUF's when the base came from one, else
-    recognised from the model's name ('default' otherwise: llama.cpp then splits words its generic way)."""
-    if model_cfg.gguf_file:
-        import gguf
-
-        from medqlora.training.model import converted_folder
-
-        src, _ = converted_folder(model_cfg)
-        field = gguf.GGUFReader(str(src)).fields.get("tokenizer.ggml.pre")
-        if field is not None:
-            return field.contents()
-    name = model_cfg.name_or_path.lower()
-    for key, pre in (("deepseek-r1-distill-qwen", "deepseek-r1-qwen"), ("llama-3", "llama-bpe"),
-                     ("llama3", "llama-bpe"), ("deepseek-r1-distill-llama", "llama-bpe"), ("qwen2", "qwen2"),
-                     ("smollm", "smollm")):
-        if key in name:
-            return pre
-    return "default"
 
 
 def _permute(w, n_head: int, n_head_kv: int | None):
@@ -95,41 +86,38 @@ def _llama3_rope_factors(cfg: dict, head_dim: int):
     return np.array(out, dtype=np.float32)
 
 
-def _tokenizer_fields(model_dir: Path, pre: str | None):
-    """Tokens, types and the pre-tokenizer name from tokenizer.json (byte-level BPE only)."""
-    import gguf
-
-    tj = json.loads((model_dir / "tokenizer.json").read_text())
-    model = tj["model"]
-    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(tj.get("pre_tokenizer")):
-        raise GGUFUnsupported("GGUF export writes byte-level BPE tokenizers (Llama 3, Qwen2, SmolLM2); this one is "
-                              f"{model.get('type')}; convert the merged model with llama.cpp's convert_hf_to_gguf.py")
-    vocab = dict(model["vocab"])
-    special = set()
-    for t in tj.get("added_tokens", []):
-        vocab[t["content"]] = t["id"]
-        if t.get("special"):
-            special.add(t["id"])
-    size = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(size)]
-    types = [gguf.TokenType.UNUSED] * size
-    for text, i in vocab.items():
-        tokens[i] = text
-        types[i] = gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
-    return tokens, types, pre or "default"
-
-
 def write_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "q8_0", name: str = "model",
-               tokenizer_pre: str | None = None) -> dict:
-    """Write `out_file` from a merged model folder (safetensors + config + tokenizer)."""
+               tokenizer_pre: str | None = None, general: dict | None = None) -> dict:
+    """Write `out_file` from a merged model folder (safetensors + config + tokenizer). `general`: the base model's
+    identity and license (gguf_meta.general_metadata). A K-quant is written as f16, then quantized by llama.cpp."""
+    from medqlora.export import quantize
+
+    model_dir, out_file = Path(model_dir), Path(out_file)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    check_supported(cfg.get("model_type"), quant)
+    if quant in NEEDS_LLAMA_CPP:
+        t0 = time.time()
+        f16 = out_file.with_name(out_file.stem + ".f16-for-quantize.gguf")
+        try:
+            made = write_gguf(model_dir, f16, "f16", name, tokenizer_pre, general)
+            counts = quantize.k_quantize(f16, out_file, quant)
+        finally:
+            f16.unlink(missing_ok=True)
+        return {**made, "file": str(out_file), "quant": quant, "bytes": out_file.stat().st_size, "tensors": counts,
+                "made_by": "llama.cpp llama_model_quantize (llama-cpp-python) from an f16 GGUF",
+                "seconds": round(time.time() - t0, 1)}
+    return _write(model_dir, out_file, quant, name, tokenizer_pre, general, cfg)
+
+
+def _write(model_dir: Path, out_file: Path, quant: str, name: str, pre: str | None, general: dict | None,
+           cfg: dict) -> dict:
     import gguf
     import numpy as np
     import torch
     from safetensors import safe_open
 
-    model_dir, out_file = Path(model_dir), Path(out_file)
-    cfg = json.loads((model_dir / "config.json").read_text())
-    check_supported(cfg.get("model_type"), quant)
+    from medqlora.export import gguf_meta
+
     t0 = time.time()
     arch = getattr(gguf.MODEL_ARCH, ARCHITECTURES[cfg["model_type"]])
     n_layers, n_head = cfg["num_hidden_layers"], cfg["num_attention_heads"]
@@ -137,9 +125,15 @@ def write_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "q8_0",
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_head
     names = gguf.get_tensor_name_map(arch, n_layers)
     qtype = getattr(gguf.GGMLQuantizationType, quant.upper())
+    files = sorted(model_dir.glob("*.safetensors"))
+    n_params = 0
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            n_params += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys()
+                            if not (k == "lm_head.weight" and cfg.get("tie_word_embeddings")))
     tmp = out_file.with_name(out_file.name + ".tmp")  # a half-written GGUF never sits under its final name
     w = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
-    w.add_name(name)
+    meta = gguf_meta.write_general(w, general, name, n_params)
     w.add_context_length(cfg.get("max_position_embeddings", 2048))
     w.add_embedding_length(cfg["hidden_size"])
     w.add_block_count(n_layers)
@@ -153,14 +147,16 @@ def write_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "q8_0",
     w.add_vocab_size(cfg["vocab_size"])
     w.add_file_type(getattr(gguf.LlamaFileType, MAKEABLE[quant]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    tokens, types, pre = _tokenizer_fields(model_dir, tokenizer_pre)
+    tokens, types, pre = gguf_meta.vocab_fields(model_dir, cfg["vocab_size"], pre)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
-    gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(w, quiet=True)
+    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
+    adds = gguf_meta.adds_bos_eos(model_dir)
+    special.add_special_token.update(adds)  # what transformers does to a plain text, said explicitly
+    special.add_to_gguf(w, quiet=True)
 
-    files = sorted(model_dir.glob("*.safetensors"))
     counts = {}
     for f in files:
         with safe_open(str(f), framework="pt") as st:
@@ -194,18 +190,54 @@ def write_gguf(model_dir: str | Path, out_file: str | Path, quant: str = "q8_0",
     w.close()
     tmp.rename(out_file)
     return {"file": str(out_file), "quant": quant, "bytes": out_file.stat().st_size, "tensors": counts,
-            "tokenizer_pre": pre, "seconds": round(time.time() - t0, 1)}
+            "tokenizer_pre": pre, "tokens": len(tokens), "add_bos_token": adds["bos"],
+            "general": {k: v for k, v in meta.items() if k in ("name", "basename", "size_label", "license",
+                                                                 "organization", "base_models")},
+            "made_by": "gguf package writer", "seconds": round(time.time() - t0, 1)}
+
+
+def vocab_rows(gguf_file: str | Path) -> dict:
+    """Token count, the embedding's and output layer's rows and the vocab_size key of a GGUF: llama.cpp refuses
+    a file whose token_embd rows differ from its token count."""
+    import gguf
+
+    r = gguf.GGUFReader(str(gguf_file))
+    arch = r.fields["general.architecture"].contents()
+    rows = {t.name: int(t.shape[1]) for t in r.tensors if t.name in ("token_embd.weight", "output.weight")}
+    vs = r.fields.get(f"{arch}.vocab_size")
+    return {"tokens": len(r.fields["tokenizer.ggml.tokens"].data), "embedding_rows": rows.get("token_embd.weight"),
+            "output_rows": rows.get("output.weight"), "vocab_size": vs.contents() if vs is not None else None}
+
+
+def _gguf_tokenizer(gguf_file: Path):
+    """transformers' tokenizer read from the GGUF, made to tokenize as llama.cpp does where its reader does not: the
+    USER_DEFINED tokens (non-special added tokens such as <think>) are matched whole in raw text."""
+    import gguf
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    gtok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+    f = gguf.GGUFReader(str(gguf_file)).fields
+    types = f["tokenizer.ggml.token_type"].contents()
+    user = [f["tokenizer.ggml.tokens"].contents(i) for i, t in enumerate(types) if t == gguf.TokenType.USER_DEFINED]
+    gtok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
+    field = f.get("tokenizer.ggml.add_bos_token")
+    gtok.gguf_add_bos = bool(field.contents()) if field is not None else None
+    return gtok
 
 
 def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str], quant: str) -> dict:
-    """Read the GGUF back with transformers and compare it with the merged model on the same prompts: logits
-    (relative RMS error against the quantization's tolerance, top-1 agreement), the tokenizer (same ids) and
-    the architecture metadata. Weights are read with the merged model's config, so rope scaling that transformers'
-    GGUF reader ignores (Llama 3.1+) does not blur the weight check; the metadata is compared separately."""
+    """Read the GGUF back and compare it with the merged model on the same prompts: the token list against the
+    embedding rows (what llama.cpp checks on load), logits with transformers (relative RMS error against the
+    quantization's tolerance, top-1 agreement), the tokenizer (same ids) and the architecture metadata. Weights are
+    read with the merged model's config, so rope scaling that transformers' GGUF reader ignores (Llama 3.1+) does not
+    blur the weight check; the metadata is compared separately."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf_file, merged_dir = Path(gguf_file), Path(merged_dir)
+    vocab = vocab_rows(gguf_file)
+    vocab_ok = vocab["tokens"] == vocab["embedding_rows"] and vocab["output_rows"] in (None, vocab["tokens"])
     ref_cfg = AutoConfig.from_pretrained(str(merged_dir))
     ref = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32)
     back = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, config=ref_cfg,
@@ -214,8 +246,9 @@ def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str]
     device = "cuda" if torch.cuda.is_available() and n_bytes < 0.8 * torch.cuda.mem_get_info()[0] else "cpu"
     ref, back = ref.to(device).eval(), back.to(device).eval()
     tok = AutoTokenizer.from_pretrained(str(merged_dir))
-    gtok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    same_ids = sum(tok(p)["input_ids"] == gtok(p)["input_ids"] for p in prompts)
+    gtok = _gguf_tokenizer(gguf_file)
+    plain = lambda t, p: t(p, add_special_tokens=False)["input_ids"]  # noqa: E731  (bos: the add_bos_token key)
+    same_ids = sum(plain(tok, p) == plain(gtok, p) for p in prompts)
     from medqlora.export.merge import logits_agreement
 
     logits = logits_agreement(ref, back, tok, prompts)
@@ -224,7 +257,13 @@ def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str]
             "vocab_size")
     meta_diff = {k: (getattr(meta_cfg, k, None), getattr(ref_cfg, k, None)) for k in keys
                  if getattr(meta_cfg, k, None) != getattr(ref_cfg, k, None)}
+    from medqlora.export.gguf_meta import adds_bos_eos
+
+    add_bos = gtok.gguf_add_bos, adds_bos_eos(merged_dir)["bos"]
+    if add_bos[0] != add_bos[1]:
+        meta_diff["add_bos_token"] = add_bos
     del ref, back
-    return {"prompts": len(prompts), **logits, "tolerance": TOLERANCE[quant],
+    return {"prompts": len(prompts), **logits, "tolerance": TOLERANCE[quant], "vocab": vocab, "vocab_ok": vocab_ok,
             "tokenizer_same_ids": f"{same_ids}/{len(prompts)}", "metadata_differs": meta_diff,
-            "passed": logits["logits_rel_rmse"] <= TOLERANCE[quant] and same_ids == len(prompts) and not meta_diff}
+            "passed": (logits["logits_rel_rmse"] <= TOLERANCE[quant] and same_ids == len(prompts) and not meta_diff
+                       and vocab_ok)}

@@ -96,22 +96,59 @@ def resolve_model(cfg: ModelConfig) -> tuple[str, dict]:
     if (out / "config.json").is_file():
         notes["conversion"] = "reused"
         return str(out), notes
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _conversion_lock(out):  # parallel runs on a fresh cache: one converts, the others wait for it and reuse it
+        if (out / "config.json").is_file():
+            notes["conversion"] = "reused (converted meanwhile by a parallel run)"
+            return str(out), notes
+        notes.update(_convert_gguf(src, out))
+    return str(out), notes
+
+
+class _conversion_lock:
+    """An exclusive lock on <folder>.lock (POSIX flock; released when the process ends, even killed)."""
+
+    def __init__(self, out: Path):
+        self.path = out.with_name(out.name + ".lock")
+
+    def __enter__(self):
+        self.f = open(self.path, "w")
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): the rename below still never takes a half-written folder
+            return self
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()  # closing releases the lock
+        return False
+
+
+def _convert_gguf(src: Path, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
-    tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name)
-    model.hf_quantizer = None  # dequantized weights: save as a plain checkpoint
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    notes["tokenizer_fixes"] = _end_of_turn_fix(tok, model.generation_config)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a half-written folder is never taken for a converted model
-    notes["conversion"] = f"converted in {time.time() - t0:.1f} s"
-    return str(out), notes
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name)
+        model.hf_quantizer = None  # dequantized weights: save as a plain checkpoint
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        fixes = _end_of_turn_fix(tok, model.generation_config)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(out)  # atomic: a half-written folder is never taken for a converted model
+        except OSError:
+            if not (out / "config.json").is_file():  # not another run's finished conversion: a real failure
+                raise
+            return {"tokenizer_fixes": fixes, "conversion": "reused (converted meanwhile by a parallel run)"}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"tokenizer_fixes": fixes, "conversion": f"converted in {time.time() - t0:.1f} s"}
 
 
 def load_tokenizer(ref: str, cfg: ModelConfig):
