@@ -185,7 +185,7 @@ def test_a_gguf_whose_read_back_failed_is_one_failed_row_in_the_formatted_table(
               "formats": {"gguf": {"file": "g.gguf", "bytes": 2 * 1024**2, "quant": "q8_0",
                                    "check": {"passed": False, "error": "could not read it back: OSError: x"}}}}
     html = E.formats_table(result).to_html()
-    assert "FAILED: could not read it back" in html and ">2.0<" in html  # sizes in MiB, as for the other rows
+    assert "FAILED: could not read it back" in html and ">2.00 MiB<" in html  # sized as for the other rows
 
 
 def test_a_failed_check_fails_the_stage_and_its_format_is_not_published(trained_run, tmp_path, monkeypatch):
