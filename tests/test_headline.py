@@ -57,7 +57,7 @@ def test_a_constant_answer_set_is_named_with_its_share_and_the_reference_share(t
     assert "yesno: answers cut off at the token limit: 10% -> 97%" in text
     assert "yesno: answers that repeat themselves: 0% -> 90%" in text
     assert "yesno: fine-tuned accuracy 0.433 (base 0.433) is not above the baselines" in text  # = majority 13/30
-    row = next(r for r in h.rows if r["set"] == "yesno" and r["metric"] == "accuracy (closed-form)")
+    row = next(r for r in h.rows if r["set"] == "yesno" and r["metric"] == "accuracy (closed-form, generated)")
     assert row["verdict"] == "no clear difference" and row["ci95"] == [-0.1, 0.1]
     assert not any(r["metric"] == "parse_rate" for r in h.rows)
 

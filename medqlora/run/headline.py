@@ -15,8 +15,9 @@ from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir, read_json
 RATE_CHANGE, HIGH_RATE = 0.10, 0.50
 # A ROUGE change that comes with answers this many times longer or shorter is as much about length as content.
 LENGTH_RATIO = 1.5
-LABELS = {"rougeL": "ROUGE-L (free text)", "accuracy": "accuracy (closed-form)", "rouge1": "ROUGE-1",
-          "rouge2": "ROUGE-2"}
+LABELS = {"rougeL": "ROUGE-L (free text)", "accuracy": "accuracy (closed-form, generated)", "rouge1": "ROUGE-1",
+          "rouge2": "ROUGE-2", "loglik_acc": "accuracy (closed-form, log-likelihood: lm-eval acc)",
+          "loglik_acc_norm": "accuracy (log-likelihood per character: lm-eval acc_norm)"}
 NOT_IN_HEADLINE = {"rouge1", "rouge2", "rougeLsum", "parse_rate"}  # in the evaluate stage's own tables
 
 
