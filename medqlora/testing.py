@@ -29,7 +29,6 @@ def make_tiny_llama(out: str | Path, tokenizer_dir: str | None = None, hidden: i
     import torch
     from transformers import (
         AutoTokenizer,
-        GenerationConfig,
         LlamaConfig,
         LlamaForCausalLM,
     )
@@ -44,6 +43,13 @@ def make_tiny_llama(out: str | Path, tokenizer_dir: str | None = None, hidden: i
     torch.manual_seed(seed)
     with torch.device("cuda" if torch.cuda.is_available() and dtype != "float32" else "cpu"):  # big shapes: GPU
         model = LlamaForCausalLM(cfg).to(getattr(torch, dtype))
+    return save_model(model, tok, out)
+
+
+def save_model(model, tok, out: str | Path) -> str:
+    """Save a test model with its tokenizer and a generation config that names the tokenizer's bos/eos/pad."""
+    from transformers import GenerationConfig
+
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                pad_token_id=tok.pad_token_id)
     out = Path(out)
@@ -60,7 +66,7 @@ def make_tiny_qwen2(out: str | Path, tokenizer_dir: str | None = None, hidden: i
     bos token."""
     import torch
     from tokenizers import AddedToken
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir or default_tokenizer_dir())
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")])
@@ -72,12 +78,7 @@ def make_tiny_qwen2(out: str | Path, tokenizer_dir: str | None = None, hidden: i
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(cfg)
-    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                               pad_token_id=tok.pad_token_id)
-    out = Path(out)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return save_model(model, tok, out)
 
 
 if __name__ == "__main__":
