@@ -1,6 +1,7 @@
 """Generation speed of the evaluate stage, side by side in one call: new tokens/s one prompt at a time against
 batched, for the fine-tuned model through the adapter (4-bit base + LoRA; Unsloth's inference mode on a GPU) and
-through merged weights (the 4-bit base dequantized once, the adapter merged in: eval.merge).
+through merged weights (the 4-bit base dequantized once, the adapter merged in: eval.merge), and the base pass of
+eval.merge (the same dequantized model with the adapter switched off).
 
 Every answer is forced to exactly --new-tokens tokens (min_new_tokens), so the figures count the same work.
 It uses the stage's own generate() on a finished run's held-out prompts (repeated up to --prompts).
@@ -13,6 +14,7 @@ from the steady rate, and the model's load seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=128)
     p.add_argument("--single-prompts", type=int, default=8, help="prompts timed one at a time")
     p.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128])
-    p.add_argument("--paths", nargs="+", default=["adapter", "merged"])
+    p.add_argument("--paths", nargs="+", default=["adapter", "merged"],
+                   help="adapter, merged, merged-base (the base pass of eval.merge: adapter disabled)")
     a = p.parse_args(argv)
 
     import torch
@@ -86,13 +89,17 @@ def main(argv=None) -> int:
         else:
             model, tok = MG.dequantized_with_adapter(ref, adapter, cfg)
             model = model.to("cuda") if torch.cuda.is_available() else model
-            model = model.merge_and_unload()
-            label = "merged (dequantized + merge_and_unload, transformers generate)"
+            if path == "merged":
+                model = model.merge_and_unload()
+                label = "merged (dequantized + merge_and_unload, transformers generate)"
+            else:  # the evaluate stage's base pass with eval.merge: the same model, adapter switched off
+                label = "base pass of eval.merge (dequantized, adapter disabled)"
         load_s = round(time.time() - t0, 1)
         for batch in [1] + a.batches:
             sub = items[:a.single_prompts] if batch == 1 else items
             try:
-                r = measure(model, tok, sub, batch, a.new_tokens, cfg.data.template)
+                with model.disable_adapter() if path == "merged-base" else contextlib.nullcontext():
+                    r = measure(model, tok, sub, batch, a.new_tokens, cfg.data.template)
             except Exception as e:  # noqa: BLE001  (one failing setting must not hide the others)
                 r = {"batch": batch, "error": f"{type(e).__name__}: {str(e)[:200]}"}
             r.update(path=label, load_seconds=load_s, device=device)

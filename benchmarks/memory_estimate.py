@@ -23,12 +23,11 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from attention_path import attention_path  # benchmarks/, beside this script
-
 from medqlora.config import RunConfig
 from medqlora.core.rundir import RunDir
 from medqlora.training import memory as MEM  # noqa: I001
 from medqlora.training import train as T  # first: it imports Unsloth before transformers
+from medqlora.training.attention import attention_path
 
 SKIP = ("/torch/", "/contextlib.py", "/functools.py", "<frozen", "/unsloth_zoo/compiler", "unsloth_compiled_cache")
 
@@ -159,7 +158,7 @@ def main(argv=None) -> int:
                        "tag": a.tag + (" no-packing-check" if a.no_packing_check else "") + (" no-cudnn" if a.no_cudnn
                                                                                            else ""),
                        "packing": result["packing"], "optimizer": a.optimizer, "checkpointing": not a.no_checkpointing,
-                       "attention": attention_path(), **ce_chunks(seq * mb, shape.vocab, shape.hidden),
+                       "attention": attention_path(import_unsloth=True), **ce_chunks(seq * mb, shape.vocab, shape.hidden),
                        "estimate_gb": round(MEM.total(parts), 3), "parts": {k: round(v, 3) for k, v in parts.items()},
                        "weights_allocated_gb": round(weights_gb, 3), "start_allocated_gb": round(start_gb, 3),
                        "measured_reserved_gb": round(torch.cuda.max_memory_reserved() / MEM.GIB, 3) if gpu else 0,

@@ -72,8 +72,27 @@ def stage_parts(run_dir: Path, stage: str = "train") -> dict:
     t = {e["event"]: e["time"] for e in ev if e.get("stage") == stage}
     steps = sorted((int(k.split()[1]), v) for k, v in t.items() if k.startswith("step "))
     if "before training" in t and steps:
-        parts["trainer setup + first logged step"] = round(steps[0][1] - t["before training"], 2)
+        if "packing checked" in t:  # recorded since 2026-12-02
+            parts["trainer setup + packing check"] = round(t["packing checked"] - t["before training"], 2)
+            parts["first logged step"] = round(steps[0][1] - t["packing checked"], 2)
+        else:
+            parts["trainer setup + packing check + first logged step"] = round(steps[0][1] - t["before training"], 2)
         parts["loop after the first logged step"] = round(steps[-1][1] - steps[0][1], 2)
         if "adapter saved" in t:
             parts["saving"] = round(t["adapter saved"] - steps[-1][1], 2)
+        parts["logged steps"] = [steps[0][0], steps[-1][0]]
     return parts
+
+
+def outside_loop(parts: dict) -> float | None:
+    """The stage's seconds outside its training loop (the loop: from the end of the first logged step to the last,
+    so compilation in the first step counts as outside, as it does for every run of a batch)."""
+    loop = parts.get("loop after the first logged step")
+    return round(parts["stage total"] - loop, 2) if loop is not None and "stage total" in parts else None
+
+
+if __name__ == "__main__":  # python benchmarks/speed_parts.py RUN_DIR: one run's train stage by part, as JSON
+    import sys
+
+    p = stage_parts(Path(sys.argv[1]))
+    print(json.dumps({**p, "outside the loop": outside_loop(p)}))

@@ -22,8 +22,11 @@ multiple-choice items, then prepared by the project's preprocess stage (chat tem
 
     python benchmarks/train_speed.py MODEL_DIR OUT_DIR [--rows 800] [--gpus 0,1,2,3] [--setups ...]
     python benchmarks/train_speed.py --report OUT_DIR      # the table and the loss plot again
-Each setup's row names the attention path Unsloth took (benchmarks/attention_path.py: packed and dense backends,
-whether flash-attn / xformers were importable); the project setups add the train stage's seconds by part.
+Each setup's row names the kernel its packed rows went through (medqlora/training/attention.py, as Unsloth's own
+dispatch chose it); the project setups add the train stage's seconds by part. Rates: useful tokens over the whole
+loop, and steady (the steps after the first: the first carries compilation and warm-up, shown apart); the ratios
+use the steady rates. --setups takes '+' to run bare setups in one process (one import of Unsloth), e.g.
+--setups project,unsloth-packing+unsloth-fixed+unsloth-default.
 --setups "" only prepares; --skip-prepare reuses OUT_DIR's prepared data (e.g. a second pass with another site, without xformers).
 """
 from __future__ import annotations
@@ -103,11 +106,21 @@ class Clock:
             def on_train_begin(self, args, state, control, **kw):
                 clock.t0 = time.time()
 
+            def on_step_end(self, args, state, control, **kw):
+                clock.step_ends.append(time.time())
+
             def on_train_end(self, args, state, control, **kw):
                 clock.seconds = time.time() - clock.t0
 
         self.callback = CB()
         self.t0 = self.seconds = None
+        self.step_ends: list[float] = []
+
+    def figures(self) -> dict:
+        """The whole loop, its first optimizer step (compilation, warm-up) and the steps after it (the steady rate)."""
+        e = self.step_ends
+        return {"seconds": self.seconds, "first_step_seconds": e[0] - self.t0 if e else None,
+                "steady_seconds": e[-1] - e[0] if len(e) > 1 else None}
 
 
 def useful_tokens(run_dir: Path) -> int:
@@ -166,7 +179,7 @@ def bare(setup: str, run_dir: Path, model_dir: str, out: Path, max_steps: int = 
     tr = SFTTrainer(model=model, processing_class=tok, train_dataset=ds, args=args, callbacks=[clock.callback])
     result = tr.train()  # peak memory over the whole process (load included), as the train stage reports it
     losses = [(h["step"], h["loss"]) for h in tr.state.log_history if "loss" in h]
-    return {"seconds": clock.seconds, "steps": result.global_step, "losses": losses, "epoch": tr.state.epoch,
+    return {**clock.figures(), "steps": result.global_step, "losses": losses, "epoch": tr.state.epoch,
             "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if gpu else None,
             "peak_memory_gib": peak_memory_gb(), "micro_batch": kw["mb"], "accumulation": kw["acc"]}
 
@@ -202,7 +215,11 @@ def project(setup: str, run_dir: Path, out: Path) -> dict:
         parts = stage_parts(dest)
     except Exception as e:  # noqa: BLE001 (the timing breakdown must not lose the run's figures)
         parts = {"error": f"{type(e).__name__}: {e}"[:200]}
+    loop = parts.get("loop after the first logged step")
+    first, last = parts.get("logged steps", [None, None])
     return {"seconds": r["seconds"], "steps": r["steps"], "losses": r["losses"], "peak_reserved_gib": None,
+            "steady_seconds": loop, "steady_share": (last - first) / r["steps"] if loop else None,
+            "attention": r.get("attention"), "first_step_seconds": parts.get("first logged step"),
             "stage_parts": parts, "tokens_per_s_reported": r.get("useful_tokens_per_s"),
             "peak_memory_gib": r["peak_memory_gb"], "stage_seconds": stage_s, "runner_seconds": round(wall, 1),
             "micro_batch": eff["micro_batch_size"], "accumulation": eff["gradient_accumulation"],
@@ -210,25 +227,46 @@ def project(setup: str, run_dir: Path, out: Path) -> dict:
             "memory_plan_steps": [s["step"] for s in (r["memory"]["plan"] or {}).get("steps", [])]}
 
 
-def worker(setup: str, run_dir: Path, model_dir: str, params: Path, out: Path, slow_steps: int = -1) -> None:
+def worker(setups: str, run_dir: Path, model_dir: str, params: Path, out: Path, slow_steps: int = -1) -> None:
+    """One or more setups, '+'-joined, one after another in this process: bare Unsloth setups share one import of
+    Unsloth (about 25 s each otherwise); each loads its own model, and its peak memory is its own."""
+    import gc
+
     import torch
-    from attention_path import attention_path, label
 
-    if setup.startswith("project"):
-        res = project(setup, run_dir, out)
-    elif setup == "unsloth-fixed":
-        from speed_parts import fixed_loop
+    from medqlora.training.attention import attention_path, describe
 
-        res = fixed_loop(model_dir)
-    else:
-        res = bare(setup, run_dir, model_dir, out, slow_steps if setup in ("hf", "unsloth-default") else -1)
-    # a run stopped at max_steps saw that share of the epoch (random order: its expected share of the tokens)
-    tokens = res.get("fixed_tokens") or round(useful_tokens(run_dir) * min(res.get("epoch") or 1.0, 1.0))
-    # the project's stage trains in a notebook kernel of its own, on the same packages: same dispatch as here
-    path = attention_path() if setup != "hf" else {"unsloth": False}
-    res.update(setup=setup, useful_tokens=tokens, useful_tokens_per_s=tokens / res["seconds"], attention=path,
-               attention_label=label(path), card=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
-    (out / f"{setup}.json").write_text(json.dumps(res, indent=1))
+    for setup in setups.split("+"):
+        if torch.cuda.is_available():
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        if setup.startswith("project"):
+            res = project(setup, run_dir, out)
+        elif setup == "unsloth-fixed":
+            from speed_parts import fixed_loop
+
+            res = fixed_loop(model_dir)
+        else:
+            res = bare(setup, run_dir, model_dir, out, slow_steps if setup in ("hf", "unsloth-default") else -1)
+        # a run stopped at max_steps saw that share of the epoch (random order: its expected share of the tokens)
+        tokens = res.get("fixed_tokens") or round(useful_tokens(run_dir) * min(res.get("epoch") or 1.0, 1.0))
+        if res.get("fixed_tokens"):  # after its warm-up steps already
+            res["steady_seconds"], res["steady_share"] = res["seconds"], 1.0
+        elif res.get("steady_seconds") and not res.get("steady_share"):
+            res["steady_share"] = (res["steps"] - 1) / res["steps"]  # bare loops: every step after the first
+        if setup == "hf" or (setup.startswith("project") and "attention" in res and not res["attention"]):
+            path = {"packed": "transformers SDPA"}  # the stage ran on transformers + PEFT
+        else:  # the project's stage records its own; here, the same packages as its kernel
+            path = res.get("attention") or attention_path(import_unsloth=True)
+        steady = (tokens * res["steady_share"] / res["steady_seconds"]) if res.get("steady_seconds") else None
+        res.update(setup=setup, useful_tokens=tokens, useful_tokens_per_s=tokens / res["seconds"],
+                   steady_tokens_per_s=steady, attention=path,
+                   attention_label=describe(path).removeprefix("attention for packed rows: ") if "source" in path
+                   else path["packed"], card=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+        (out / f"{setup}.json").write_text(json.dumps(res, indent=1))
+        print(f"{setup}: {res['useful_tokens_per_s']:,.0f} useful tokens/s over the loop, steady "
+              f"{steady or 0:,.0f}", flush=True)
 
 
 # ---------------------------------------------------------------- orchestration and report
@@ -242,19 +280,19 @@ def report(out: Path) -> str:
     meta = json.loads((out / "meta.json").read_text())
     rows = {s: json.loads((out / f"{s}.json").read_text()) for s in SETUPS if (out / f"{s}.json").is_file()}
     n_params = meta["params"]
-    ref = {k: rows[k]["useful_tokens_per_s"] for k in ("unsloth-packing", "unsloth-default", "hf") if k in rows}
     card = next(iter(rows.values()))["card"] if rows else "?"
     peak = peak_tflops(card)
     lines = [f"{meta['shape']} shape, {meta['examples']} examples, {meta['useful_tokens']:,} useful tokens "
              f"(mean {meta['mean_tokens']:.0f}, p90 {meta['p90_tokens']}, max {meta['max_tokens']}), {card}, "
              f"{meta['date']}", "",
-             "| setup | attention | micro-batch x accumulation | optimizer steps | examples per step | useful tokens/s | "
-             "x bare packing | x Unsloth defaults | x HF stack | x fixed loop | peak memory GiB | MFU | final loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    if "unsloth-fixed" in rows:
-        ref["unsloth-fixed"] = rows["unsloth-fixed"]["useful_tokens_per_s"]
+             "| setup | packed rows' attention | micro-batch x accumulation | optimizer steps | examples per step | "
+             "useful tokens/s (loop) | steady tokens/s | first step s | x bare packing | x Unsloth defaults | x HF "
+             "stack | x fixed loop | peak memory GiB | MFU | final loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rate_of = lambda r: r.get("steady_tokens_per_s") or r["useful_tokens_per_s"]  # noqa: E731
+    ref = {k: rate_of(rows[k]) for k in ("unsloth-packing", "unsloth-default", "hf", "unsloth-fixed") if k in rows}
     for s, r in rows.items():
-        rate = r["useful_tokens_per_s"]
+        rate = rate_of(r)
         ratio = lambda k: f"{rate / ref[k]:.2f}" if k in ref else "-"  # noqa: E731
         mem = r.get("peak_reserved_gib") or r.get("peak_memory_gib")
         mfu = f"{6 * n_params * rate / (peak * 1e12):.1%}" if peak else "-"
@@ -262,20 +300,28 @@ def report(out: Path) -> str:
         per_step = meta["examples"] * min(r.get("epoch") or 1.0, 1.0) / r["steps"]
         if s == "unsloth-fixed":
             per_step = r["useful_tokens"] / r["steps"] / 2048  # rows of random tokens, no examples
+        first = r.get("first_step_seconds")
         lines.append(f"| {s} | {r.get('attention_label', '?')} | {r['micro_batch']} x {r['accumulation']} | {steps} | "
-                     f"{per_step:.0f} | {rate:,.0f} | {ratio('unsloth-packing')} | {ratio('unsloth-default')} | "
-                     f"{ratio('hf')} | {ratio('unsloth-fixed')} | {mem:.2f} | {mfu} | "
-                     f"{r['losses'][-1][1]:.3f} |")
+                     f"{per_step:.0f} | {r['useful_tokens_per_s']:,.0f} | "
+                     + (f"{r['steady_tokens_per_s']:,.0f} | " if r.get("steady_tokens_per_s") else "- | "))
+        lines[-1] += (f"{first:.1f} | " if first is not None else "- | ") + (
+            f"{ratio('unsloth-packing')} | {ratio('unsloth-default')} | {ratio('hf')} | {ratio('unsloth-fixed')} | "
+            f"{mem:.2f} | {mfu} | {r['losses'][-1][1]:.3f} |")
     p = rows.get("project")
     if p:
         lines += ["", f"project train stage: {p['stage_seconds']} s as a notebook, {p['seconds']:.1f} s of it in "
                   f"the training loop; memory plan: {'; '.join(p['memory_plan_steps']) or 'as written'}"]
         if p.get("stage_parts"):
+            from speed_parts import outside_loop
+
             lines.append("train stage by part (s): " + ", ".join(f"{k} {v}" for k, v in p["stage_parts"].items()))
+            lines.append(f"outside the loop (stage total less the steps after the first): "
+                         f"{outside_loop(p['stage_parts'])} s")
         if p.get("packing_check"):
             c = p["packing_check"]
             lines.append(f"packing check: {c['examples']} examples, max per-example loss difference "
-                         f"{c['max_abs_diff']:.2e} (tolerance {c['tolerance']}), passed: {c['passed']}")
+                         f"{c['max_abs_diff']:.2e} (tolerance {c['tolerance']}), passed: {c['passed']}, "
+                         f"{c.get('seconds', '?')} s")
     plot_losses(rows, out / "loss.png", meta)
     text = "\n".join(lines)
     (out / "table.md").write_text(text + "\n")

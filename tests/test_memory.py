@@ -368,3 +368,30 @@ def test_the_shorter_sequence_search_takes_the_longest_length_that_fits_and_neve
         plan(below_floor, s=written, allow_shorter_seq=True, min_seq=9000)
     card = math.ceil(est(16384, written) / 0.8)
     assert f"a card with at least {card} GiB would fit this config as written" in str(e.value), str(e.value)
+
+def test_the_attention_path_follows_unsloths_dispatch_once_imported(monkeypatch):
+    """xformers installed but built for another torch: Unsloth does not use it. With its per-segment SDPA off, packed
+    rows then get the dense mask, which the estimate must count (from what is installed alone it would not)."""
+    import sys
+    import types
+
+    from medqlora.training import attention as A
+
+    real = __import__("importlib").util.find_spec
+    monkeypatch.setattr(A.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "xformers" else (None if name == "flash_attn"
+                                                                            else real(name, *a)))
+    ad = types.SimpleNamespace(HAS_FLASH_ATTENTION=False, HAS_XFORMERS=False, _SDPA_PACKED_SEGMENTS=False,
+                               _TORCH_VARLEN_ATTN=None, select_attention_backend=lambda use_varlen=False: "sdpa")
+    monkeypatch.setitem(sys.modules, A.DISPATCH, ad)
+    path = A.attention_path()
+    assert path["source"] == "unsloth" and path["packed"] == "sdpa_dense" and MEM.dense_packed_mask()
+    assert "does not load with this torch" in A.describe(path) and "dense L x L mask" in A.describe(path)
+    ad._SDPA_PACKED_SEGMENTS = True
+    assert A.attention_path()["packed"] == "sdpa_segments" and not MEM.dense_packed_mask()
+    ad.HAS_XFORMERS, ad.select_attention_backend = True, lambda use_varlen=False: "xformers"
+    path = A.attention_path()
+    assert path["packed"] == "xformers" and "block-diagonal" in A.describe(path) and "does not load" not in \
+        A.describe(path)
+    monkeypatch.delitem(sys.modules, A.DISPATCH)
+    assert A.attention_path()["source"] == "installed" and A.attention_path()["packed"] == "xformers"

@@ -101,6 +101,32 @@ def test_the_check_fails_where_attention_crosses_example_boundaries(packed_run):
     assert "EXAMPLES NOT ISOLATED" in mixed.line()
 
 
+def test_the_check_compiles_nothing_and_says_how_long_it_took(packed_run):
+    """Unsloth compiles each decoder layer for unpacked rows, per grad mode, and trains packed rows uncompiled: a check
+    run through the compiled path paid compilations the run never used (most of the train stage's setup on a GPU).
+    The check runs eagerly; the same model compiles as soon as it is called outside the check."""
+    cfg, run = packed_run
+    loaded = T.load_for_training(cfg)
+    ds, trainer, batch = packed_batch(cfg, run, loaded)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model = loaded.model
+    model.forward = torch.compile(model.forward, backend=counting_backend)
+    result = P.check(model, batch, ds.to_list())
+    assert result.passed and result.examples >= 4
+    assert graphs == [], f"the check compiled {len(graphs)} graphs"
+    assert result.seconds > 0 and f"{result.seconds:.1f} s" in result.line()
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"], position_ids=batch["position_ids"])
+    assert graphs, "the counting backend sees compilations outside the check (else this test shows nothing)"
+    torch._dynamo.reset()
+
+
 def test_the_check_leaves_the_4bit_weights_in_their_training_layout(packed_run):
     """An eval-mode forward on a CPU with AVX512-BF16 makes bitsandbytes repack the weights for inference, a layout
     with no backward pass: the check, which runs before the first step, must not do that."""

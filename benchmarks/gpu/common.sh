@@ -4,6 +4,8 @@ set -u
 export HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 W=$PWD
 T0=$(date +%s)
+BUDGET=${BUDGET:-560}  # seconds this call may use; left() says how many remain
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 rm -rf /tmp/jobs; mkdir -p "$OUT/logs" /tmp/jobs
 PY=${PY:-python3}
 B1="--hidden 2048 --layers 16 --heads 32 --kv-heads 8 --intermediate 8192"
@@ -16,10 +18,14 @@ else
   tar xzf ../.gpu-site.tgz -C /tmp || exit 1
   cp -al /tmp/gpu-site /tmp/gpu-site-nox && rm -rf /tmp/gpu-site-nox/xformers /tmp/gpu-site-nox/xformers-*
   SITE_X="/tmp/gpu-site:$W" SITE_NOX="/tmp/gpu-site-nox:$W"
+  # xformers 0.0.35's _C.so links the CUDA 12 runtime, which a torch built for CUDA 13 does not bring; its torch
+  # symbols all resolve in torch 2.11 (checked with nm). The CUDA 12 runtime travels in ../.gpu-cu12 (carry it).
+  [ -f ../.gpu-cu12/libcudart.so.12 ] && export LD_LIBRARY_PATH="$(cd ../.gpu-cu12 && pwd):${LD_LIBRARY_PATH:-}"
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   PYTHONPATH=$SITE_X $PY -c "import torch, transformers, trl, importlib.metadata as m; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'unsloth', m.version('unsloth'), 'bitsandbytes', m.version('bitsandbytes'))"
   PYTHONPATH=$SITE_X $PY -c "import importlib.metadata as m; print('xformers', m.version('xformers'))"
+  echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 } > "$OUT/env.txt" 2>&1
 # job NAME TIMEOUT SITE CMD...: runs CMD in /tmp/jobs/NAME (Unsloth writes its compiled cache in the working folder)
 job() {

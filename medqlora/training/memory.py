@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medqlora.training.attention import dense_packed_mask
+
 GIB = 1024**3
 
 # bitsandbytes NF4: 4 bits a weight, an 8-bit absmax per block of 64 and (double quantization) an fp32 scale
@@ -122,19 +124,6 @@ def settings_from(cfg, backend: str) -> Settings:
     return Settings(t.micro_batch_size, t.gradient_accumulation, cfg.model.max_seq_length, t.gradient_checkpointing,
                     t.optimizer, cfg.model.load_in_4bit, backend, compute_dtype(cfg.model).itemsize,
                     resolve(t.packing, backend))
-
-
-def dense_packed_mask() -> bool:
-    """Whether Unsloth would attend packed rows through a dense L x L mask here: only without flash-attn and xformers
-    and with its per-segment SDPA turned off (UNSLOTH_SDPA_PACKED_SEGMENTS=0). Checked without importing either.
-    (xformers that is installed but built for another torch is not used either; it counts as absent only when
-    UNSLOTH_SDPA_PACKED_SEGMENTS is off, the one case where it would matter.)"""
-    import importlib.util
-    import os
-
-    if importlib.util.find_spec("flash_attn") is not None or importlib.util.find_spec("xformers") is not None:
-        return False
-    return os.environ.get("UNSLOTH_SDPA_PACKED_SEGMENTS", "1").lower() in ("0", "false", "no", "off")
 
 
 def loss_chunk_tokens(tokens: int, vocab: int, hidden: int, target_gib: float = CE_TARGET_GIB) -> int:

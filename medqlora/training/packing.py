@@ -10,6 +10,8 @@ the run's first packed row holding two examples or more: each example's loss ins
 """
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import asdict, dataclass
 
 # Measured on a packed row: float32 agrees to ~1e-6; bf16/fp16 kernels see different shapes packed and alone,
@@ -46,6 +48,7 @@ class PackingCheck:
     losses_packed: list[float]
     losses_alone: list[float]
     batches_searched: int = 1  # batches looked through to find a row holding at least two examples
+    seconds: float = 0.0
 
     @property
     def checked(self) -> bool:
@@ -73,7 +76,8 @@ class PackingCheck:
                  else f"a packed row of batch {self.batches_searched}")
         return (f"packing check: {self.examples} examples in {where}, per-example loss packed vs alone "
                 f"max difference {self.max_abs_diff:.2e} (tolerance {self.tolerance:g}), prompt tokens "
-                f"{'masked' if self.prompt_masked else 'NOT masked'} ({self.prompt_checked} compared): {verdict}")
+                f"{'masked' if self.prompt_masked else 'NOT masked'} ({self.prompt_checked} compared): {verdict} "
+                f"({self.seconds:.1f} s)")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "checked": self.checked, "passed": self.passed, "verdict": self.verdict}
@@ -103,6 +107,16 @@ def _loss(model, **kw) -> float:
     return float(model(**kw).loss.float())
 
 
+def _eager():
+    """Compiled code runs uncompiled inside the check. Unsloth compiles each decoder layer for unpacked rows, once per
+    grad mode and again for a second length, and trains packed rows uncompiled: the check's no-grad passes over rows
+    of one example would pay compilations the run never uses (about 25 s of a 1B train stage on an H200)."""
+    import torch
+
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance("force_eager") if stance is not None else contextlib.nullcontext()
+
+
 def check(model, batches, dataset_rows: list[dict] | None = None, max_examples: int = 8) -> PackingCheck:
     """Per-example losses in a packed row (other examples' labels masked, so the loss is that example's alone)
     against the same example run by itself. `batches`, one batch or an iterable of them, is searched for the first
@@ -110,9 +124,10 @@ def check(model, batches, dataset_rows: list[dict] | None = None, max_examples: 
     unpacked training rows, lets the check also confirm each example's prompt mask survived packing."""
     import torch
 
+    t0 = time.time()
     row, searched = find_row([batches] if isinstance(batches, dict) else batches)
     if row is None:
-        return PackingCheck(0, 0, 0.0, 0.0, True, 0, [], [], searched)
+        return PackingCheck(0, 0, 0.0, 0.0, True, 0, [], [], searched, round(time.time() - t0, 2))
     ids, labels, pos = row["input_ids"], row["labels"], row["position_ids"]
     extra = {k: v for k, v in row.items() if k not in ("input_ids", "labels", "position_ids", "attention_mask")}
     segs = _answer_segments(labels[0], pos[0])[:max_examples]
@@ -127,7 +142,7 @@ def check(model, batches, dataset_rows: list[dict] | None = None, max_examples: 
     model.train()
     packed, alone, masked, tokens, compared = [], [], True, 0, 0
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _eager():
             for a, b in segs:
                 only = torch.full_like(labels, -100)
                 only[:, a:b] = labels[:, a:b]
@@ -149,7 +164,7 @@ def check(model, batches, dataset_rows: list[dict] | None = None, max_examples: 
     dtype_bytes = next((p.element_size() for p in model.parameters() if p.is_floating_point() and not p.requires_grad),
                        4)
     return PackingCheck(len(segs), tokens, diff, TOLERANCE.get(dtype_bytes, TOLERANCE[2]), masked, compared,
-                        [round(x, 5) for x in packed], [round(x, 5) for x in alone], searched)
+                        [round(x, 5) for x in packed], [round(x, 5) for x in alone], searched, round(time.time() - t0, 2))
 
 
 def check_trainer(trainer, dataset_rows: list[dict] | None = None) -> PackingCheck:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medqlora.core import memory_log
-from medqlora.training import memory, memory_plan
+from medqlora.training import attention, memory, memory_plan
 from medqlora.training import model as M
 from medqlora.training import packing as P
 
@@ -69,6 +69,8 @@ def load_for_training(cfg: RunConfig, run: RunDir | None = None) -> Loaded:
     opts.append("prompt tokens masked: loss on answers only")
     if P.resolve(cfg.train.packing, backend):
         opts.append("packing: examples share rows of model.max_seq_length, kept apart by the attention mask")
+        if backend == "unsloth":
+            opts.append(attention.describe(attention.attention_path()))
     elif cfg.train.group_by_length:
         opts.append("length-grouped batches (less padding)")
     return Loaded(model, tok, backend, ref, notes, M.parameter_counts(model), time.time() - t0, memory_snapshot(), opts)
@@ -239,6 +241,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
         if packing and packing_check is None:
             # the unpacked rows, to compare prompt masks with (packing reorders them by length)
             packing_check = P.check_trainer(trainer, ds.select(range(min(len(ds), 20000))).to_list())
+            memory_log.record(run, "train", "packing checked")
             print_fn(packing_check.line())
             if packing_check.failed:
                 if cfg.train.packing is True:
@@ -304,7 +307,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
               **throughput(useful_tokens_per_epoch, state.epoch, history["seconds"]),
               "warmup_steps": args.get_warmup_steps(state.max_steps), "logging_steps": cfg.train.logging_steps,
               "peak_memory_gb": peak, "params": loaded.params,
-              "optimizations": loaded.optimizations, "resumed_from": resume,
+              "optimizations": loaded.optimizations, "attention": attention.attention_path() if loaded.backend == "unsloth" else None, "resumed_from": resume,
               "sessions": {"this_session_steps": session_steps, "this_session_seconds": round(session_seconds, 1)},
               "effective_settings": {"micro_batch_size": cfg.train.micro_batch_size,
                                      "gradient_accumulation": cfg.train.gradient_accumulation,

@@ -1,0 +1,51 @@
+# Device call 3 (issue 22, 1B shape): xformers 0.0.35 made loadable (the CUDA 12 runtime beside torch 2.11+cu130),
+# the import of Unsloth cold and warm, then the train stage, bare Unsloth packing and the fixed-shape loop with
+# xformers and without, and, as time allows, the train stage of the previous commit (316e40b: the packing check
+# through the compiled path) on the same data. Run from .gpuwork (old/ holds 316e40b): OUT=... bash benchmarks/gpu/call3.sh
+. benchmarks/gpu/common.sh
+ROWS=${ROWS:-600}
+[ "${DRY:-0}" = 1 ] && ROWS=60
+cat "$OUT/env.txt"
+D="--medquad $W/data200/medquad_sample.jsonl --pubmedqa $W/data200/pubmedqa_pqal.jsonl"
+TS="$PY $W/benchmarks/train_speed.py"
+job imp-cold 120 "$SITE_X" $PY -X importtime -c "import unsloth" &
+build m1b49 $B1
+wait
+job imp-warm 120 "$SITE_X" $PY -X importtime -c "import unsloth" &
+job xprobe 120 "$SITE_X" $PY -c "
+import torch, unsloth
+from medqlora.training.attention import attention_path, describe
+p = attention_path(); print(p); print(describe(p))
+if p['packed'] == 'xformers':
+    from xformers.ops import fmha, memory_efficient_attention
+    q = torch.randn(1, 64, 8, 64, device='cuda', dtype=torch.bfloat16)
+    o = memory_efficient_attention(q, q, q, attn_bias=fmha.attn_bias.BlockDiagonalCausalMask.from_seqlens([20, 44]))
+    torch.cuda.synchronize(); print('XFORMERS_OK', tuple(o.shape))
+" &
+job prep 170 "$SITE_X" $TS /tmp/m1b49 /tmp/jobs/bx --rows $ROWS --shape Llama-3.2-1B --setups "" $D &
+wait
+mkdir -p /tmp/jobs/bn && cp -r /tmp/jobs/bx/prepared /tmp/jobs/bx/meta.json /tmp/jobs/bx/bench.yaml /tmp/jobs/bn/
+speed() {  # speed NAME SITE OUTDIR SETUPS
+  job $1 $(( $(left) - 10 )) "$2" $TS /tmp/m1b49 $3 --shape Llama-3.2-1B --gpus 0 --setups $4 --slow-steps 10 \
+    --skip-prepare $D
+}
+if grep -q XFORMERS_OK "$OUT/logs/xprobe.log"; then
+  speed speed-x "$SITE_X" /tmp/jobs/bx project,unsloth-packing+unsloth-fixed
+else
+  echo "xformers did not load: one pass (the without-xformers one)"
+fi
+speed speed-nox "$SITE_NOX" /tmp/jobs/bn project,unsloth-packing+unsloth-fixed
+if [ "$(left)" -gt 120 ]; then  # the previous commit's train stage, same data, with xformers where it loads
+  mkdir -p /tmp/jobs/old/runs && cp -r /tmp/jobs/bx/prepared /tmp/jobs/old/runs/project-old
+  OLD=/tmp/gpu-site:$W/old; [ "${DRY:-0}" = 1 ] && OLD=$W/old
+  job old $(( $(left) - 15 )) "$OLD" $PY "$W/old/runner.py" --reports-dir /tmp/jobs/old/runs \
+    --resume project-old --stages train
+  job old-parts 20 "$SITE_X" $PY "$W/benchmarks/speed_parts.py" /tmp/jobs/old/runs/project-old
+fi
+mkdir -p "$OUT/speed"
+for d in bx bn; do
+  cp /tmp/jobs/$d/table.md "$OUT/speed/table-$d.md" 2>/dev/null
+  tar czf "$OUT/speed/$d.tgz" -C /tmp/jobs/$d --exclude='*.safetensors' --exclude='ckpt-*' --exclude='checkpoints' \
+    --exclude='data' --exclude='unsloth_compiled_cache' --exclude='*.pt' --exclude='*.bin' . 2>/dev/null
+done
+finish
