@@ -4,10 +4,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from medqlora.training import model as M
-
-M.preload_unsloth()  # before transformers: Unsloth patches it on import
-
 
 def loss_entries(log_history: list[dict]) -> list[dict]:
     """The trainer's per-logging-step entries that carry a training loss, in step order."""

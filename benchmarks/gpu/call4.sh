@@ -1,0 +1,35 @@
+# Device call 4 (issue 22, 1B shape, a run like the issue's: ~1,367 training examples): with xformers and without,
+# the train stage, bare Unsloth packing (2 x 4 and at the stage's 8 x 1) and the fixed-shape loop; then, as time
+# allows, Unsloth's notebook defaults and the evaluate stage's base pass against its merged pass (generation.py).
+# Run from .gpuwork: OUT=... bash benchmarks/gpu/call4.sh
+. benchmarks/gpu/common.sh
+ROWS=${ROWS:-1570}
+[ "${DRY:-0}" = 1 ] && ROWS=60
+cat "$OUT/env.txt"
+D="--medquad $W/data200/medquad_sample.jsonl --pubmedqa $W/data200/pubmedqa_pqal.jsonl"
+TS="$PY $W/benchmarks/train_speed.py"
+build m1b49 $B1
+job prep 200 "$SITE_X" $TS /tmp/m1b49 /tmp/jobs/bx --rows $ROWS --shape Llama-3.2-1B --setups "" $D &
+# the fixed-shape loop needs no data: both passes while the data is prepared
+( job fixed-x 150 "$SITE_X" $TS /tmp/m1b49 /tmp/jobs/fx --setups unsloth-fixed --skip-prepare
+  job fixed-nox 150 "$SITE_NOX" $TS /tmp/m1b49 /tmp/jobs/fn --setups unsloth-fixed --skip-prepare ) &
+wait
+mkdir -p /tmp/jobs/bn && cp -r /tmp/jobs/bx/prepared /tmp/jobs/bx/meta.json /tmp/jobs/bx/bench.yaml /tmp/jobs/bn/
+cp /tmp/jobs/fx/unsloth-fixed.json /tmp/jobs/bx/ 2>/dev/null; cp /tmp/jobs/fn/unsloth-fixed.json /tmp/jobs/bn/ 2>/dev/null
+speed() {  # speed NAME SITE OUTDIR SETUPS
+  job $1 $(( $(left) - 10 )) "$2" $TS /tmp/m1b49 $3 --shape Llama-3.2-1B --gpus 0 --setups $4 --slow-steps 10 \
+    --skip-prepare $D
+}
+speed speed-x "$SITE_X" /tmp/jobs/bx project,unsloth-packing+unsloth-packing-mb8
+speed speed-nox "$SITE_NOX" /tmp/jobs/bn project,unsloth-packing
+[ "$(left)" -gt 80 ] && speed default-x "$SITE_X" /tmp/jobs/bx unsloth-default
+[ "$(left)" -gt 70 ] && job gen $(( $(left) - 8 )) "$SITE_X" $PY "$W/benchmarks/generation.py" /tmp/jobs/bx/runs/project \
+  --new-tokens 64 --prompts 64 --single-prompts 2 --batches 64 --paths merged-base merged
+mkdir -p "$OUT/speed"
+for d in bx bn; do
+  PYTHONPATH=$SITE_X $PY "$W/benchmarks/train_speed.py" --report /tmp/jobs/$d > /dev/null 2>&1
+  cp /tmp/jobs/$d/table.md "$OUT/speed/table-$d.md" 2>/dev/null
+  tar czf "$OUT/speed/$d.tgz" -C /tmp/jobs/$d --exclude='*.safetensors' --exclude='ckpt-*' --exclude='checkpoints' \
+    --exclude='data' --exclude='unsloth_compiled_cache' --exclude='*.pt' --exclude='*.bin' . 2>/dev/null
+done
+finish
