@@ -28,3 +28,42 @@ def test_the_runner_and_its_summary_import_no_unsloth(tmp_path):
                               "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "clean"
+
+
+def test_checking_a_config_imports_no_transformers():
+    """The runner checks every params file before its stages: the optimizer names come from transformers' source,
+    not from importing it (10 to 20 s with torch and peft, before each run of a batch)."""
+    code = textwrap.dedent("""
+        import sys
+        from medqlora.config.checks import _check_optimizer, optimizer_names
+        assert _check_optimizer('adamw_8bit') == [] and 'did you mean adamw_8bit' in _check_optimizer('adamw8bit')[0]
+        print(sorted(optimizer_names()))
+        print('transformers' in sys.modules, 'torch' in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names, imported = out.stdout.strip().splitlines()[-2:]
+    assert imported == "False False"
+    from transformers.training_args import OptimizerNames
+
+    assert names == str(sorted(o.value for o in OptimizerNames))
+
+
+def test_the_memory_preflight_reads_a_local_config_without_transformers(tmp_path, tiny_model_dir, sample_data):
+    """The same refusal as before for a run that cannot fit memory.budget_gb, with config.json read as JSON."""
+    from conftest import tiny_params
+
+    params = tiny_params(tmp_path, tiny_model_dir, *sample_data, memory={"budget_gb": 1.0})
+    code = textwrap.dedent(f"""
+        import sys
+        from medqlora.config import load_config
+        from medqlora.training.memory_plan import preflight
+        problems = preflight(load_config({str(params)!r}))
+        print(problems[0] if problems else 'none')
+        print('transformers' in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    problem, imported = out.stdout.strip().splitlines()[-2:]
+    assert "memory: the run needs about" in problem and "1.0 GiB budget (memory.budget_gb)" in problem
+    assert imported == "False"

@@ -65,12 +65,31 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     return problems
 
 
+def optimizer_names() -> list[str]:
+    """transformers' OptimizerNames, read from its source: importing it pulls in torch and peft (10 to 20 s),
+    which the runner would pay before every run of a batch just to check a name."""
+    import ast
+
+    spec = importlib.util.find_spec("transformers")  # a submodule's spec would import transformers itself
+    try:
+        source = Path(spec.origin).parent / "training_args.py"
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "OptimizerNames")
+        names = [n.value.value for n in cls.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+                 and isinstance(n.value.value, str)]
+        if names:
+            return names
+    except (AttributeError, OSError, StopIteration, SyntaxError, TypeError):
+        pass
+    from transformers.training_args import OptimizerNames  # another layout of the source: import it after all
+
+    return [o.value for o in OptimizerNames]
+
+
 def _check_optimizer(name: str) -> list[str]:
     import difflib
 
-    from transformers.training_args import OptimizerNames
-
-    known = [o.value for o in OptimizerNames]
+    known = optimizer_names()
     if name in known:
         return []
     near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)

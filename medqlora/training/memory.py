@@ -86,6 +86,21 @@ class ModelShape:
         return self.layers * sum(r * (i + o) for name, (i, o) in self.linear_shapes().items() if name in targets)
 
 
+def local_shape(ref: str) -> ModelShape | None:
+    """The shape from a local folder's config.json read as JSON (importing transformers for AutoConfig costs 5 to 10 s
+    in the runner, before any stage); None where it is not a local folder or its fields are not at the top level
+    (a multimodal config): AutoConfig then reads it."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(ref) / "config.json"
+    try:
+        return ModelShape.from_config(SimpleNamespace(**json.loads(path.read_text(encoding="utf-8"))))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def model_shape(ref: str) -> ModelShape:
     """The shape from config.json alone (a local folder or the hub's small config file); no weights loaded."""
     from transformers import AutoConfig
