@@ -6,8 +6,6 @@
 ROWS=${ROWS:-600}
 [ "${DRY:-0}" = 1 ] && ROWS=60
 cat "$OUT/env.txt"
-D="--medquad $W/data200/medquad_sample.jsonl --pubmedqa $W/data200/pubmedqa_pqal.jsonl"
-TS="$PY $W/benchmarks/train_speed.py"
 job imp-cold 120 "$SITE_X" $PY -X importtime -c "import unsloth" &
 build m1b49 $B1
 wait
@@ -42,10 +40,5 @@ if [ "$(left)" -gt 120 ]; then  # the previous commit's train stage, same data, 
     --resume project-old --stages train
   job old-parts 20 "$SITE_X" $PY "$W/benchmarks/speed_parts.py" /tmp/jobs/old/runs/project-old
 fi
-mkdir -p "$OUT/speed"
-for d in bx bn; do
-  cp /tmp/jobs/$d/table.md "$OUT/speed/table-$d.md" 2>/dev/null
-  tar czf "$OUT/speed/$d.tgz" -C /tmp/jobs/$d --exclude='*.safetensors' --exclude='ckpt-*' --exclude='checkpoints' \
-    --exclude='data' --exclude='unsloth_compiled_cache' --exclude='*.pt' --exclude='*.bin' . 2>/dev/null
-done
+collect bx bn
 finish

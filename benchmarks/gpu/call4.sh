@@ -6,8 +6,6 @@
 ROWS=${ROWS:-1570}
 [ "${DRY:-0}" = 1 ] && ROWS=60
 cat "$OUT/env.txt"
-D="--medquad $W/data200/medquad_sample.jsonl --pubmedqa $W/data200/pubmedqa_pqal.jsonl"
-TS="$PY $W/benchmarks/train_speed.py"
 build m1b49 $B1
 job prep 200 "$SITE_X" $TS /tmp/m1b49 /tmp/jobs/bx --rows $ROWS --shape Llama-3.2-1B --setups "" $D &
 # the fixed-shape loop needs no data: both passes while the data is prepared
@@ -25,11 +23,5 @@ speed speed-nox "$SITE_NOX" /tmp/jobs/bn project,unsloth-packing
 [ "$(left)" -gt 80 ] && speed default-x "$SITE_X" /tmp/jobs/bx unsloth-default
 [ "$(left)" -gt 70 ] && job gen $(( $(left) - 8 )) "$SITE_X" $PY "$W/benchmarks/generation.py" /tmp/jobs/bx/runs/project \
   --new-tokens 64 --prompts 64 --single-prompts 2 --batches 64 --paths merged-base merged
-mkdir -p "$OUT/speed"
-for d in bx bn; do
-  PYTHONPATH=$SITE_X $PY "$W/benchmarks/train_speed.py" --report /tmp/jobs/$d > /dev/null 2>&1
-  cp /tmp/jobs/$d/table.md "$OUT/speed/table-$d.md" 2>/dev/null
-  tar czf "$OUT/speed/$d.tgz" -C /tmp/jobs/$d --exclude='*.safetensors' --exclude='ckpt-*' --exclude='checkpoints' \
-    --exclude='data' --exclude='unsloth_compiled_cache' --exclude='*.pt' --exclude='*.bin' . 2>/dev/null
-done
+collect bx bn
 finish

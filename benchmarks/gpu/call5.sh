@@ -5,8 +5,6 @@
 ROWS=${ROWS:-600}
 [ "${DRY:-0}" = 1 ] && ROWS=60
 cat "$OUT/env.txt"
-D="--medquad $W/data200/medquad_sample.jsonl --pubmedqa $W/data200/pubmedqa_pqal.jsonl"
-TS="$PY $W/benchmarks/train_speed.py"
 build m8b128 $B8 --vocab 128256 --untied
 job prep 200 "$SITE_X" $TS /tmp/m8b128 /tmp/jobs/b8 --rows $ROWS --shape Llama-3.1-8B --setups "" $D &
 job fixed-x 240 "$SITE_X" $TS /tmp/m8b128 /tmp/jobs/f8 --setups unsloth-fixed --skip-prepare &
@@ -19,11 +17,5 @@ speed() {  # speed NAME SITE OUTDIR SETUPS
 }
 speed speed-x "$SITE_X" /tmp/jobs/b8 project,unsloth-packing
 [ "$(left)" -gt 150 ] && speed speed-nox "$SITE_NOX" /tmp/jobs/b8n project
-mkdir -p "$OUT/speed"
-for d in b8 b8n; do
-  PYTHONPATH=$SITE_X $PY "$W/benchmarks/train_speed.py" --report /tmp/jobs/$d > /dev/null 2>&1
-  cp /tmp/jobs/$d/table.md "$OUT/speed/table-$d.md" 2>/dev/null
-  tar czf "$OUT/speed/$d.tgz" -C /tmp/jobs/$d --exclude='*.safetensors' --exclude='ckpt-*' --exclude='checkpoints' \
-    --exclude='data' --exclude='unsloth_compiled_cache' --exclude='*.pt' --exclude='*.bin' . 2>/dev/null
-done
+collect b8 b8n
 finish

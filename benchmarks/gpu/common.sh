@@ -41,6 +41,17 @@ build() {  # build NAME ARGS...: a random-weight Llama body in bf16 on the GPU, 
     --max-positions 8192 "$@"
 }
 MEMB="$PY $W/benchmarks/memory_estimate.py"
+TS="$PY $W/benchmarks/train_speed.py"
+D="--medquad $W/data200/medquad_sample.jsonl --pubmedqa $W/data200/pubmedqa_pqal.jsonl"
+collect() {  # collect NAME...: each /tmp/jobs/NAME speed folder's table and a tarball without weights, in $OUT/speed
+  mkdir -p "$OUT/speed"
+  for d in "$@"; do
+    PYTHONPATH=$SITE_X $PY "$W/benchmarks/train_speed.py" --report /tmp/jobs/$d > /dev/null 2>&1
+    cp /tmp/jobs/$d/table.md "$OUT/speed/table-$d.md" 2>/dev/null
+    tar czf "$OUT/speed/$d.tgz" -C /tmp/jobs/$d --exclude='*.safetensors' --exclude='ckpt-*' --exclude='checkpoints' \
+      --exclude='data' --exclude='unsloth_compiled_cache' --exclude='*.pt' --exclude='*.bin' . 2>/dev/null
+  done
+}
 finish() {  # everything into at most 8 files under $OUT
   cat /tmp/jobs/*/rows.jsonl > "$OUT/rows.jsonl" 2>/dev/null
   tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$OUT/logs"
