@@ -149,6 +149,7 @@ def test_evaluation_through_merged_weights_gives_the_adapters_answers(trained_ru
         c.eval.merge = merge
         result = EV.compare(c, run, print_fn=lines.append)
         assert result["merged"] is merge and result["new_tokens_per_s"]["finetuned"] > 0
+        assert all(result["first_batch_seconds"][who] > 0 for who in ("base", "finetuned"))  # timed apart
         answers[merge] = [(a["base"], a["finetuned"]) for a in map(json.loads, (run / "eval" / "answers.jsonl")
                                                                     .read_text().splitlines())]
     assert answers[True] == answers[False] and len(answers[True]) == 3

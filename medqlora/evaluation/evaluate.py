@@ -115,6 +115,7 @@ def compare(cfg, run, print_fn=print) -> dict:
     answers, choices = {"base": {}, "finetuned": {}}, {"base": {}, "finetuned": {}}
     seconds, tokens = {"base": 0.0, "finetuned": 0.0}, {"base": 0, "finetuned": 0}
     ll_seconds = {"base": 0.0, "finetuned": 0.0}
+    timing = {"base": {}, "finetuned": {}}  # each pass's first batch (one-time costs) apart from the rest
     queries = {}
     for who in ("base", "finetuned"):
         if who == "finetuned" and merge:
@@ -128,7 +129,7 @@ def compare(cfg, run, print_fn=print) -> dict:
                 batch = oom_log[-1]["batch_size"][1] if oom_log else batch  # keep what fitted
                 t1 = time.time()
                 answers[who][name] = generate(model, tok, generated(items), e.max_new_tokens, e.max_new_tokens_choice,
-                                              batch, label, **kw) if generated(items) else []
+                                              batch, label, timing=timing[who], **kw) if generated(items) else []
                 seconds[who] += time.time() - t1
                 tokens[who] += sum(a["new_tokens"] for a in answers[who][name])
                 t1 = time.time()
@@ -139,6 +140,11 @@ def compare(cfg, run, print_fn=print) -> dict:
                 memory_log.record(run, "evaluate", f"{who} answers: {name}")
             if e.queries:
                 queries[who] = answer_queries(cfg, model, tok, e.queries, kw)
+        if timing[who].get("steady_seconds"):
+            t = timing[who]
+            print_fn(f"{label}: {t['steady_tokens'] / t['steady_seconds']:.1f} new tokens/s after the first batch; "
+                     f"the first took {t['first_batch_seconds']:.1f} s ({t['first_batch_tokens']} tokens: one-time "
+                     "costs such as compilation and caches)")
     sets = {name: score_set(run, name, items, {who: answers[who][name] for who in answers}, source,
                             {who: choices[who][name] for who in choices}, generated(items))
             for name, items, source in chosen}
@@ -153,6 +159,9 @@ def compare(cfg, run, print_fn=print) -> dict:
             "eval_source": held["eval_source"], "reasoning_opened_in_prompt": held["reasoning_opened_in_prompt"],
             "generate_seconds": {k: round(v, 1) for k, v in seconds.items()},
             "new_tokens_per_s": {k: round(tokens[k] / max(seconds[k], 1e-9), 1) for k in seconds},
+            "new_tokens_per_s_after_first_batch": {k: round(t["steady_tokens"] / t["steady_seconds"], 1)
+                                                   if t.get("steady_seconds") else None for k, t in timing.items()},
+            "first_batch_seconds": {k: round(t.get("first_batch_seconds", 0.0), 2) for k, t in timing.items()},
             "choice_scoring": plan, "loglik_seconds": {k: round(v, 1) for k, v in ll_seconds.items()},
             "warnings": [w for st in sets.values() for w in st["warnings"]],
             "metrics": held["metrics"], "changes": held["changes"], "answers": held["answers"], "sets": sets}

@@ -29,10 +29,12 @@ def sampling(cfg) -> dict:
 
 def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_tokens_choice: int,
              batch_size: int, label: str, print_fn=print, oom_retries: int = 3, oom_log: list | None = None,
-             template: str = "chat", sampling_kw: dict | None = None) -> list[dict]:
+             template: str = "chat", sampling_kw: dict | None = None, timing: dict | None = None) -> list[dict]:
     """Greedy answers for every item ({text, new_tokens, hit_limit}), batched with left padding, the prompt
     tokenized exactly as in training; progress printed per batch. Out of GPU memory, the batch is halved and the
-    same prompts are tried again (up to oom_retries times, logged in oom_log)."""
+    same prompts are tried again (up to oom_retries times, logged in oom_log). `timing`, shared by the calls of one
+    pass, gets the pass's first batch (its one-time costs: compilation, caches, dequantization) apart from the
+    batches after it: first_batch_seconds/tokens, steady_seconds/tokens."""
     import torch
 
     from medqlora.core.system import free_memory
@@ -53,6 +55,7 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
         pos = 0
         while pos < len(idx):
             chunk = idx[pos:pos + batch_size]
+            t_batch = time.time()
             try:
                 enc = tokenizer([items[i]["prompt"] for i in chunk], return_tensors="pt", padding=True,
                                 add_special_tokens=adds_special_tokens(template)).to(device)
@@ -68,12 +71,18 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
                 batch_size //= 2
                 continue
             gen = out[:, enc["input_ids"].shape[1]:]
+            batch_tokens = 0
             for i, g in zip(chunk, gen):
                 n = int((g != tokenizer.pad_token_id).sum())
                 ended = tokenizer.eos_token_id in g.tolist()
                 answers[i] = {"text": tokenizer.decode(g, skip_special_tokens=True).strip(), "new_tokens": n,
                               "hit_limit": not ended and n >= budget}
-                new_tokens += n
+                batch_tokens += n
+            new_tokens += batch_tokens
+            if timing is not None:
+                part = "steady" if "first_batch_seconds" in timing else "first_batch"
+                timing[f"{part}_seconds"] = timing.get(f"{part}_seconds", 0.0) + time.time() - t_batch
+                timing[f"{part}_tokens"] = timing.get(f"{part}_tokens", 0) + batch_tokens
             pos += len(chunk)
             done += len(chunk)
             el = time.time() - t0
