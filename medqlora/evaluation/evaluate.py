@@ -142,9 +142,11 @@ def compare(cfg, run, print_fn=print) -> dict:
                 queries[who] = answer_queries(cfg, model, tok, e.queries, kw)
         if timing[who].get("steady_seconds"):
             t = timing[who]
-            print_fn(f"{label}: {t['steady_tokens'] / t['steady_seconds']:.1f} new tokens/s after the first batch; "
-                     f"the first took {t['first_batch_seconds']:.1f} s ({t['first_batch_tokens']} tokens: one-time "
-                     "costs such as compilation and caches)")
+            # said, not judged: later batches may be short closed-form answers, slower per token than free text
+            print_fn(f"{label}: first batch {t['first_batch_tokens'] / t['first_batch_seconds']:.1f} new tokens/s "
+                     f"({t['first_batch_tokens']} tokens in {t['first_batch_seconds']:.1f} s, with any one-time costs "
+                     f"such as compilation and caches), the batches after it "
+                     f"{t['steady_tokens'] / t['steady_seconds']:.1f} new tokens/s")
     sets = {name: score_set(run, name, items, {who: answers[who][name] for who in answers}, source,
                             {who: choices[who][name] for who in choices}, generated(items))
             for name, items, source in chosen}
