@@ -3,9 +3,8 @@
 # xformers and without, and, as time allows, the train stage of the previous commit (316e40b: the packing check
 # through the compiled path) on the same data. Run from .gpuwork (old/ holds 316e40b): OUT=... bash benchmarks/gpu/call3.sh
 . benchmarks/gpu/common.sh
-ROWS=${ROWS:-600}
-[ "${DRY:-0}" = 1 ] && ROWS=60
-cat "$OUT/env.txt"
+MODEL=/tmp/m1b49 SHAPE=Llama-3.2-1B
+begin 600
 job imp-cold 120 "$SITE_X" $PY -X importtime -c "import unsloth" &
 build m1b49 $B1
 wait
@@ -23,10 +22,6 @@ if p['packed'] == 'xformers':
 job prep 170 "$SITE_X" $TS /tmp/m1b49 /tmp/jobs/bx --rows $ROWS --shape Llama-3.2-1B --setups "" $D &
 wait
 mkdir -p /tmp/jobs/bn && cp -r /tmp/jobs/bx/prepared /tmp/jobs/bx/meta.json /tmp/jobs/bx/bench.yaml /tmp/jobs/bn/
-speed() {  # speed NAME SITE OUTDIR SETUPS
-  job $1 $(( $(left) - 10 )) "$2" $TS /tmp/m1b49 $3 --shape Llama-3.2-1B --gpus 0 --setups $4 --slow-steps 10 \
-    --skip-prepare $D
-}
 if grep -q XFORMERS_OK "$OUT/logs/xprobe.log"; then
   speed speed-x "$SITE_X" /tmp/jobs/bx project,unsloth-packing+unsloth-fixed
 else

@@ -3,9 +3,8 @@
 # allows, Unsloth's notebook defaults and the evaluate stage's base pass against its merged pass (generation.py).
 # Run from .gpuwork: OUT=... bash benchmarks/gpu/call4.sh
 . benchmarks/gpu/common.sh
-ROWS=${ROWS:-1570}
-[ "${DRY:-0}" = 1 ] && ROWS=60
-cat "$OUT/env.txt"
+MODEL=/tmp/m1b49 SHAPE=Llama-3.2-1B
+begin 1570
 build m1b49 $B1
 job prep 200 "$SITE_X" $TS /tmp/m1b49 /tmp/jobs/bx --rows $ROWS --shape Llama-3.2-1B --setups "" $D &
 # the fixed-shape loop needs no data: both passes while the data is prepared
@@ -14,10 +13,6 @@ job prep 200 "$SITE_X" $TS /tmp/m1b49 /tmp/jobs/bx --rows $ROWS --shape Llama-3.
 wait
 mkdir -p /tmp/jobs/bn && cp -r /tmp/jobs/bx/prepared /tmp/jobs/bx/meta.json /tmp/jobs/bx/bench.yaml /tmp/jobs/bn/
 cp /tmp/jobs/fx/unsloth-fixed.json /tmp/jobs/bx/ 2>/dev/null; cp /tmp/jobs/fn/unsloth-fixed.json /tmp/jobs/bn/ 2>/dev/null
-speed() {  # speed NAME SITE OUTDIR SETUPS
-  job $1 $(( $(left) - 10 )) "$2" $TS /tmp/m1b49 $3 --shape Llama-3.2-1B --gpus 0 --setups $4 --slow-steps 10 \
-    --skip-prepare $D
-}
 speed speed-x "$SITE_X" /tmp/jobs/bx project,unsloth-packing+unsloth-packing-mb8
 speed speed-nox "$SITE_NOX" /tmp/jobs/bn project,unsloth-packing
 [ "$(left)" -gt 80 ] && speed default-x "$SITE_X" /tmp/jobs/bx unsloth-default

@@ -2,19 +2,14 @@
 # stage, bare Unsloth packing and the fixed-shape loop on one prepared mix; then, as time allows, the train stage
 # without xformers. Run from .gpuwork: OUT=... bash benchmarks/gpu/call5.sh
 . benchmarks/gpu/common.sh
-ROWS=${ROWS:-600}
-[ "${DRY:-0}" = 1 ] && ROWS=60
-cat "$OUT/env.txt"
+MODEL=/tmp/m8b128 SHAPE=Llama-3.1-8B
+begin 600
 build m8b128 $B8 --vocab 128256 --untied
 job prep 200 "$SITE_X" $TS /tmp/m8b128 /tmp/jobs/b8 --rows $ROWS --shape Llama-3.1-8B --setups "" $D &
 job fixed-x 240 "$SITE_X" $TS /tmp/m8b128 /tmp/jobs/f8 --setups unsloth-fixed --skip-prepare &
 wait
 cp /tmp/jobs/f8/unsloth-fixed.json /tmp/jobs/b8/ 2>/dev/null
 mkdir -p /tmp/jobs/b8n && cp -r /tmp/jobs/b8/prepared /tmp/jobs/b8/meta.json /tmp/jobs/b8/bench.yaml /tmp/jobs/b8n/
-speed() {  # speed NAME SITE OUTDIR SETUPS
-  job $1 $(( $(left) - 10 )) "$2" $TS /tmp/m8b128 $3 --shape Llama-3.1-8B --gpus 0 --setups $4 --slow-steps 10 \
-    --skip-prepare $D
-}
 speed speed-x "$SITE_X" /tmp/jobs/b8 project,unsloth-packing
 [ "$(left)" -gt 150 ] && speed speed-nox "$SITE_NOX" /tmp/jobs/b8n project
 collect b8 b8n

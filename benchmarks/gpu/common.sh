@@ -43,6 +43,14 @@ build() {  # build NAME ARGS...: a random-weight Llama body in bf16 on the GPU, 
 MEMB="$PY $W/benchmarks/memory_estimate.py"
 TS="$PY $W/benchmarks/train_speed.py"
 D="--medquad $W/data200/medquad_sample.jsonl --pubmedqa $W/data200/pubmedqa_pqal.jsonl"
+begin() {  # begin ROWS: the call's rows of the mix (a few in a dry run) and the card and versions, in the call's log
+  ROWS=${ROWS:-$1}
+  [ "${DRY:-0}" = 1 ] && ROWS=60
+  cat "$OUT/env.txt"
+}
+speed() {  # speed NAME SITE OUTDIR SETUPS: train_speed.py on $MODEL ($SHAPE), OUTDIR's prepared data, the time left
+  job $1 $(( $(left) - 10 )) "$2" $TS $MODEL $3 --shape $SHAPE --gpus 0 --setups $4 --slow-steps 10 --skip-prepare $D
+}
 collect() {  # collect NAME...: each /tmp/jobs/NAME speed folder's table and a tarball without weights, in $OUT/speed
   mkdir -p "$OUT/speed"
   for d in "$@"; do
