@@ -317,7 +317,11 @@ def report(out: Path) -> str:
         if p.get("stage_parts"):
             from speed_parts import outside_loop
 
-            lines.append("train stage by part (s): " + ", ".join(f"{k} {v}" for k, v in p["stage_parts"].items()))
+            parts = {k: v for k, v in p["stage_parts"].items() if k != "logged steps"}
+            lines.append("train stage by part (s): " + ", ".join(f"{k} {v}" for k, v in parts.items()))
+            if "logged steps" in p["stage_parts"]:
+                first, last = p["stage_parts"]["logged steps"]
+                lines.append(f"logged steps {first} to {last} (the loop's part counts the steps after {first})")
             lines.append(f"outside the loop (stage total less the steps after the first): "
                          f"{outside_loop(p['stage_parts'])} s")
         if p.get("packing_check"):

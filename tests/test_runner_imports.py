@@ -67,3 +67,20 @@ def test_the_memory_preflight_reads_a_local_config_without_transformers(tmp_path
     problem, imported = out.stdout.strip().splitlines()[-2:]
     assert "memory: the run needs about" in problem and "1.0 GiB budget (memory.budget_gb)" in problem
     assert imported == "False"
+
+
+def test_a_config_json_that_leaves_fields_to_its_class_defaults_is_read_as_transformers_reads_it(tmp_path):
+    """Gemma's config class ties the embeddings and sets head_dim 256 (not hidden / heads) by default; a config.json
+    that leaves those out must give the same shape as AutoConfig, not the reader's own defaults."""
+    import json
+
+    from transformers import AutoConfig
+
+    from medqlora.training.memory import ModelShape, model_shape
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "gemma", "hidden_size": 3072, "num_hidden_layers": 2, "intermediate_size": 8192,
+        "num_attention_heads": 16, "vocab_size": 1000}))
+    want = ModelShape.from_config(AutoConfig.from_pretrained(tmp_path))
+    assert want.tied and want.head_dim == 256
+    assert model_shape(str(tmp_path)) == want

@@ -51,7 +51,7 @@ def attention_path(import_unsloth: bool = False) -> dict:
 # Steady packed training on the Llama-3.2-1B shape, H200, torch 2.11, Unsloth 2026.10.9 (BENCHMARKS.md, 2026-12-02):
 # the train stage with xformers 0.0.35 against per-segment SDPA, same call and data.
 XFORMERS_GAIN = "3.4x the tokens/s"
-KERNELS = {"flash_varlen": "flash-attn's varlen kernel", "flash_dense": "flash-attn",
+KERNELS = {"flash_varlen": "flash-attn's varlen kernel",
            "xformers": "xformers' block-diagonal causal kernel", "torch_varlen": "torch's varlen kernel",
            "sdpa_segments": "SDPA once per example (no dense mask)",
            "sdpa_dense": "SDPA with a dense L x L mask (memory grows with the square of the tokens a micro-batch)"}

@@ -86,27 +86,38 @@ class ModelShape:
         return self.layers * sum(r * (i + o) for name, (i, o) in self.linear_shapes().items() if name in targets)
 
 
+# Every field ModelShape.from_config reads: a config.json that leaves one out gets its config class's default, which
+# only AutoConfig knows (Gemma: tied embeddings, head_dim 256 rather than hidden / heads).
+SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                "vocab_size", "tie_word_embeddings", "head_dim")
+
+
 def local_shape(ref: str) -> ModelShape | None:
     """The shape from a local folder's config.json read as JSON (importing transformers for AutoConfig costs 5 to 10 s
-    in the runner, before any stage); None where it is not a local folder or its fields are not at the top level
-    (a multimodal config): AutoConfig then reads it."""
+    in the runner, before any stage); None where it is not a local folder or does not name every field itself (left
+    to class defaults, or nested as in a multimodal config): AutoConfig then reads it."""
     import json
     from pathlib import Path
     from types import SimpleNamespace
 
-    path = Path(ref) / "config.json"
     try:
-        return ModelShape.from_config(SimpleNamespace(**json.loads(path.read_text(encoding="utf-8"))))
-    except (OSError, ValueError, TypeError, AttributeError):
+        raw = json.loads((Path(ref) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
+    if not isinstance(raw, dict) or any(raw.get(k) is None for k in SHAPE_FIELDS):
+        return None
+    return ModelShape.from_config(SimpleNamespace(**raw))
 
 
-def model_shape(ref: str) -> ModelShape:
+def model_shape(ref: str, local_files_only: bool = False) -> ModelShape:
     """The shape from config.json alone (a local folder or the hub's small config file); no weights loaded."""
+    shape = local_shape(ref)
+    if shape is not None:
+        return shape
     from transformers import AutoConfig
 
     try:
-        return ModelShape.from_config(AutoConfig.from_pretrained(ref))
+        return ModelShape.from_config(AutoConfig.from_pretrained(ref, local_files_only=local_files_only))
     except OSError as e:
         raise RuntimeError(f"could not read the config of {ref!r} ({e}). A gated hub model needs HF_TOKEN in the "
                            "environment (and its license accepted on the hub); offline, give a local folder") from e

@@ -11,7 +11,6 @@ from medqlora.training.memory import (
     ModelShape,
     Settings,
     estimate_training,
-    local_shape,
     model_shape,
     settings_from,
     total,
@@ -210,11 +209,7 @@ def preflight(cfg) -> list[str]:
         backend = resolve_backend(cfg.model)
         # never convert a GGUF here: use its converted folder if setup made it already
         ref = str(converted_folder(cfg.model)[1]) if cfg.model.gguf_file else resolve_model(cfg.model)[0]
-        shape = local_shape(ref)
-        if shape is None:  # the hub's cache, or a config whose fields are nested
-            from transformers import AutoConfig
-
-            shape = ModelShape.from_config(AutoConfig.from_pretrained(ref, local_files_only=True))
+        shape = model_shape(ref, local_files_only=True)
     except Exception:  # not downloaded yet, gated, or a GGUF not converted yet: the train stage checks it
         return []
     context = CUDA_CONTEXT_GIB if cuda_available() else RUNTIME_GIB_CPU
