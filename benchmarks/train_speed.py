@@ -33,6 +33,7 @@ use the steady rates. --setups takes '+' to run bare setups in one process (one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -41,12 +42,9 @@ import sys
 import time
 from pathlib import Path
 
+from speed_report import SETUPS, report
+
 ROOT = Path(__file__).resolve().parents[1]
-SETUPS = ["project", "project-as-written", "project-unpacked", "project-packed", "unsloth-default", "unsloth-packing",
-          "unsloth-packing-mb8", "hf", "unsloth-fixed"]
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# Dense bf16 (fp16 for the T4) tensor-core peaks, TFLOPS, from the vendors' data sheets.
-PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L4": 121.0, "T4": 65.0, "A10": 125.0}
 
 
 # ---------------------------------------------------------------- data
@@ -95,122 +93,39 @@ def params_for(model_dir: str, mix: Path, out: Path, base: Path) -> Path:
 # ---------------------------------------------------------------- one setup (run in its own process)
 
 
-class Clock:
-    """on_train_begin to on_train_end, and the loss at every step, for any trainer."""
-
-    def __init__(self):
-        from transformers import TrainerCallback
-
-        clock = self
-
-        class CB(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kw):
-                clock.t0 = time.time()
-
-            def on_step_end(self, args, state, control, **kw):
-                clock.step_ends.append(time.time())
-
-            def on_train_end(self, args, state, control, **kw):
-                clock.seconds = time.time() - clock.t0
-
-        self.callback = CB()
-        self.t0 = self.seconds = None
-        self.step_ends: list[float] = []
-
-    def figures(self) -> dict:
-        """The whole loop, its first optimizer step (compilation, warm-up) and the steps after it (the steady rate)."""
-        e = self.step_ends
-        return {"seconds": self.seconds, "first_step_seconds": e[0] - self.t0 if e else None,
-                "steady_seconds": e[-1] - e[0] if len(e) > 1 else None}
-
-
-def useful_tokens(run_dir: Path) -> int:
-    import datasets
-
-    return int(sum(len(x) for x in datasets.load_from_disk(str(run_dir / "data" / "train"))["input_ids"]))
-
-
-def bare(setup: str, run_dir: Path, model_dir: str, out: Path, max_steps: int = -1) -> dict:
-    import datasets
-    import torch
-
-    from medqlora.core.system import peak_memory_gb  # GPU reserved, or the process's peak RSS on a CPU
-
-    if setup.startswith("unsloth"):
-        from unsloth import FastLanguageModel
-
-        model, tok = FastLanguageModel.from_pretrained(model_dir, max_seq_length=2048, load_in_4bit=True, dtype=None)
-        model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
-                                                 target_modules=TARGETS, use_gradient_checkpointing="unsloth",
-                                                 random_state=3407)
-        kw = dict(r=16, alpha=16, mb=2, acc=4, lr=2e-4, optim="adamw_8bit", gc=False, seq=2048)
-        if setup == "unsloth-packing-mb8":  # the micro-batch the project's memory plan picks on the 1B shape
-            kw.update(mb=8, acc=1)
-    else:
-        import yaml
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-        # the settings the project's setups train with (bench.yaml), so that only the stack differs
-        p = yaml.safe_load((out / "bench.yaml").read_text())
-        lora, t = p.get("lora", {}), p.get("train", {})
-        kw = dict(r=lora.get("r", 16), alpha=lora.get("alpha", 16), mb=t.get("micro_batch_size", 2),
-                  acc=t.get("gradient_accumulation", 4), lr=t.get("learning_rate", 2e-4),
-                  optim=t.get("optimizer", "adamw_torch"), gc=t.get("gradient_checkpointing", True),
-                  seq=p["model"].get("max_seq_length", 2048))
-        gpu = torch.cuda.is_available()
-        dtype = torch.bfloat16 if gpu else torch.float32
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype, attn_implementation="sdpa", device_map={"": 0} if gpu else None,
-            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                   bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype))
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=kw["gc"])
-        model = get_peft_model(model, LoraConfig(r=kw["r"], lora_alpha=kw["alpha"], lora_dropout=0.0,
-                                                 target_modules=TARGETS, task_type="CAUSAL_LM"))
-    from trl import SFTConfig, SFTTrainer
-
-    ds = datasets.load_from_disk(str(run_dir / "data" / "train")).select_columns(["input_ids", "labels"])
-    gpu = torch.cuda.is_available()
-    args = SFTConfig(output_dir=str(out / f"ckpt-{setup}"), num_train_epochs=1, per_device_train_batch_size=kw["mb"],
-                     gradient_accumulation_steps=kw["acc"], learning_rate=kw["lr"], lr_scheduler_type="linear",
-                     warmup_steps=0.03, logging_steps=1, report_to=[], max_length=kw["seq"], bf16=gpu,
-                     use_cpu=not gpu, optim=kw["optim"], save_strategy="no", seed=3407,
-                     packing=setup.startswith("unsloth-packing"), max_steps=max_steps,
-                     gradient_checkpointing=setup == "hf" and kw["gc"], disable_tqdm=True)
-    clock = Clock()
-    tr = SFTTrainer(model=model, processing_class=tok, train_dataset=ds, args=args, callbacks=[clock.callback])
-    result = tr.train()  # peak memory over the whole process (load included), as the train stage reports it
-    losses = [(h["step"], h["loss"]) for h in tr.state.log_history if "loss" in h]
-    return {**clock.figures(), "steps": result.global_step, "losses": losses, "epoch": tr.state.epoch,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if gpu else None,
-            "peak_memory_gib": peak_memory_gb(), "micro_batch": kw["mb"], "accumulation": kw["acc"]}
-
-
-def project(setup: str, run_dir: Path, out: Path) -> dict:
-    """The train stage through runner.py, in a copy of the prepared run folder."""
+def project(setup: str, run_dir: Path, out: Path, chain: bool = False) -> dict:
+    """The train stage through runner.py, in a copy of the prepared run folder; with `chain`, as a user's run:
+    setup, preprocess and train from the params file (the train kernel then starts while setup runs)."""
     runs = out / "runs"
     runs.mkdir(exist_ok=True)
     dest = runs / setup
     shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("checkpoints", "adapter"))
+    if not chain:
+        shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("checkpoints", "adapter"))
     import yaml
 
-    meta = json.loads((out / "meta.json").read_text())
-    p = yaml.safe_load((out / "bench.yaml").read_text())
-    rows = p["train"]["micro_batch_size"] * p["train"]["gradient_accumulation"]
-    per_step = max(8, round(rows * p["model"]["max_seq_length"] / meta["mean_tokens"]))  # examples in a packed step
-    extra = {"project-unpacked": ["--set", "train.packing=false", "--set", "train.micro_batch_size=8", "--set",
-                                  f"train.gradient_accumulation={max(1, round(per_step / 8))}"],
-             "project-as-written": ["--set", "memory.max_micro_batch_tokens=null"],
+    extra = {"project-as-written": ["--set", "memory.max_micro_batch_tokens=null"],
              "project-packed": ["--set", "train.packing=true"]}.get(setup, [])
+    if setup == "project-unpacked":
+        meta = json.loads((out / "meta.json").read_text())
+        p = yaml.safe_load((out / "bench.yaml").read_text())
+        rows = p["train"]["micro_batch_size"] * p["train"]["gradient_accumulation"]
+        per_step = max(8, round(rows * p["model"]["max_seq_length"] / meta["mean_tokens"]))  # examples a packed step
+        extra = ["--set", "train.packing=false", "--set", "train.micro_batch_size=8", "--set",
+                 f"train.gradient_accumulation={max(1, round(per_step / 8))}"]
     t0 = time.time()
-    subprocess.run([sys.executable, str(ROOT / "runner.py"), "--reports-dir", str(runs), "--resume", setup,
-                    "--stages", "train", *extra], check=True, cwd=ROOT)
+    how = [str(out / "bench.yaml"), "--run-id", setup, "--stages", "setup,preprocess,train"] if chain else [
+        "--resume", setup, "--stages", "train"]
+    prof = ["-m", "cProfile", "-o", str(runs / f"{setup}.runner.prof")]  # runner.py's own seconds (not its kernels')
+    subprocess.run([sys.executable, *prof, str(ROOT / "runner.py"), "--reports-dir", str(runs), *how, *extra],
+                   check=True, cwd=ROOT)
     wall = time.time() - t0
+    print_profile(runs / f"{setup}.runner.prof")
     r = json.loads((dest / "results" / "train.json").read_text())
     summary = json.loads((dest / "summary.json").read_text())
     stage_s = next(s["seconds"] for s in summary["stages"] if s["name"] == "train")
+    before = {s["name"]: s["seconds"] for s in summary["stages"] if s["name"] != "train"}
+    ahead = next(s.get("imports_done_ahead_s") for s in summary["stages"] if s["name"] == "train")
     eff = r["effective_settings"]
     from speed_parts import stage_parts
 
@@ -225,18 +140,50 @@ def project(setup: str, run_dir: Path, out: Path) -> dict:
             "attention": r.get("attention"), "first_step_seconds": parts.get("first logged step"),
             "stage_parts": parts, "tokens_per_s_reported": r.get("useful_tokens_per_s"),
             "peak_memory_gib": r["peak_memory_gb"], "stage_seconds": stage_s, "runner_seconds": round(wall, 1),
+            "stages_before_seconds": before, "imports_done_ahead_s": ahead,
             "micro_batch": eff["micro_batch_size"], "accumulation": eff["gradient_accumulation"],
             "packing": r.get("packing"), "packing_check": r.get("packing_check"),
             "memory_plan_steps": [s["step"] for s in (r["memory"]["plan"] or {}).get("steps", [])]}
 
 
-def worker(setups: str, run_dir: Path, model_dir: str, params: Path, out: Path, slow_steps: int = -1) -> None:
+@contextlib.contextmanager
+def gpu_turn(lock: str | None):
+    """With --gpu-lock, one setup at a time loads and trains on the card, while other processes import (Unsloth's
+    import alone is 35-40 s on an H200 host): the rates stay those of a card nothing else trains on."""
+    if not lock:
+        yield
+        return
+    import fcntl
+
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def print_profile(path: Path, top: int = 14) -> None:
+    """runner.py's calls by cumulative seconds, outside the notebooks (waiting on a kernel shows as the stage)."""
+    import pstats
+
+    if path.is_file():
+        pstats.Stats(str(path)).sort_stats("cumulative").print_stats(top)
+
+
+def worker(setups: str, run_dir: Path, model_dir: str, params: Path, out: Path, slow_steps: int = -1,
+           lock: str | None = None, chain: bool = False) -> None:
     """One or more setups, '+'-joined, one after another in this process: bare Unsloth setups share one import of
-    Unsloth (about 25 s each otherwise); each loads its own model, and its peak memory is its own."""
+    Unsloth (35-40 s each otherwise); each loads its own model, and its peak memory is its own."""
     import gc
 
+    if any(s.startswith("unsloth") for s in setups.split("+")):
+        from medqlora.training.model import preload_unsloth
+
+        preload_unsloth()  # before the lock: imports need no card
     import torch
 
+    from bare_loops import bare, useful_tokens
     from medqlora.training.attention import attention_path, describe
 
     for setup in setups.split("+"):
@@ -244,16 +191,18 @@ def worker(setups: str, run_dir: Path, model_dir: str, params: Path, out: Path, 
             gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        if setup.startswith("project"):
-            res = project(setup, run_dir, out)
-        elif setup == "unsloth-fixed":
-            from speed_parts import fixed_loop
+        with gpu_turn(None if setup.startswith("project") else lock):  # the call holds it around a project setup
+            if setup.startswith("project"):
+                res = project(setup, run_dir, out, chain)
+            elif setup == "unsloth-fixed":
+                from speed_parts import fixed_loop
 
-            res = fixed_loop(model_dir)
-        else:
-            res = bare(setup, run_dir, model_dir, out, slow_steps if setup in ("hf", "unsloth-default") else -1)
+                res = fixed_loop(model_dir)
+            else:
+                res = bare(setup, run_dir, model_dir, out, slow_steps if setup in ("hf", "unsloth-default") else -1)
         # a run stopped at max_steps saw that share of the epoch (random order: its expected share of the tokens)
-        tokens = res.get("fixed_tokens") or round(useful_tokens(run_dir) * min(res.get("epoch") or 1.0, 1.0))
+        trained_on = out / "runs" / setup if chain and setup.startswith("project") else run_dir  # a chain's own data
+        tokens = res.get("fixed_tokens") or round(useful_tokens(trained_on) * min(res.get("epoch") or 1.0, 1.0))
         if res.get("fixed_tokens"):  # after its warm-up steps already
             res["steady_seconds"], res["steady_share"] = res["seconds"], 1.0
         elif res.get("steady_seconds") and not res.get("steady_share"):
@@ -273,88 +222,6 @@ def worker(setups: str, run_dir: Path, model_dir: str, params: Path, out: Path, 
 
 
 # ---------------------------------------------------------------- orchestration and report
-
-
-def peak_tflops(card: str) -> float | None:
-    return next((v for k, v in PEAK_TFLOPS.items() if k in card), None)
-
-
-def report(out: Path) -> str:
-    meta = json.loads((out / "meta.json").read_text())
-    rows = {s: json.loads((out / f"{s}.json").read_text()) for s in SETUPS if (out / f"{s}.json").is_file()}
-    n_params = meta["params"]
-    card = next(iter(rows.values()))["card"] if rows else "?"
-    peak = peak_tflops(card)
-    lines = [f"{meta['shape']} shape, {meta['examples']} examples, {meta['useful_tokens']:,} useful tokens "
-             f"(mean {meta['mean_tokens']:.0f}, p90 {meta['p90_tokens']}, max {meta['max_tokens']}), {card}, "
-             f"{meta['date']}", "",
-             "| setup | packed rows' attention | micro-batch x accumulation | optimizer steps | examples per step | "
-             "useful tokens/s (loop) | steady tokens/s | first step s | x bare packing | x Unsloth defaults | x HF "
-             "stack | x fixed loop | peak memory GiB | MFU | final loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    rate_of = lambda r: r.get("steady_tokens_per_s") or r["useful_tokens_per_s"]  # noqa: E731
-    ref = {k: rate_of(rows[k]) for k in ("unsloth-packing", "unsloth-default", "hf", "unsloth-fixed") if k in rows}
-    for s, r in rows.items():
-        rate = rate_of(r)
-        ratio = lambda k: f"{rate / ref[k]:.2f}" if k in ref else "-"  # noqa: E731
-        mem = r.get("peak_reserved_gib") or r.get("peak_memory_gib")
-        mfu = f"{6 * n_params * rate / (peak * 1e12):.1%}" if peak else "-"
-        steps = f"{r['steps']}" + (f" (of {round(r['steps'] / r['epoch'])})" if (r.get("epoch") or 1) < 0.999 else "")
-        per_step = meta["examples"] * min(r.get("epoch") or 1.0, 1.0) / r["steps"]
-        if s == "unsloth-fixed":
-            per_step = r["useful_tokens"] / r["steps"] / 2048  # rows of random tokens, no examples
-        first = r.get("first_step_seconds")
-        lines.append(f"| {s} | {r.get('attention_label', '?')} | {r['micro_batch']} x {r['accumulation']} | {steps} | "
-                     f"{per_step:.0f} | {r['useful_tokens_per_s']:,.0f} | "
-                     + (f"{r['steady_tokens_per_s']:,.0f} | " if r.get("steady_tokens_per_s") else "- | "))
-        lines[-1] += (f"{first:.1f} | " if first is not None else "- | ") + (
-            f"{ratio('unsloth-packing')} | {ratio('unsloth-default')} | {ratio('hf')} | {ratio('unsloth-fixed')} | "
-            f"{mem:.2f} | {mfu} | {r['losses'][-1][1]:.3f} |")
-    p = rows.get("project")
-    if p:
-        lines += ["", f"project train stage: {p['stage_seconds']} s as a notebook, {p['seconds']:.1f} s of it in "
-                  f"the training loop; memory plan: {'; '.join(p['memory_plan_steps']) or 'as written'}"]
-        if p.get("stage_parts"):
-            from speed_parts import outside_loop
-
-            parts = {k: v for k, v in p["stage_parts"].items() if k != "logged steps"}
-            lines.append("train stage by part (s): " + ", ".join(f"{k} {v}" for k, v in parts.items()))
-            if "logged steps" in p["stage_parts"]:
-                first, last = p["stage_parts"]["logged steps"]
-                lines.append(f"logged steps {first} to {last} (the loop's part counts the steps after {first})")
-            lines.append(f"outside the loop (stage total less the steps after the first): "
-                         f"{outside_loop(p['stage_parts'])} s")
-        if p.get("packing_check"):
-            c = p["packing_check"]
-            lines.append(f"packing check: {c['examples']} examples, max per-example loss difference "
-                         f"{c['max_abs_diff']:.2e} (tolerance {c['tolerance']}), passed: {c['passed']}, "
-                         f"{c.get('seconds', '?')} s")
-    plot_losses(rows, out / "loss.png", meta)
-    text = "\n".join(lines)
-    (out / "table.md").write_text(text + "\n")
-    return text
-
-
-def plot_losses(rows: dict, path: Path, meta: dict) -> None:
-    """Loss against useful tokens trained: packed and unpacked runs take different numbers of steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    for s, r in rows.items():
-        if not r["losses"]:
-            continue
-        per_step = r["useful_tokens"] / r["steps"]  # tokens per optimizer step, on average
-        ax.plot([st * per_step for st, _ in r["losses"]], [v for _, v in r["losses"]], lw=1.2 if "project" in s
-                else 0.8, ls="-" if "project" in s else "--", label=f"{s} ({r['steps']} steps)")
-    ax.set_xlabel("useful tokens trained")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"{meta['shape']} shape, same data and seed")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def prepare(a, out: Path) -> None:
@@ -391,6 +258,10 @@ def main() -> None:
                     help="the params file whose settings the project setups (and hf) train with")
     ap.add_argument("--slow-steps", type=int, default=-1, help="stop hf and unsloth-default after this many "
                     "optimizer steps (their tokens/s from that part of the epoch): for the 8B shape")
+    ap.add_argument("--gpu-lock", help="a lock file: each bare setup loads and trains holding it (several processes "
+                    "share one card, their imports overlap); hold it around other work on the card")
+    ap.add_argument("--chain", action="store_true", help="project setups run setup, preprocess and train from the "
+                    "params file, as a user's run does (default: the train stage alone on the prepared run folder)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--report", action="store_true", help="only rebuild table.md and loss.png from OUT")
     ap.add_argument("--skip-prepare", action="store_true", help="reuse OUT's prepared data, bench.yaml and meta.json")
@@ -401,7 +272,8 @@ def main() -> None:
         return
     params = out / "bench.yaml"
     if a.worker:
-        worker(a.worker, out / "prepared", str(Path(a.model).resolve()), params, out, a.slow_steps)
+        worker(a.worker, out / "prepared", str(Path(a.model).resolve()), params, out, a.slow_steps, a.gpu_lock,
+               a.chain)
         return
     out.mkdir(parents=True, exist_ok=True)
     if not a.skip_prepare:
@@ -419,7 +291,9 @@ def main() -> None:
             print(f"{time.strftime('%H:%M:%S')} running: " + ", ".join(f"{n} on GPU {g}" for g, n in now[0])
                   + " | done: " + ", ".join(f"{n} (exit {c})" for n, c in now[1]), flush=True)
 
-    run_on_gpus([(s_, [sys.executable, __file__, a.model, str(out), "--worker", s_, "--slow-steps", str(a.slow_steps)],
+    flags = [*(["--gpu-lock", a.gpu_lock] if a.gpu_lock else []), *(["--chain"] if a.chain else [])]
+    run_on_gpus([(s_, [sys.executable, __file__, a.model, str(out), "--worker", s_, "--slow-steps", str(a.slow_steps),
+                       *flags],
                   out / f"{s_}.log") for s_ in a.setups.split(",")], a.gpus.split(","), tick)
     if (out / "meta.json").is_file():  # the fixed loop alone needs no data (copy its row in, then --report)
         print(report(out))

@@ -76,13 +76,14 @@ def test_batch_continues_past_a_failed_run_and_builds_summary_and_comparison(tmp
     params = named_params(tmp_path, tiny_model_dir, sample_data, "one", "two", "three")
     ran = []
 
-    def fake_stage(stage, run, verbose=False):  # the stage notebooks themselves are tested elsewhere; here: the batch logic
+    def fake_stage(stage, run, verbose=False, warm=None):  # the stage notebooks themselves are tested elsewhere; here: the batch logic
         ran.append((run.path.name.split("-")[0], stage))
         failed = run.path.name.startswith("two") and stage == "train"
         (run / NOTEBOOKS[stage]).write_text(nbformat.writes(nbformat.v4.new_notebook()))
         return ("failed", 0.1, "RuntimeError: boom") if failed else ("ok", 0.1, None)
 
     monkeypatch.setattr(runner, "run_stage", fake_stage)
+    monkeypatch.setattr(runner, "start_warm", lambda *a, **k: None)  # the stages are faked
     reports = tmp_path / "reports"
     code = runner.main(params + ["--reports-dir", str(reports)])
     assert code == 1, "one failed run makes the batch fail"
@@ -147,7 +148,8 @@ def test_run_report_joins_the_notebooks_and_says_which_failed(tmp_path):
 
 
 def test_rerun_starts_a_new_run_from_the_old_runs_config(tmp_path, monkeypatch, tiny_model_dir, sample_data):
-    monkeypatch.setattr(runner, "run_stage", lambda stage, run, verbose=False: ("ok", 0.1, None))
+    monkeypatch.setattr(runner, "run_stage", lambda stage, run, verbose=False, warm=None: ("ok", 0.1, None))
+    monkeypatch.setattr(runner, "start_warm", lambda *a, **k: None)  # the stages are faked
     params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
     reports = tmp_path / "reports"
     assert runner.main([str(params), "--reports-dir", str(reports), "--run-id", "first"]) == 0
@@ -255,7 +257,7 @@ def test_gpus_forwards_resume_rerun_verbose_and_fail_fast(tmp_path, monkeypatch,
 
     ran, argvs, fail_train = [], [], [True]
 
-    def fake_stage(stage, run, verbose=False):
+    def fake_stage(stage, run, verbose=False, warm=None):
         ran.append((run.path.name, stage, verbose))
         if stage == "train" and fail_train[0]:
             return "failed", 0.1, "RuntimeError: boom"
@@ -270,6 +272,7 @@ def test_gpus_forwards_resume_rerun_verbose_and_fail_fast(tmp_path, monkeypatch,
         return codes
 
     monkeypatch.setattr(runner, "run_stage", fake_stage)
+    monkeypatch.setattr(runner, "start_warm", lambda *a, **k: None)  # the stages are faked
     monkeypatch.setattr(batch, "run_on_gpus", in_process_queue)
     reports = tmp_path / "reports"
     params = tiny_params(tmp_path, tiny_model_dir, *sample_data)

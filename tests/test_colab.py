@@ -155,7 +155,7 @@ def test_driver_executions_restore_from_the_bucket_resume_and_then_do_nothing(tm
     assert runner.main([str(params), "--prepare-only", "--reports-dir", gs_folder, "--run-id", "r2"]) == 0
     ran, fail = [], {"train"}
 
-    def fake_stage(stage, run, verbose=False):
+    def fake_stage(stage, run, verbose=False, warm=None):
         ran.append(stage)
         (run / NOTEBOOKS[stage]).write_text(nbformat.writes(nbformat.v4.new_notebook()))
         if stage == "train":
@@ -164,6 +164,7 @@ def test_driver_executions_restore_from_the_bucket_resume_and_then_do_nothing(tm
         return ("failed", 0.1, "RuntimeError: killed") if stage in fail else ("ok", 0.1, None)
 
     monkeypatch.setattr(runner, "run_stage", fake_stage)
+    monkeypatch.setattr(runner, "start_warm", lambda *a, **k: None)  # the stages are faked
     url = f"{gs_folder}/r2"
     assert driver.run_prepared(url, "r2", ",".join(STAGES), str(tmp_path / "runtime1"), 1) == 1
     assert ran == ["setup", "preprocess", "train"]

@@ -19,6 +19,18 @@ def runner(*args, timeout=900, cwd=ROOT):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def kernel_alive(run: Path, stage: str) -> bool:
+    """Whether the kernel that ran the stage (its pid, recorded at the stage's start) still runs."""
+    import psutil
+
+    starts = [json.loads(x) for x in (run / "memory.jsonl").read_text().splitlines() if f'"stage": "{stage}"' in x
+              and '"event": "start"' in x]
+    try:
+        return psutil.Process(starts[-1]["kernel_pid"]).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def bad_params(tmp_path, mutate) -> Path:
     raw = yaml.safe_load((ROOT / "params" / "default.yaml").read_text())
     for key in ("source", "eval_source"):  # the copy lives elsewhere: keep it pointing at the bundled data
@@ -87,6 +99,7 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     # the terminal shows the position and the stages' progress; the notebooks' full output is in run.log
     assert "[run 1/1 e2e | stage 3/5 train | elapsed" in r.stdout and "Executing Cell" not in r.stdout
     assert "ETA" in r.stdout and "Executing Cell" in (run / "run.log").read_text()
+    assert re.search(r"=== train: ok in [\d.]+ s \(its imports, [\d.]+ s, done ahead\)", r.stdout), r.stdout[-3000:]
     assert (run / "report.html").is_file() and "Stage: evaluate" in (run / "report.html").read_text()
     for nb in ("01_setup", "02_preprocess", "03_train", "04_export", "05_evaluate"):
         assert (run / f"{nb}.ipynb").is_file()
@@ -165,6 +178,11 @@ def test_failed_stage_exits_1_keeps_notebook_and_resumes(tmp_path, tiny_model_di
     assert [(x["name"], x["status"]) for x in s["stages"]] == [("preprocess", "ok"), ("train", "failed")]
     assert notebook_errors(run / "03_train.ipynb") == ["ValueError"]
     assert (run / "data" / "train").is_dir(), "the earlier stage's output stays usable"
+    # the train kernel was started while preprocess ran, did its imports there, and is gone with the failed stage
+    assert "kernel started ahead: its imports" in (run / "03_train.ipynb").read_text()
+    train_entry = next(x for x in s["stages"] if x["name"] == "train")
+    assert train_entry["imports_done_ahead_s"] > 0
+    assert not kernel_alive(run, "train")
 
     r = runner("--resume", "fail", "--reports-dir", reports, "--set", "lora.target_modules=[q_proj,v_proj]",
                "--stages", "preprocess,train,export")
@@ -251,13 +269,14 @@ def test_resume_refuses_a_stale_stage_left_out_of_stages_and_moves_nothing(tmp_p
 
     ran = []
 
-    def fake_stage(stage, run, verbose=False):
+    def fake_stage(stage, run, verbose=False, warm=None):
         ran.append(stage)
         run.save_result(stage, {"n": len(ran), "adapter_dir": "a", "export_dir": "e",
                                 "metrics": {"base": {}, "finetuned": {}}})
         return "ok", 0.1, None
 
     monkeypatch.setattr(cli, "run_stage", fake_stage)
+    monkeypatch.setattr(cli, "start_warm", lambda *a, **k: None)  # the stages are faked
     reports = tmp_path / "reports"
     params = tiny_params(tmp_path, tiny_model_dir, *sample_data)
     assert cli.main([str(params), "--reports-dir", str(reports), "--run-id", "r"]) == 0

@@ -33,9 +33,11 @@ from medqlora.run.stages import (
     EXIT_INVALID,
     EXIT_OK,
     ResumePlan,
+    imports_done_ahead,
     plan_resume,
     run_stage,
     set_aside,
+    start_warm,
 )
 from medqlora.run.summary import Summary, readable
 from medqlora.run.terminal import Progress, QuietNotebookOutput, run_log
@@ -155,14 +157,34 @@ def _execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params
         print(f"{run_id}: resuming at stage {resume.first}"
               + (f" (earlier outputs of redone stages in {aside})" if aside else ""))
     summary.save()
+    warm: dict = {}  # stage -> a kernel started ahead for it (stages.start_warm)
+    try:
+        return _run_stages(cfg, run, run_id, stages, progress, run_i, summary, warm)
+    finally:
+        for kernel in warm.values():  # started, never used: the run stopped before its stage
+            kernel.shutdown()
+
+
+def _run_stages(cfg, run, run_id, stages, progress, run_i, summary, warm: dict) -> int:
     for j, stage in enumerate(stages, start=1):
         print(f"\n{progress.line(run_i, run_id, j, stage, stages)}\n=== {run_id}: {stage} -> "
               f"{run / NOTEBOOKS[stage]}", flush=True)
-        status, seconds, error = run_stage(stage, run, progress.verbose)
+        mine = warm.pop(stage, None)
+        if not warm:  # at most one kernel ahead, started as early as is safe
+            ahead = start_warm(stage, stages, run, progress.verbose, cfg.model.gguf_file)
+            if ahead is not None:
+                warm[ahead.stage] = ahead
+        try:
+            status, seconds, error = run_stage(stage, run, progress.verbose, mine)
+        finally:
+            if mine is not None:
+                mine.shutdown()
         progress.record(stage, seconds)
+        ahead_s = imports_done_ahead(run, stage) if mine is not None else None
         summary.record(stage, status, seconds, run / NOTEBOOKS[stage], error,
-                       stage_inputs(cfg, stage) if status == "ok" else None)
-        print(f"=== {stage}: {status} in {seconds:.1f} s" + (f": {error}" if error else ""), flush=True)
+                       stage_inputs(cfg, stage) if status == "ok" else None, ahead_s)
+        print(f"=== {stage}: {status} in {seconds:.1f} s" + (f" (its imports, {ahead_s} s, done ahead)" if ahead_s
+              else "") + (f": {error}" if error else ""), flush=True)
         if status != "ok":
             summary.finish("failed", f"stage {stage} failed: {error}")
             print(f"\n{run_id}: stage {stage} failed; the executed notebook with the error is "

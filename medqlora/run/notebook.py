@@ -89,8 +89,13 @@ def start(config_path: str, run_dir: str, stage: str) -> tuple[RunConfig, RunDir
     progress_bars_to_log(run / "run.log")
     from medqlora.core.memory_log import record
 
-    record(run, stage, "start")
+    from medqlora.run.warm import STATE, preloaded_line
+
+    ahead = preloaded_line(stage)
+    record(run, stage, "start", kernel_pid=os.getpid(), **({"imports_done_ahead_s": STATE["seconds"]} if ahead else {}))
     print(f"stage {stage} | run {run.path.resolve()} | config {Path(config_path).resolve()}")
+    if ahead:
+        print(ahead)
     print(f"model {cfg.model.name_or_path}" + (f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else "")
           + f" | backend {cfg.model.backend} | data {cfg.data.source}")
     return cfg, run

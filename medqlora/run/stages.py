@@ -20,21 +20,55 @@ def notebook_kernel() -> str:
     return os.environ.get("MEDQLORA_KERNEL", "python3")
 
 
-def run_stage(stage: str, run: RunDir, verbose: bool = False) -> tuple[str, float, str | None]:
+def run_stage(stage: str, run: RunDir, verbose: bool = False, warm=None) -> tuple[str, float, str | None]:
+    """Execute one stage notebook; `warm` (warm.WarmKernel) is a kernel started for it ahead, used if its imports
+    succeeded (the wait for them counts in the stage's seconds); the caller stops it afterwards (papermill stops
+    only the kernels it started)."""
     import papermill as pm
 
     t0 = time.time()
     try:
         with kernel_stderr_to(None if verbose else run / "run.log"):
+            km = warm.take() if warm is not None else None
             pm.execute_notebook(str(notebook_dir() / NOTEBOOKS[stage]), str(run / NOTEBOOKS[stage]),
                                 parameters={"config_path": str(run.config_path), "run_dir": str(run.path)},
                                 kernel_name=notebook_kernel(), cwd=str(kernel_cwd(run.path)),
-                                log_output=True, progress_bar=False)
+                                log_output=True, progress_bar=False, **({"km": km} if km is not None else {}))
         return "ok", time.time() - t0, None
     except pm.PapermillExecutionError as e:
         return "failed", time.time() - t0, f"{e.ename}: {e.evalue}"
     except Exception as e:  # kernel died (out of memory), notebook missing, ...
         return "failed", time.time() - t0, f"{type(e).__name__}: {e}"
+
+
+def imports_done_ahead(run: RunDir, stage: str) -> float | None:
+    """The seconds of imports the stage's kernel did before the stage began, as its notebook recorded them."""
+    from medqlora.core.memory_log import read_records
+
+    starts = [r for r in read_records(run) if r["stage"] == stage and r["event"] == "start"]
+    return starts[-1].get("imports_done_ahead_s") if starts else None
+
+
+def start_warm(stage: str, stages: list[str], run: RunDir, verbose: bool = False, gguf_file: str | None = None):
+    """At the start of `stage`: a kernel for a later stage that only warm.WARMED_WHILE stages precede (train, while
+    setup and preprocess run), its imports under way; None where nothing is gained, where setup may change the
+    packages it would import, with MEDQLORA_WARM_KERNEL=0, or if the kernel would not start."""
+    from medqlora.run.warm import WARMED_WHILE, WarmKernel, may_start_during_setup
+
+    target = WARMED_WHILE.get(stage)
+    rest = stages[stages.index(stage) + 1:] if stage in stages else []
+    if target not in rest or any(s != target and WARMED_WHILE.get(s) != target for s in rest[:rest.index(target)]):
+        return None
+    if os.environ.get("MEDQLORA_WARM_KERNEL", "1") == "0" or (stage == "setup" and not may_start_during_setup(gguf_file)):
+        return None
+    log = run / "run.log"
+    note = lambda msg: log.open("a").write(msg + "\n")  # noqa: E731
+    try:
+        with kernel_stderr_to(None if verbose else log):
+            return WarmKernel(target, stage, run.path, notebook_kernel(), str(kernel_cwd(run.path)), note)
+    except Exception as e:  # noqa: BLE001 (the stage then starts its own kernel, as without a warm start)
+        note(f"warm kernel for {target} not started ({type(e).__name__}: {e})")
+        return None
 
 
 @contextlib.contextmanager

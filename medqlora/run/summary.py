@@ -29,10 +29,13 @@ class Summary:
         return (self.stage(name) or {}).get("status")
 
     def record(self, name: str, status: str, seconds: float, notebook: Path, error: str | None = None,
-               inputs: dict | None = None):
+               inputs: dict | None = None, ahead_s: float | None = None):
+        """`ahead_s`: seconds of the stage's imports its kernel did before the stage began (warm.py), not in
+        `seconds`."""
         self.data["stages"] = [s for s in self.data["stages"] if s["name"] != name]
         self.data["stages"].append({"name": name, "status": status, "seconds": round(seconds, 1),
-                                    "notebook": str(notebook), "error": error, "inputs": inputs})
+                                    "notebook": str(notebook), "error": error, "inputs": inputs,
+                                    **({"imports_done_ahead_s": ahead_s} if ahead_s is not None else {})})
         self.data["stages"].sort(key=lambda s: STAGES.index(s["name"]))
         self.collect()
         self.save()
@@ -84,7 +87,9 @@ def readable(s: dict) -> str:
     if s.get("run_dir"):
         lines += [headline.markdown(headline.build(RunDir(s["run_dir"]), s.get("stages")), links="files"), ""]
     lines += ["| stage | status | seconds | notebook |", "|---|---|---|---|"]
-    lines += [f"| {x['name']} | {x['status']} | {x['seconds']} | {Path(x['notebook']).name} |" for x in s["stages"]]
+    lines += [f"| {x['name']} | {x['status']} | {x['seconds']}"
+              + (f" (+{x['imports_done_ahead_s']} of imports done ahead)" if x.get("imports_done_ahead_s") else "")
+              + f" | {Path(x['notebook']).name} |" for x in s["stages"]]
     if s.get("data"):
         d = s["data"]
         dropped = ", ".join(f"{k} {v}" for k, v in (d["dropped"] or {}).items()) or "none"

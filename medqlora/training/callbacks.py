@@ -84,6 +84,9 @@ class MemoryRecorder(TrainerCallback):
     def __init__(self, run: RunDir):
         self.run = run
 
+    def on_train_begin(self, args, state, control, **kw):  # after the trainer's own start (optimizer, loaders)
+        memory_log.record(self.run, "train", "training began")
+
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "loss" in logs:
             memory_log.record(self.run, "train", f"step {state.global_step}")
