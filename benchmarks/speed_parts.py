@@ -79,6 +79,9 @@ def stage_parts(run_dir: Path, stage: str = "train") -> dict:
                 parts["trainer start (train() to on_train_begin)"] = round(began - t["packing checked"], 2)
                 parts["first step (on_train_begin to its log)"] = round(steps[0][1] - began, 2)
             parts["first logged step"] = round(steps[0][1] - t["packing checked"], 2)
+        elif t.get("training began", 0) >= t["before training"]:  # no packing (transformers on a CPU)
+            parts["trainer setup + start (to on_train_begin)"] = round(t["training began"] - t["before training"], 2)
+            parts["first step (on_train_begin to its log)"] = round(steps[0][1] - t["training began"], 2)
         else:
             parts["trainer setup + packing check + first logged step"] = round(steps[0][1] - t["before training"], 2)
         parts["loop after the first logged step"] = round(steps[-1][1] - steps[0][1], 2)

@@ -163,12 +163,12 @@ def gpu_turn(lock: str | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def print_profile(path: Path, top: int = 14) -> None:
+def print_profile(path: Path, top: int = 30) -> None:
     """runner.py's calls by cumulative seconds, outside the notebooks (waiting on a kernel shows as the stage)."""
     import pstats
 
     if path.is_file():
-        pstats.Stats(str(path)).sort_stats("cumulative").print_stats(top)
+        pstats.Stats(str(path)).sort_stats("cumulative").print_stats(r"medqlora/|runner\.py", top)
 
 
 def worker(setups: str, run_dir: Path, model_dir: str, params: Path, out: Path, slow_steps: int = -1,
