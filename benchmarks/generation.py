@@ -62,11 +62,17 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=128)
     p.add_argument("--single-prompts", type=int, default=8, help="prompts timed one at a time")
     p.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--eager", action="store_true", help="generate with torch.compile off (torch.compiler."
+                   "set_stance('force_eager')): whether the first batch's one-time cost is compilation")
     p.add_argument("--paths", nargs="+", default=["adapter", "merged"],
                    help="adapter, merged, merged-base (the base pass of eval.merge: adapter disabled)")
     a = p.parse_args(argv)
 
     import torch
+    from torch._dynamo.utils import counters
+
+    if a.eager:
+        torch.compiler.set_stance("force_eager")
 
     from medqlora.config import load_config
     from medqlora.core.rundir import RunDir
@@ -102,7 +108,8 @@ def main(argv=None) -> int:
                     r = measure(model, tok, sub, batch, a.new_tokens, cfg.data.template)
             except Exception as e:  # noqa: BLE001  (one failing setting must not hide the others)
                 r = {"batch": batch, "error": f"{type(e).__name__}: {str(e)[:200]}"}
-            r.update(path=label, load_seconds=load_s, device=device)
+            r.update(path=label + (", eager" if a.eager else ""), load_seconds=load_s, device=device,
+                     compiled_graphs=counters["stats"]["unique_graphs"])  # so far in this process
             print("GENROW " + json.dumps(r), flush=True)
             rows.append(r)
         del model

@@ -124,7 +124,7 @@ def project(setup: str, run_dir: Path, out: Path, chain: bool = False) -> dict:
     r = json.loads((dest / "results" / "train.json").read_text())
     summary = json.loads((dest / "summary.json").read_text())
     stage_s = next(s["seconds"] for s in summary["stages"] if s["name"] == "train")
-    before = {s["name"]: s["seconds"] for s in summary["stages"] if s["name"] != "train"}
+    before = {s["name"]: s["seconds"] for s in summary["stages"] if s["name"] != "train"} if chain else {}
     ahead = next(s.get("imports_done_ahead_s") for s in summary["stages"] if s["name"] == "train")
     eff = r["effective_settings"]
     from speed_parts import stage_parts
