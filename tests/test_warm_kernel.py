@@ -10,7 +10,7 @@ from medqlora.run.warm import WarmKernel
 
 def test_a_warm_kernel_whose_imports_fail_is_stopped_and_the_reason_kept(tmp_path):
     said = []
-    k = WarmKernel("no-such-stage", "preprocess", tmp_path, "python3", str(tmp_path), said.append)
+    k = WarmKernel("no-such-stage", "preprocess", "python3", str(tmp_path), said.append)
     pid = k.km.provisioner.pid if k.km.provisioner else None
     assert k.take(timeout=120) is None
     assert said and "KeyError" in said[0] and "starts a kernel of its own" in said[0]
@@ -20,7 +20,7 @@ def test_a_warm_kernel_whose_imports_fail_is_stopped_and_the_reason_kept(tmp_pat
 
 
 def test_a_warm_kernel_that_imports_hands_over_a_live_kernel(tmp_path):
-    k = WarmKernel("train", "preprocess", tmp_path, "python3", str(tmp_path), print)
+    k = WarmKernel("train", "preprocess", "python3", str(tmp_path), print)
     try:
         km = k.take(timeout=300)
         assert km is not None

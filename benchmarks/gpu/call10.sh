@@ -5,11 +5,7 @@
 MODEL=/tmp/m1b49 SHAPE=Llama-3.2-1B
 begin 300
 build m1b49 $B1
-job mix 60 "$SITE_X" $PY -c "
-import sys; sys.path.insert(0, '$W/benchmarks'); from pathlib import Path; import train_speed as t
-o = Path('/tmp/jobs/short'); o.mkdir(parents=True, exist_ok=True)
-m = t.write_mix(o / 'mix.jsonl', $ROWS, Path('$W/data200/medquad_sample.jsonl'), Path('$W/data200/pubmedqa_pqal.jsonl'), Path('$W/data/medqa_train.jsonl'))
-t.params_for('$MODEL', m, o, Path('$W/params/llama-3.1-8b-instruct.yaml'))"
+mix /tmp/jobs/short
 job short 150 "$SITE_X" $PY "$W/runner.py" /tmp/jobs/short/bench.yaml --run-id short --reports-dir /tmp/jobs/short/reports \
   --stages setup,preprocess,train --set train.max_steps=2 --set data.val_fraction=0
 for mode in compiled eager; do

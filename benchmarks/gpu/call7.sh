@@ -15,11 +15,7 @@ lspeed() {  # lspeed NAME SITE OUTDIR SETUPS [FLAGS]: speed() with the card's lo
     --skip-prepare --gpu-lock $L "$@" $D
 }
 # the mix's bench.yaml, for the chain (the chain prepares its own copy of the data)
-job mix 60 "$SITE_X" $PY -c "
-import sys; sys.path.insert(0, '$W/benchmarks'); from pathlib import Path; import train_speed as t
-o = Path('/tmp/jobs/bx'); o.mkdir(parents=True, exist_ok=True)
-m = t.write_mix(o / 'mix.jsonl', $ROWS, Path('$W/data200/medquad_sample.jsonl'), Path('$W/data200/pubmedqa_pqal.jsonl'), Path('$W/data/medqa_train.jsonl'))
-t.params_for('$MODEL', m, o, Path('$W/params/llama-3.1-8b-instruct.yaml'))"
+mix /tmp/jobs/bx
 ( exec 9>>$L
   flock 9; job speed-x $(( $(left) - 8 )) "$SITE_X" $TS $MODEL /tmp/jobs/bx --shape $SHAPE --gpus 0 --setups project \
     --skip-prepare --chain $D; flock -u 9

@@ -5,11 +5,7 @@
 MODEL=/tmp/m1b49 SHAPE=Llama-3.2-1B
 begin 1570
 build m1b49 $B1
-job mix 60 "$SITE_X" $PY -c "
-import sys; sys.path.insert(0, '$W/benchmarks'); from pathlib import Path; import train_speed as t
-o = Path('/tmp/jobs/chain'); o.mkdir(parents=True, exist_ok=True)
-m = t.write_mix(o / 'mix.jsonl', $ROWS, Path('$W/data200/medquad_sample.jsonl'), Path('$W/data200/pubmedqa_pqal.jsonl'), Path('$W/data/medqa_train.jsonl'))
-t.params_for('$MODEL', m, o, Path('$W/params/llama-3.1-8b-instruct.yaml'))"
+mix /tmp/jobs/chain
 job chain $(( $(left) - 100 )) "$SITE_X" $PY "$W/runner.py" /tmp/jobs/chain/bench.yaml --run-id chain \
   --reports-dir /tmp/jobs/chain/reports --set eval.max_samples=64 --set eval.max_new_tokens=64 \
   "--set" "eval.sets=[{name: yesno, source: $W/data/yesno_bench.jsonl, format: pubmedqa, max_items: 30}]"

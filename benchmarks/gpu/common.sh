@@ -51,6 +51,13 @@ begin() {  # begin ROWS: the call's rows of the mix (a few in a dry run) and the
 speed() {  # speed NAME SITE OUTDIR SETUPS: train_speed.py on $MODEL ($SHAPE), OUTDIR's prepared data, the time left
   job $1 $(( $(left) - 10 )) "$2" $TS $MODEL $3 --shape $SHAPE --gpus 0 --setups $4 --slow-steps 10 --skip-prepare $D
 }
+mix() {  # mix DIR: DIR/mix.jsonl ($ROWS rows) and DIR/bench.yaml on $MODEL, as train_speed.py writes them (no prep)
+  job mix 60 "$SITE_X" $PY -c "
+import sys; sys.path.insert(0, '$W/benchmarks'); from pathlib import Path; import train_speed as t
+o = Path('$1'); o.mkdir(parents=True, exist_ok=True)
+m = t.write_mix(o / 'mix.jsonl', $ROWS, Path('$W/data200/medquad_sample.jsonl'), Path('$W/data200/pubmedqa_pqal.jsonl'), Path('$W/data/medqa_train.jsonl'))
+t.params_for('$MODEL', m, o, Path('$W/params/llama-3.1-8b-instruct.yaml'))"
+}
 collect() {  # collect NAME...: each /tmp/jobs/NAME speed folder's table and a tarball without weights, in $OUT/speed
   mkdir -p "$OUT/speed"
   for d in "$@"; do

@@ -57,15 +57,19 @@ def start_warm(stage: str, stages: list[str], run: RunDir, verbose: bool = False
 
     target = WARMED_WHILE.get(stage)
     rest = stages[stages.index(stage) + 1:] if stage in stages else []
-    if target not in rest or any(s != target and WARMED_WHILE.get(s) != target for s in rest[:rest.index(target)]):
+    if target not in rest or any(WARMED_WHILE.get(s) != target for s in rest[:rest.index(target)]):
         return None
     if os.environ.get("MEDQLORA_WARM_KERNEL", "1") == "0" or (stage == "setup" and not may_start_during_setup(gguf_file)):
         return None
     log = run / "run.log"
-    note = lambda msg: log.open("a").write(msg + "\n")  # noqa: E731
+
+    def note(msg: str) -> None:
+        with log.open("a") as f:
+            f.write(msg + "\n")
+
     try:
         with kernel_stderr_to(None if verbose else log):
-            return WarmKernel(target, stage, run.path, notebook_kernel(), str(kernel_cwd(run.path)), note)
+            return WarmKernel(target, stage, notebook_kernel(), str(kernel_cwd(run.path)), note)
     except Exception as e:  # noqa: BLE001 (the stage then starts its own kernel, as without a warm start)
         note(f"warm kernel for {target} not started ({type(e).__name__}: {e})")
         return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 # The modules each stage's notebook imports first; only the train stage is warmed (see WARMED_WHILE).
 PRELOAD = {"train": ["medqlora.training.train", "medqlora.training.memory_plan", "medqlora.training.history",
@@ -56,11 +55,11 @@ def preloaded_line(stage: str) -> str | None:
 class WarmKernel:
     """A kernel started now for a later stage, its imports sent to it at once; take() hands it to papermill."""
 
-    def __init__(self, stage: str, during: str, run_path: Path, kernel_name: str, cwd: str, log):
+    def __init__(self, stage: str, during: str, kernel_name: str, cwd: str, log):
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
-        self.stage, self.log, self.t0, self.stopped = stage, log, time.time(), False
+        self.stage, self.log, self.stopped = stage, log, False
         self.km = AsyncKernelManager(kernel_name=kernel_name)
         run_sync(self.km.start_kernel)(cwd=cwd)
         self.kc = self.km.client()
