@@ -59,7 +59,8 @@ def ask(run_dir: str | Path, questions: list[str], max_new_tokens: int | None = 
     cfg = load_config(run.config_path)
     if max_new_tokens:
         cfg.eval.max_new_tokens = max_new_tokens
-    export = run.result("export")
+    run.result("export")  # fails clearly when the export stage has not run
+    adapter = run.export_dir / "adapter"
     t0 = time.time()
 
     def step(what: str) -> None:  # progress, at once: loading alone takes a minute on a CPU
@@ -67,13 +68,13 @@ def ask(run_dir: str | Path, questions: list[str], max_new_tokens: int | None = 
         sys.stdout.flush()
 
     step(f"loading {cfg.model.name_or_path} in {'4-bit' if cfg.model.load_in_4bit else 'full precision'} with the "
-         f"adapter {export['adapter_dir']} ...")
+         f"adapter {adapter} ...")
     with quiet_libraries():
         from medqlora.evaluation.generate import answer_queries, sampling
         from medqlora.training import model as M
 
         backend = M.resolve_backend(cfg.model)
-        model, tok = M.load_with_adapter(M.resolve_model(cfg.model)[0], export["adapter_dir"], cfg.model, backend)
+        model, tok = M.load_with_adapter(M.resolve_model(cfg.model)[0], str(adapter), cfg.model, backend)
     n = f"{len(questions)} question{'s' if len(questions) > 1 else ''}"
     step(f"loaded ({backend}); the base model answers {n} (up to {cfg.eval.max_new_tokens} new tokens) ...")
     kw = {"oom_retries": cfg.memory.oom_retries, "template": cfg.data.template, "sampling_kw": sampling(cfg)}

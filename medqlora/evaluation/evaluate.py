@@ -36,7 +36,7 @@ def eval_sets(cfg, run) -> list[tuple[str, Path, int | None, str]]:
     prep = run.result("preprocess")
     sets = [("held-out", run.eval_items, cfg.eval.max_samples, prep.get("eval_from"))]
     for name, info in (prep.get("eval_sets") or {}).items():
-        sets.append((name, Path(info["path"]), None, f"eval set {name}: {info['source']}"))
+        sets.append((name, run.eval_set_path(name), None, f"eval set {name}: {info['source']}"))
     return sets
 
 
@@ -79,17 +79,18 @@ def compare(cfg, run, print_fn=print) -> dict:
     from medqlora.export import merge as MG
     from medqlora.training import model as M
 
-    export = run.result("export")
+    run.result("export")  # fails clearly when the export stage has not run
+    adapter = str(run.export_dir / "adapter")  # the run folder's own, wherever the folder was restored to
     backend = M.resolve_backend(cfg.model)
     ref, _ = M.resolve_model(cfg.model)
     merge, merge_why = use_merge(cfg, ref)
     t0 = time.time()
     if merge:  # the 4-bit base dequantized: the base answers come from the same weights the merge starts from
-        model, tok = MG.dequantized_with_adapter(ref, export["adapter_dir"], cfg)
+        model, tok = MG.dequantized_with_adapter(ref, adapter, cfg)
         if M.cuda_available():
             model = model.to("cuda")
     else:
-        model, tok = M.load_with_adapter(ref, export["adapter_dir"], cfg.model, backend)
+        model, tok = M.load_with_adapter(ref, adapter, cfg.model, backend)
     load_s = time.time() - t0
     print_fn(f"loaded in {load_s:.1f} s; fine-tuned answers from {'merged weights' if merge else 'the adapter'} "
              f"({merge_why})")
