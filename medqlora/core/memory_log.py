@@ -1,43 +1,44 @@
 """memory.jsonl in the run folder: a snapshot of memory at every major step of every stage."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from medqlora.core import jsonl_log
 from medqlora.core.system import memory_snapshot
 
 
 def record(run, stage: str, event: str, **extra) -> dict:
-    """Append a memory snapshot (GPU allocated/reserved/peak/free, or RSS and free RAM) to run/memory.jsonl."""
+    """Append a memory snapshot (GPU allocated/reserved/peak/free, or RSS and free RAM) to run/memory.jsonl.
+    A full disk raises jsonl_log.DiskFull (an OSError naming the folder) and leaves the file whole."""
     snap = {"time": round(time.time(), 2), "stage": stage, "event": event,
             **{k: round(v, 3) for k, v in memory_snapshot().items()}, **extra}
-    with open(Path(run.path) / "memory.jsonl", "a") as f:
-        f.write(json.dumps(snap) + "\n")
+    jsonl_log.append(Path(run.path) / "memory.jsonl", snap)
     return snap
 
 
 def read_records(run) -> list[dict]:
-    p = Path(run.path) / "memory.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.is_file() else []
+    """Every whole record; a torn line (a kill or a full disk mid-write) is skipped with a warning."""
+    return jsonl_log.read(Path(run.path) / "memory.jsonl")
 
 
 def peaks_by_stage(run) -> dict[str, float]:
-    """The highest memory each stage reached: GPU peak reserved where there is a GPU, else process RSS."""
+    """The highest memory each stage reached: GPU peak reserved where there is a GPU, else process RSS, or the peak
+    a record measured over its own step (peak_gb: a CPU pass's RSS is back down by the time it is recorded)."""
     out: dict[str, float] = {}
     for r in read_records(run):
-        v = r.get("gpu_peak_gb", r.get("rss_gb"))
-        if v is not None:
-            out[r["stage"]] = max(out.get(r["stage"], 0.0), v)
+        vals = [v for v in (r.get("gpu_peak_gb", r.get("rss_gb")), r.get("peak_gb")) if v is not None]
+        if vals and "stage" in r:
+            out[r["stage"]] = max(out.get(r["stage"], 0.0), *vals)
     return out
 
 
 def stage_table(run, stage: str):
     import pandas as pd
 
-    rows = [r for r in read_records(run) if r["stage"] == stage and not r["event"].startswith("step ")]
+    rows = [r for r in read_records(run) if r.get("stage") == stage and not str(r.get("event")).startswith("step ")]
     cols = [c for c in ("event", "gpu_allocated_gb", "gpu_reserved_gb", "gpu_peak_gb", "gpu_free_gb", "rss_gb",
-                        "ram_used_gb") if any(c in r for r in rows)]
+                        "ram_used_gb", "peak_gb") if any(c in r for r in rows)]
     return pd.DataFrame(rows)[cols].set_index("event") if rows else pd.DataFrame()
 
 
