@@ -1,21 +1,24 @@
 """The evaluate stage's generation rate without its one-time cost: the first batch of a pass (compilation, caches,
-dequantization on a GPU) is timed apart from the batches after it."""
-import time
+dequantization on a GPU) is timed apart from the batches after it. The clock is a fake one that only the model's
+generate moves: the test checks where the seconds are counted, never how fast this machine is."""
+import types
 
 
-def test_the_first_batch_is_timed_apart_from_the_steady_rate(tiny_model_dir, tokenizer):
+def test_the_first_batch_is_timed_apart_from_the_steady_rate(tiny_model_dir, tokenizer, monkeypatch):
     from transformers import AutoModelForCausalLM
 
+    from medqlora.evaluation import generate as G
     from medqlora.evaluation.generate import generate
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     real = model.generate
     calls = []
+    now = [1000.0]
+    monkeypatch.setattr(G, "time", types.SimpleNamespace(time=lambda: now[0]))
 
-    def slow_first_call(**kw):  # a one-time cost of 1 s on the first batch only
+    def slow_first_call(**kw):  # 10 s for the first batch (its one-time costs), 1 s for each after it
         calls.append(kw["input_ids"].shape[0])
-        if len(calls) == 1:
-            time.sleep(1.0)
+        now[0] += 10.0 if len(calls) == 1 else 1.0
         return real(**kw)
 
     model.generate = slow_first_call
@@ -26,8 +29,9 @@ def test_the_first_batch_is_timed_apart_from_the_steady_rate(tiny_model_dir, tok
     assert calls == [2, 2, 2]
     assert timing["first_batch_tokens"] == 8 and timing["steady_tokens"] == 16
     assert sum(a["new_tokens"] for a in answers) == timing["first_batch_tokens"] + timing["steady_tokens"]
-    assert timing["first_batch_seconds"] >= 1.0 > timing["steady_seconds"]
+    assert timing["first_batch_seconds"] == 10.0 and timing["steady_seconds"] == 2.0
     # a second call in the same pass (another eval set) adds to the steady part
     generate(model, tokenizer, items[:2], 4, 4, batch_size=2, label="base", print_fn=lambda *a: None,
              sampling_kw={"do_sample": False, "min_new_tokens": 4}, timing=timing)
     assert timing["first_batch_tokens"] == 8 and timing["steady_tokens"] == 24
+    assert timing["first_batch_seconds"] == 10.0 and timing["steady_seconds"] == 3.0
