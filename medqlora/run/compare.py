@@ -16,8 +16,12 @@ from pathlib import Path
 from medqlora.core.rundir import default_reports, kernel_cwd, notebook_dir
 from medqlora.run.stages import EXIT_INVALID, EXIT_OK, kernel_stderr_to, notebook_kernel
 
-METRICS = ("rougeL", "rouge1", "accuracy", "looping", "hit_token_limit")
+# In this order; any other paired metric the evaluate stage records (a key of a set's `changes`) follows them.
+METRICS = ("rougeL", "rouge1", "rouge2", "rougeLsum", "accuracy", "loglik_acc", "loglik_acc_norm", "parse_rate",
+           "looping", "hit_token_limit")
 LOWER_IS_BETTER = {"looping", "hit_token_limit"}
+# What batch.md says per run and eval set: the headline metrics of free text and of closed-form items both ways.
+BATCH_METRICS = ("rougeL", "accuracy", "loglik_acc", "loglik_acc_norm")
 
 
 def _read(p: Path):
@@ -107,8 +111,8 @@ def metric_rows(runs: list[dict]) -> list[dict]:
     rows = []
     for r in runs:
         for name, st in r["sets"].items():
-            m, ch = st["metrics"], st.get("changes", {})
-            for k in METRICS:
+            m, ch = st["metrics"], st.get("changes") or {}
+            for k in [*METRICS, *sorted(k for k in ch if k not in METRICS)]:
                 b, f = m["base"].get(k), m["finetuned"].get(k)
                 if b is None or f is None or (k == "accuracy" and not m["base"].get("n_choice")) or (
                         k.startswith("rouge") and not m["base"].get("n_freetext")):
@@ -122,7 +126,8 @@ def metric_rows(runs: list[dict]) -> list[dict]:
                     verdict = "better" if better else "worse"
                 else:
                     verdict = "no clear difference"
-                rows.append({"run": r["run"], "eval set": name, "metric": k, "items": st["n_items"], "base": b,
+                rows.append({"run": r["run"], "eval set": name, "metric": k, "items": c.get("n") or st.get("n_items"),
+                             "base": b,
                              "fine-tuned": f, "change": f - b, "ci95": (lo, hi), "verdict": verdict})
     # The best run per (set, metric): among the real improvements, the fine-tuned value that beats every other
     # one. With one run, or a tie (identical runs), there is no best run and no star.
@@ -200,16 +205,18 @@ def plot(runs: list[dict], path: Path, metric: str = "rougeL"):
 
 
 def summary_md(runs: list[dict]) -> str:
-    """The batch summary: each run with its status and headline change."""
-    lines = ["| run | status | model | train s | held-out change |", "|---|---|---|---|---|"]
-    by_run = {}
+    """The batch summary: each run with its status and, per eval set, the change in each headline metric (free-text
+    ROUGE-L, closed-form accuracy generated and by log-likelihood)."""
+    lines = ["| run | status | model | train s | change per eval set (verdict) |", "|---|---|---|---|---|"]
+    by_run: dict[str, dict[str, list[str]]] = {}
     for r in metric_rows(runs):
-        if r["eval set"] == "held-out" and r["metric"] in ("rougeL", "accuracy"):
-            by_run.setdefault(r["run"], []).append(f"{r['metric']} {r['change']:+.3f} ({r['verdict']})")
+        if r["metric"] in BATCH_METRICS:
+            by_run.setdefault(r["run"], {}).setdefault(r["eval set"], []).append(
+                f"{r['metric']} {r['change']:+.3f} ({r['verdict']})")
     for r in runs:
         status = r["status"] + (f": {r['failed_stage']}" if r["failed_stage"] else "")
-        lines.append(f"| {r['run']} | {status} | {r['model']} | {r['train_seconds'] or ''} | "
-                     f"{'; '.join(by_run.get(r['run'], [])) or 'n/a'} |")
+        sets = "; ".join(f"{name}: {', '.join(cells)}" for name, cells in by_run.get(r["run"], {}).items())
+        lines.append(f"| {r['run']} | {status} | {r['model'] or ''} | {r['train_seconds'] or ''} | {sets or 'n/a'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ NOT_IN_HEADLINE = {"rouge1", "rouge2", "rougeLsum", "parse_rate"}  # in the eval
 class Headline:
     rows: list[dict] = field(default_factory=list)  # set, metric, items, base, finetuned, change, ci95, verdict
     warnings: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)  # "<set>: N of M items (...)" where eval.max_samples sampled
     losses: str | None = None
     stages: list[tuple[str, str]] = field(default_factory=list)  # (stage, status)
 
@@ -35,6 +36,34 @@ def _load(run: RunDir, stage: str) -> dict | None:
         return read_json(path) if path.is_file() else None
     except (OSError, ValueError):
         return None
+
+
+def stored_warnings(run: RunDir) -> list[str]:
+    """Every line under a `warnings` key, at any depth, of every results/*.json: the stages' own words, so that a
+    warning a stage adds reaches the headline without a change here."""
+    def walk(obj) -> list[str]:
+        if isinstance(obj, dict):
+            return [w for k, v in obj.items()
+                    for w in ([x for x in v if isinstance(x, str)] if k == "warnings" and isinstance(v, list)
+                              else walk(v))]
+        return [w for v in obj for w in walk(v)] if isinstance(obj, list) else []
+
+    out = []
+    for path in sorted((run / "results").glob("*.json")):
+        try:
+            out += walk(read_json(path))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def sample_note(name: str, st: dict) -> str | None:
+    """'<set>: N of M items (...)' where eval.max_samples scored a sample of the set (evaluate.json's `sampled`)."""
+    s = st.get("sampled")
+    if not isinstance(s, dict) or s.get("n") is None or s.get("of") is None:
+        return None
+    seed = f", seed {s['seed']}" if s.get("seed") is not None else ""
+    return f"{name}: {s['n']} of {s['of']} items (eval.max_samples{seed})"
 
 
 def verdict(ci: list[float] | None) -> str:
@@ -53,6 +82,8 @@ def build(run: RunDir, stages: list[dict] | None = None) -> Headline:
         for name, st in sets.items():
             h.rows += _metric_rows(name, st)
             h.warnings += set_warnings(name, st, run)
+            if sample_note(name, st):
+                h.samples.append(sample_note(name, st))
     if train:
         from medqlora.training.history import loss_ends, loss_line
 
@@ -63,6 +94,8 @@ def build(run: RunDir, stages: list[dict] | None = None) -> Headline:
         h.warnings += train_warnings(train)
     if export:
         h.warnings += export_warnings(export)
+    h.warnings += stored_warnings(run)  # the rest of what the stages wrote (each set's are in place already)
+    h.warnings = list(dict.fromkeys(h.warnings))  # evaluate.json's top-level list repeats every set's
     by_name = {s["name"]: s for s in stages or []}
     for stage in STAGES:
         s = by_name.get(stage)
@@ -90,9 +123,13 @@ def _metric_rows(name: str, st: dict) -> list[dict]:
 
 
 def set_warnings(name: str, st: dict, run: RunDir | None = None) -> list[str]:
-    """What a reader must know before trusting the set's numbers: one answer for everything, accuracy no better
-    than guessing, answers that loop or run into the token limit, a ROUGE change that is mostly a length change."""
-    out = []
+    """What a reader must know before trusting the set's numbers: the evaluate stage's own warnings for the set
+    (verbatim), then what only the headline puts together: one answer for everything, accuracy no better than
+    guessing, answers that loop or run into the token limit, a ROUGE change that is mostly a length change."""
+    out = [w for w in st.get("warnings") or [] if isinstance(w, str)]
+    # The stage's list (closed_warnings) already says each dominant answer and each accuracy not above a baseline,
+    # for both scorings; an evaluate.json from before it kept warnings gets them from here.
+    said = "warnings" in st
     m, changes = st.get("metrics") or {}, st.get("changes") or {}
     base, tuned = m.get("base") or {}, m.get("finetuned") or {}
     closed = {who: (m.get(who) or {}).get("closed") or {} for who in ("base", "finetuned")}
@@ -104,7 +141,7 @@ def set_warnings(name: str, st: dict, run: RunDir | None = None) -> list[str]:
         out.append(f"{name}: both models answer \"{dom['base'][0]}\" to nearly everything ({dom['base'][1]:.0%} and "
                    f"{dom['finetuned'][1]:.0%}{of}): the accuracy measures the share of \"{dom['base'][0]}\" "
                    f"references ({_reference_share(closed['base'], dom['base'][0])}), not knowledge")
-    else:
+    elif not said:
         for who, (answer, share) in dom.items():
             label = "base" if who == "base" else "fine-tuned"
             out.append(f"{name}: the {label} model answers \"{answer}\" to {share:.0%}{of} (references: "
@@ -118,9 +155,9 @@ def set_warnings(name: str, st: dict, run: RunDir | None = None) -> list[str]:
         against = f"chance {chance:.3f}, always the most common answer {major:.3f}"
         base_acc = base.get("accuracy")
         was = f" (base {base_acc:.3f})" if base_acc is not None else ""
-        if acc <= bar:
+        if acc <= bar and not said:
             out.append(f"{name}: fine-tuned accuracy {acc:.3f}{was} is not above the baselines ({against})")
-        elif ci and ci[0] <= bar:
+        elif acc > bar and ci and ci[0] <= bar:
             out.append(f"{name}: fine-tuned accuracy {acc:.3f}{was} is not clearly above the baselines ({against}): "
                        f"its 95% interval reaches down to {ci[0]:.3f}")
     rouge = (changes.get("rougeL") or {}).get("change")
@@ -225,6 +262,8 @@ def markdown(h: Headline, links: str = "anchors") -> str:
             tuned = "n/a" if r["finetuned"] is None else f"{r['finetuned']:.3f}"
             lines.append(f"| {r['set']} | {r['metric']} | {r['items'] or ''} | {r['base']:.3f} | {tuned} | "
                          f"{r['change']:+.3f}{ci} | {r['verdict']} |")
+        if h.samples:
+            lines += ["", "Scored on a sample: " + "; ".join(h.samples)]
     else:
         lines.append("No evaluation results yet.")
     lines += ["", f"**Warnings ({len(h.warnings)})**" if h.warnings else "**Warnings:** none"]

@@ -9,7 +9,8 @@ from medqlora.core.rundir import STAGES, RunDir
 from medqlora.core.system import clock
 
 # Notebook output lines worth a terminal: progress with ETA, stage banners, problems. Everything is in run.log.
-PROGRESS = re.compile(r"ETA|answered|validation loss|^training loss|^==|error|Error|Traceback|warning:|note:|refus|out of memory|OOM|verified")
+PROGRESS = re.compile(r"ETA|answered|validation loss|^training loss|^==|error|Error|Traceback|warning:|^\s*WARNING |note:|refus|"
+                      r"out of memory|OOM|verified")
 
 
 class QuietNotebookOutput(logging.Filter):
