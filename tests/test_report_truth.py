@@ -26,8 +26,8 @@ def scored_set(run: RunDir, name: str) -> dict:
     """One eval set scored by the evaluate stage's own code, as with eval.choice_scoring: both: four closed-form
     items, both models answering 'A' to all of them by generation and by log-likelihood (half the references are
     'A'), and one free-text item."""
-    items = [{"id": i, "kind": "choice", "question": f"q{i}", "options": dict(zip("ABCD", ["w", "x", "y", "z"])), "answer": "AB"[i % 2],
-              "prompt": "p"} for i in range(4)]
+    items = [{"id": i, "kind": "choice", "question": f"q{i}", "options": dict(zip("ABCD", "wxyz")),
+              "answer": "AB"[i % 2], "prompt": "p"} for i in range(4)]
     items.append({"id": 9, "kind": "freetext", "question": "qf", "reference": "give adrenaline", "prompt": "p"})
     answers = {w: [{"text": "A", "hit_limit": False}] * 4 + [{"text": "adrenaline", "hit_limit": False}]
                for w in ("base", "finetuned")}

@@ -9,8 +9,9 @@ from medqlora.core.rundir import STAGES, RunDir
 from medqlora.core.system import clock
 
 # Notebook output lines worth a terminal: progress with ETA, stage banners, problems. Everything is in run.log.
-PROGRESS = re.compile(r"ETA|answered|validation loss|^training loss|^==|error|Error|Traceback|warning:|^\s*WARNING |note:|refus|"
-                      r"out of memory|OOM|verified")
+# (the evaluate notebook prints its warnings as 'WARNING <line>')
+PROGRESS = re.compile(r"ETA|answered|validation loss|^training loss|^==|error|Error|Traceback|warning:|^\s*WARNING "
+                      r"|note:|refus|out of memory|OOM|verified")
 
 
 class QuietNotebookOutput(logging.Filter):
