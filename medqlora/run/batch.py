@@ -15,6 +15,9 @@ from medqlora.run.compare import compare_report
 from medqlora.run.stages import EXIT_OK
 
 
+FAIL_FAST_WHY = "--fail-fast stopped the batch after a failed run"  # why a run of a batch was never started
+
+
 def exit_note(code: int | None) -> str:
     """What a child runner's exit code means: a negative one is the signal that killed it."""
     if code is None:
@@ -34,25 +37,45 @@ def batch_failed(codes: list[int | None]) -> bool:
     return any(c != EXIT_OK for c in codes)
 
 
-def batch_summary(folders: list[Path], reports: Path, codes: list[int | None]) -> Path:
+def not_started_run(params_file: str) -> dict:
+    """The comparison's record of a run --fail-fast never started and that has no folder: named by its params file."""
+    import yaml
+
+    try:
+        model = ((yaml.safe_load(Path(params_file).read_text()) or {}).get("model") or {}).get("name_or_path")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        model = None
+    return {"run": params_file, "path": None, "status": "not started", "rerun_of": None,
+            "failed_stage": FAIL_FAST_WHY, "model": model, "data": None, "train_examples": None, "settings": {},
+            "lora_r": None, "train_seconds": None, "tokens_per_s": None, "peak_gb": None, "final_loss": None,
+            "val_loss": None, "sets": {}, "notebooks": [], "report": None, "tensorboard": None}
+
+
+def batch_summary(folders: list[Path], reports: Path, codes: list[int | None], not_started: list[str] = ()) -> Path:
     """reports/batch-<time>/: batch.md and batch.json (each run's status) and the comparison report. A run whose
-    runner did not exit 0 is failed whatever its summary.json says (a killed child never wrote its end)."""
+    runner did not exit 0 is failed whatever its summary.json says (a killed child never wrote its end); a code of
+    None is a run never started. not_started: params files of runs --fail-fast never started and that have no
+    folder (listed after the folders' runs)."""
     from medqlora.run.compare import load_runs, summary_md
 
     out = reports / f"batch-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(folders)
+    runs = load_runs(folders) + [not_started_run(f) for f in not_started]
+    codes = list(codes) + [None] * len(not_started)
     for r, code in zip(runs, codes):
+        if r["path"] is None:
+            continue
         if code != EXIT_OK and r["status"] != "failed":
             r["status"] = "not started" if code is None else "failed"
-            r["failed_stage"] = r["failed_stage"] or exit_note(code)
+            r["failed_stage"] = r["failed_stage"] or (FAIL_FAST_WHY if code is None else exit_note(code))
         elif code != EXIT_OK:
             r["failed_stage"] = f"{r['failed_stage']} ({exit_note(code)})"
     write_json(out / "batch.json", {"runs": [{"run": r["run"], "path": r["path"], "status": r["status"],
                                               "failed_stage": r["failed_stage"]} for r in runs],
                                     "exit_codes": codes})
-    ok = sum(c == EXIT_OK for c in codes)
-    text = f"# Batch of {len(runs)} runs: {ok} succeeded, {len(codes) - ok} failed\n\n" + summary_md(runs)
+    ok, never = sum(c == EXIT_OK for c in codes), sum(c is None for c in codes)
+    text = (f"# Batch of {len(runs)} runs: {ok} succeeded, {len(codes) - ok - never} failed"
+            + (f", {never} not started (--fail-fast)" if never else "") + "\n\n" + summary_md(runs))
     try:
         html = compare_report([str(f) for f in folders], out)
         text += f"\nComparison report: [{html.name}]({html.name})\n"
@@ -64,7 +87,17 @@ def batch_summary(folders: list[Path], reports: Path, codes: list[int | None]) -
 
 
 def gpu_ids(arg: str) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES value of each child, one per card. --gpus counts among the cards the runner itself
+    may use: with CUDA_VISIBLE_DEVICES=2,3 (SLURM, a shared host) '0,1' are cards 2 and 3 and 'all' is both, never
+    cards 0 and 1 of someone else; without it, the indices are the machine's own."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = None if env is None else [g.strip() for g in env.split(",") if g.strip()]
+    if visible is not None and (not visible or visible[0].startswith("-")):  # '' or '-1': CUDA hides every card
+        raise ConfigError(f"--gpus {arg}: no card is visible to the runner (CUDA_VISIBLE_DEVICES={env!r}); unset it "
+                          "or name the cards this job may use")
     if arg.strip() == "all":
+        if visible is not None:
+            return visible
         import torch
 
         n = torch.cuda.device_count()
@@ -74,7 +107,16 @@ def gpu_ids(arg: str) -> list[str]:
     ids = [g.strip() for g in arg.split(",") if g.strip()]
     if not ids or not all(g.isdigit() for g in ids):
         raise ConfigError(f"--gpus {arg!r}: give GPU indices like 0,1 or 'all'")
-    return ids
+    if len(set(map(int, ids))) < len(ids):
+        raise ConfigError(f"--gpus {arg}: a card is given more than once; give each index once (one run per card)")
+    if visible is None:
+        return ids
+    beyond = [g for g in ids if int(g) >= len(visible)]
+    if beyond:
+        raise ConfigError(f"--gpus {arg}: index {','.join(beyond)} is past the {len(visible)} cards this runner may "
+                          f"use (CUDA_VISIBLE_DEVICES={env}); --gpus counts among them: give indices in "
+                          f"{','.join(map(str, range(len(visible))))} or 'all'")
+    return [visible[int(g)] for g in ids]
 
 
 def run_on_gpus(jobs: list[tuple[str, list[str], Path]], gpus: list[str], tick=None,

@@ -318,6 +318,6 @@ def main(argv=None) -> int:
             print(f"--fail-fast: stopping the batch after {run_id} failed ({len(jobs) - i} runs not started)",
                   file=sys.stderr)
             break
-    if len(jobs) > 1:
-        batch_summary(folders, reports, codes)
+    if len(jobs) > 1:  # the runs --fail-fast never started are listed too, by their params files
+        batch_summary(folders, reports, codes, not_started=[f for _, f in jobs[len(codes):]])
     return EXIT_FAILED if batch_failed(codes) or len(codes) < len(jobs) else EXIT_OK
