@@ -103,13 +103,13 @@ def test_bootstrap_in_one_place_installs_only_what_is_missing(monkeypatch):
     assert len(CHECK.splitlines()) <= 2
 
 
-def test_upload_sends_complete_checkpoints_and_restore_relocates_the_run(tmp_path, gs_folder):
+def test_upload_sends_complete_checkpoints_and_restore_changes_nothing(tmp_path, gs_folder):
     from medqlora.run.remote import restore, upload
 
     run = tmp_path / "first" / "r"
     (run / "results").mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({"run_id": "r", "run_dir": str(run), "stages": [
-        {"name": "setup", "status": "ok", "inputs": {"data": {"source": str(run / "inputs" / "t.jsonl")}}}]}))
+    (run / "summary.json").write_text(json.dumps({"run_id": "r", "stages": [
+        {"name": "setup", "status": "ok", "inputs": {"data": {"source": "inputs/t.jsonl"}}}]}))
     (run / "results" / "setup.json").write_text("{}")
     for step, complete in ((2, True), (4, False)):
         ck = run / "checkpoints" / f"checkpoint-{step}"
@@ -130,8 +130,7 @@ def test_upload_sends_complete_checkpoints_and_restore_relocates_the_run(tmp_pat
     assert (new / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     assert not (new / "checkpoints" / "checkpoint-6").exists()
     assert any("partial checkpoint checkpoints/checkpoint-6" in n for n in notes)
-    moved = json.loads((new / "summary.json").read_text())
-    assert moved["run_dir"] == str(new) and moved["stages"][0]["inputs"]["data"]["source"] == str(new / "inputs/t.jsonl")
+    assert (new / "summary.json").read_bytes() == (run / "summary.json").read_bytes(), "restored as it was"
     # checkpoints rotated away locally (save_total_limit) go from the bucket too
     import shutil
 
@@ -178,7 +177,7 @@ def test_driver_executions_restore_from_the_bucket_resume_and_then_do_nothing(tm
     assert ran == ["train", "export", "evaluate"], "resumed at the unfinished stage"
     assert (tmp_path / "runtime2" / "r2" / "checkpoints" / "checkpoint-3").is_dir(), "checkpoints restored"
     s = json.loads(fs.cat(f"{root}/summary.json"))
-    assert s["status"] == "ok" and s["run_id"] == "r2" and s["run_dir"] == str(tmp_path / "runtime2" / "r2")
+    assert s["status"] == "ok" and s["run_id"] == "r2" and "run_dir" not in s, "no path of one runtime recorded"
     assert "All five notebooks" in fs.cat(f"{root}/summary.md").decode() and fs.exists(f"{root}/report.html")
     ran.clear()
     assert driver.run_prepared(url, "r2", ",".join(STAGES), str(tmp_path / "runtime3"), 1) == 0

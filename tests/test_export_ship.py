@@ -115,7 +115,8 @@ def test_k_quant_without_llama_cpp_python_says_how_to_get_it(tiny_model_dir, tmp
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, tiny_model_dir):
-    """Three optimizer steps at a small learning rate: the LoRA update moves the logits less than bf16 rounding."""
+    """Three optimizer steps at a small learning rate: the LoRA update moves the logits less than bf16 rounding.
+    Seeded (train.seed seeds the LoRA initialization too): the premise below holds for this run in any test order."""
     from medqlora.data import preprocess as P
     from medqlora.training import model as M
     from medqlora.training import train as T
@@ -125,7 +126,8 @@ def short_run(tmp_path_factory, tiny_model_dir):
     ev = [{"question": f"Which drug reverses overdose {i}?", "answer": f"Agent {i}."} for i in (90, 91, 92)]
     cfg = load_config(tiny_params(tmp, tiny_model_dir, write_jsonl(tmp / "t.jsonl", rows),
                                   write_jsonl(tmp / "e.jsonl", ev),
-                                  train={"max_steps": 3, "learning_rate": 1e-4, "group_by_length": False}))
+                                  train={"max_steps": 3, "learning_rate": 1e-4, "group_by_length": False,
+                                         "seed": 3407}))
     run = RunDir(tmp / "run")
     tok = M.load_tokenizer(M.resolve_model(cfg.model)[0], cfg.model)
     P.save_result(P.prepare(cfg, run, tok), cfg, run)
@@ -185,10 +187,11 @@ def test_add_evaluation_never_re_blesses_a_changed_export(tmp_path):
                                    "metrics": {"finetuned": {"rougeL": 0.5}, "base": {"rougeL": 0.3}}}}}
     out = MF.add_evaluation(run, result, export_cfg)
     assert out["verified"] and MF.verify(d) == [] and MF.verify(export_cfg.destination) == []
-    published = json.loads((tmp_path / "published" / "training_metadata.json").read_text())
-    assert published["evaluation"]["heldout"]["metrics"]["finetuned"]["rougeL"] == 0.5, "the copy is not stale"
+    published = json.loads((tmp_path / "published" / "evaluation.json").read_text())
+    assert published["heldout"]["metrics"]["finetuned"]["rougeL"] == 0.5, "the copy is not stale"
+    assert (d / "training_metadata.json").read_text() == '{\n  "run_name": "a"\n}', "no verified file is edited"
     with zipfile.ZipFile(run / "export.zip") as z:
-        assert "evaluation" in json.loads(z.read("export/training_metadata.json")), "nor is the zip"
+        assert "heldout" in json.loads(z.read("export/evaluation.json")), "nor is the zip"
     weights = d / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(b"\x01" + weights.read_bytes()[1:])  # one byte changed after the export
     with pytest.raises(RuntimeError, match="checksum differs: adapter/adapter_model.safetensors"):

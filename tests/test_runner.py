@@ -107,7 +107,7 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "ok" and s["run_id"] == "e2e" and s["model"] == tiny_model_dir
     assert [x["name"] for x in s["stages"]] == ["setup", "preprocess", "train", "export", "evaluate"]
-    assert all(x["status"] == "ok" and x["seconds"] > 0 and Path(x["notebook"]).is_file() for x in s["stages"])
+    assert all(x["status"] == "ok" and x["seconds"] > 0 and (run / x["notebook"]).is_file() for x in s["stages"])
     prep = json.loads((run / "results" / "preprocess.json").read_text())
     assert prep["val_examples"] >= 1 and (run / "data" / "val").is_dir()
     assert s["train"]["steps"] == -(-prep["train_examples"] // 4) and s["train"]["final_loss"] > 0
@@ -121,7 +121,7 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
         m = s["metrics"][which]
         assert set(m) >= {"rouge1", "rouge2", "rougeL", "accuracy", "n_freetext", "n_choice"}
         assert m["n_freetext"] == 4 and m["n_choice"] == 2  # the first 6 held-out items: 4 free text, 2 MCQ
-    assert Path(s["artifacts"]["adapter_dir"], "adapter_model.safetensors").is_file()
+    assert (run / s["artifacts"]["adapter_dir"] / "adapter_model.safetensors").is_file()
     answers = [json.loads(line) for line in (run / "eval" / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 6 and all("base" in a and "finetuned" in a for a in answers)
     # a benchmark set is scored apart, and a training question found in it is dropped as a leak
@@ -139,7 +139,10 @@ def test_five_notebooks_chain_on_a_tiny_model(tmp_path, tiny_model_dir, sample_d
     from medqlora.export.exporter import verify
 
     meta = json.loads((run / "export" / "training_metadata.json").read_text())
-    assert set(meta["evaluation"]) == {"held-out", "bench"} and meta["evaluation"]["bench"]["n_items"] == 5
+    evaluation = json.loads((run / "export" / "evaluation.json").read_text())
+    assert set(evaluation) == {"held-out", "bench"} and evaluation["bench"]["n_items"] == 5
+    assert str(run) not in (run / "export" / "adapter" / "adapter_config.json").read_text() + json.dumps(meta), \
+        "the export records paths relative to the run folder"
     assert meta["git_commit"] and len(meta["git_commit"]) == 40
     assert meta["training"]["effective_settings"]["micro_batch_size"] == 4
     assert verify(run / "export") == [] and (run / "export.zip").is_file()

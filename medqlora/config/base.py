@@ -36,6 +36,25 @@ def is_local_path(source: str, base: Path | None = None) -> bool:
 
 
 
+SECRET_QUERY_WORDS = ("token", "sig", "key", "credential", "password", "secret", "auth")
+
+
+def url_credentials(value: str) -> str | None:
+    """What in a URL carries a credential (a user:token@ part, a ?token=... or signed query), or None. Such a URL
+    would be written into config.yaml, the executed notebooks, the report, run.log and summary.json."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    if not isinstance(value, str) or "://" not in value:
+        return None
+    url = urlsplit(value[4:] if value.startswith("git+") else value)
+    if url.username or url.password:
+        return "a user:token@ part"
+    for k, _ in parse_qsl(url.query, keep_blank_values=True):
+        if any(word in k.lower() for word in SECRET_QUERY_WORDS):
+            return f"the query parameter {k!r}"
+    return None
+
+
 def model_folder(name_or_path: str) -> Path:
     """pkg://name -> the installed package's folder; anything else unchanged."""
     if name_or_path.startswith("pkg://"):

@@ -9,7 +9,7 @@ from pydantic import (
     model_validator,
 )
 
-from medqlora.config.base import Section
+from medqlora.config.base import Section, url_credentials
 from medqlora.config.data import DataConfig
 from medqlora.config.evaluation import EvalConfig
 from medqlora.config.export import ExportConfig
@@ -40,6 +40,16 @@ class RunConfig(Section):
             raise ValueError("model.backend=unsloth does not train in float32; set model.dtype to auto or bfloat16")
         if self.train.packing is True and self.model.max_seq_length < 64:
             raise ValueError("train.packing needs model.max_seq_length of at least 64")
+        urls = {"model.name_or_path": self.model.name_or_path, "data.source": self.data.source,
+                "data.eval_source": self.data.eval_source, "export.destination": self.export.destination,
+                **{f"eval.sets[{i}].source": s.source for i, s in enumerate(self.eval.sets)}}
+        for key, url in urls.items():
+            what = url_credentials(url)
+            if what:  # refused, never used and recorded: the URL is not repeated here either
+                raise ValueError(f"{key}: the URL carries credentials ({what}), which would be written into config.yaml, "
+                                 "the executed notebooks, the report, run.log and summary.json. Give the URL without "
+                                 "them and pass credentials through the environment (HF_TOKEN for the hub; "
+                                 "GOOGLE_APPLICATION_CREDENTIALS or gcloud auth for gs://; AWS_* for s3://)")
         if self.train.early_stopping_patience and not self.data.val_fraction:
             raise ValueError("train.early_stopping_patience needs a validation set: set data.val_fraction above 0 "
                              "(e.g. 0.1), or remove early_stopping_patience")

@@ -57,6 +57,29 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def portable(obj, root: str | Path):
+    """obj (JSON-like) with every path inside the folder root written relative to it ('adapter', 'inputs/t.jsonl'):
+    what a run records stays true wherever its folder is restored (a scheduled execution starts in a new, empty
+    folder), so nothing has to be rewritten, least of all a verified export."""
+    roots = sorted({str(Path(root)), str(Path(root).resolve())}, key=len, reverse=True)
+
+    def conv(v):
+        if isinstance(v, str):
+            for r in roots:
+                if v == r:
+                    return "."
+                if v.startswith(r + "/"):
+                    return v[len(r) + 1:]
+            return v
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(obj)
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -64,6 +87,11 @@ class RunDir:
 
     def __truediv__(self, other: str) -> Path:
         return self.path / other
+
+    def locate(self, recorded: str | Path) -> Path:
+        """A path as a result records it (relative to the run folder, see portable) as a path here."""
+        p = Path(recorded)
+        return p if p.is_absolute() else self.path / p
 
     @property
     def config_path(self) -> Path:
@@ -102,7 +130,7 @@ class RunDir:
         return self.path / "results" / f"{stage}.json"
 
     def save_result(self, stage: str, result: dict) -> None:
-        write_json(self.result_path(stage), result)
+        write_json(self.result_path(stage), portable(result, self.path))
         from medqlora.core.memory_log import record  # memory_log writes into a RunDir
 
         record(self, stage, "end")

@@ -11,8 +11,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from medqlora.config import RunConfig, save_config
-from medqlora.core.rundir import RunDir, read_json, write_json
+import yaml
+
+from medqlora.config import RunConfig
+from medqlora.core.rundir import RunDir, portable, read_json, write_json
 from medqlora.core.system import versions
 from medqlora.export.formats import FOLDER, check_prompts, extra_formats, failed_checks, formats_table  # noqa: F401
 from medqlora.export.manifest import (MANIFEST, add_evaluation, build_manifest, copy_to, files_table,  # noqa: F401
@@ -25,6 +27,32 @@ class ExportCheckFailed(RuntimeError):
 
 def _num(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
+
+
+def kept_step(train: dict) -> int | None:
+    """The step of the checkpoint these weights come from when it is not the last step (early stopping kept the
+    best one), else None."""
+    es = train.get("early_stopping") or {}
+    kept = es.get("kept_checkpoint")
+    step = int(str(kept).rstrip("/").rsplit("-", 1)[-1]) if kept and str(kept).rsplit("-", 1)[-1].isdigit() else None
+    return step if step is not None and step != train["steps"] else None
+
+
+def weights_line(train: dict) -> str:
+    """Which weights the card describes: the last step's, or the checkpoint early stopping kept."""
+    es, step = train.get("early_stopping") or {}, kept_step(train)
+    if step is None:
+        return f"{train['steps']} / {train['epochs']}" + (" (stopped early)" if es.get("stopped_early") else "")
+    stop = (f"training stopped early at step {train['steps']} (train.early_stopping_patience {es.get('patience')})"
+            if es.get("stopped_early") else f"training ran to step {train['steps']}")
+    return (f"checkpoint of step {step}, the lowest validation loss; {stop}, epochs {train['epochs']}")
+
+
+def val_line(train: dict) -> str:
+    if kept_step(train) is not None:
+        return (f"validation {_num(train.get('val_first'))} -> {_num(train.get('val_best'))} at the kept step "
+                f"{train.get('val_best_step')} (last measured {_num(train.get('val_last'))})")
+    return f"validation {_num(train.get('val_first'))} -> {_num(train.get('val_last'))}"
 
 
 def model_card(cfg: RunConfig, train: dict, prep: dict) -> str:
@@ -43,8 +71,8 @@ prompt template `{cfg.data.template}`).
 |---|---|
 | backend | {train['backend']} |
 | LoRA | r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, modules {', '.join(cfg.lora.target_modules)} |
-| steps / epochs | {train['steps']} / {train['epochs']} |
-| loss | {_num(train.get('loss_start', train['first_loss']))} -> {_num(train.get('loss_end', train['final_loss']))} (first and last fifth of the steps; mean {_num(train.get('train_loss'))}); validation {_num(train.get('val_first'))} -> {_num(train.get('val_last'))} |
+| steps / epochs | {weights_line(train)} |
+| loss | {_num(train.get('loss_start', train['first_loss']))} -> {_num(train.get('loss_end', train['final_loss']))} (first and last fifth of the steps; mean {_num(train.get('train_loss'))}); {val_line(train)} |
 | training time | {train['seconds']} s, peak memory {train['peak_memory_gb']} GiB |
 | data fingerprint | {prep['fingerprint'][:16]} |
 
@@ -107,15 +135,26 @@ def export(cfg: RunConfig, run: RunDir) -> dict:
     shutil.rmtree(run / "export.rejected", ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp / "adapter", ignore=shutil.ignore_patterns("README.md", "training_args.bin"))
-    save_config(cfg, tmp / "config.yaml")
-    write_json(tmp / "training_metadata.json", {
-        "run_name": cfg.run_name, "run_dir": str(run.path), "config": cfg.model_dump(mode="json"),
+    # What the export records is relative to the run folder (portable): the run may be restored elsewhere, and
+    # nothing may rewrite a verified export then.
+    adapter_config = tmp / "adapter" / "adapter_config.json"
+    write_json(adapter_config, portable(read_json(adapter_config), run.path))
+    (tmp / "config.yaml").write_text(yaml.safe_dump(portable(cfg.model_dump(mode="json"), run.path), sort_keys=False))
+    from medqlora.training.model import resolve_model
+
+    ref = resolve_model(cfg.model)[0]
+    write_json(tmp / "training_metadata.json", portable({
+        "run_name": cfg.run_name, "run_id": run.path.name, "config": cfg.model_dump(mode="json"),
         "versions": versions(), "python": sys.version.split()[0], "git_commit": git_commit(),
-        "base_model": {"reference": train["base_model"], "config": base_model_config(train["base_model"]),
-                       "revision": base_model_revision(train["base_model"], cfg.model)},
+        "base_model": {"reference": ref, "config": base_model_config(ref),
+                       "revision": base_model_revision(ref, cfg.model)},
         "data": {k: prep[k] for k in ("format", "fingerprint", "kept", "dropped", "train_tokens")},
-        "training": {k: v for k, v in train.items() if k != "losses"}})
-    (tmp / "adapter" / "README.md").write_text(model_card(cfg, train, prep))
+        "training": {k: v for k, v in train.items() if k != "losses"}}, run.path))
+    # the card names paths as the run does: relative to its folder (see portable)
+    card = model_card(cfg, train, prep)
+    for root in {str(run.path), str(run.path.resolve())}:
+        card = card.replace(root + "/", "")
+    (tmp / "adapter" / "README.md").write_text(card)
     try:  # the weights are checked before anything is put in place or published
         adapter = inspect_adapter(tmp / "adapter", cfg)
     except RuntimeError:

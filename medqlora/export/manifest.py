@@ -26,8 +26,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def run_identity(run: RunDir, run_name: str) -> dict:
-    """Which run an export belongs to: a destination holding another run's export is never overwritten."""
-    return {"run_name": run_name, "run_dir": str(Path(run.path).resolve())}
+    """Which run an export belongs to: a destination holding another run's export is never overwritten. The run's
+    id, not its folder: a run restored into another folder (a new Colab runtime) is still the same run."""
+    return {"run_name": run_name, "run_id": Path(run.path).name}
 
 
 def build_manifest(folder: Path, run: dict | None = None) -> dict:
@@ -95,11 +96,15 @@ def copy_to(folder: Path, destination: str, only: list[str] | None = None) -> di
             raise RuntimeError(f"{destination} holds the export of another run ({who}); it is left as it is. Give "
                                "an empty or new export.destination (e.g. one folder per run)")
         stale = sorted({p[len(root) + 1:] for p in fs.find(root)} - set(manifest) - {MANIFEST})
-        if stale:
-            raise RuntimeError(f"{destination} holds files that are not part of this export ({stale[:5]}); give an "
+        owned = set((theirs or {}).get("files", {}))  # this run's earlier export: what it wrote, it may replace
+        foreign = [rel for rel in stale if rel not in owned]
+        if foreign:
+            raise RuntimeError(f"{destination} holds files that are not part of this export ({foreign[:5]}); give an "
                                "empty or new export.destination")
         if fs.exists(f"{root}/{MANIFEST}"):
             fs.rm(f"{root}/{MANIFEST}")  # until the new manifest is written, the copy does not look complete
+        for rel in stale:  # this run's earlier export had them (e.g. a format since dropped)
+            fs.rm(f"{root}/{rel}")
     todo = list(manifest) if only is None else [rel for rel in only if rel in manifest]
     for rel in todo:
         target = f"{root}/{rel}"
@@ -121,35 +126,37 @@ def make_zip(run: RunDir) -> dict:
     return {"path": out, "bytes": Path(out).stat().st_size, "sha256": sha256_file(Path(out))}
 
 
+EVALUATION = "evaluation.json"
+
+
 def add_evaluation(run: RunDir, result: dict, export_cfg=None) -> dict:
-    """Add the evaluation's metrics to the export's metadata: only into an export that still verifies (else
-    refused, naming each difference), updating only that file's manifest entry; then the copy at export.destination
-    and export.zip are brought up to date, so neither is left stale."""
+    """Add the evaluation's metrics to the export as a file of its own (evaluation.json): only into an export that
+    still verifies (else refused, naming each difference). No file the export stage wrote and verified is edited:
+    the new file and the manifest that lists it are each written whole (temporary file, then rename). Then the copy
+    at export.destination and export.zip are brought up to date, so neither is left stale."""
     folder = run.export_dir
-    meta_path = folder / METADATA
-    if not meta_path.is_file():
+    if not (folder / METADATA).is_file():
         raise FileNotFoundError(f"no export in {folder}; run the export stage first")
-    problems = verify(folder)
+    problems = [p for p in verify(folder) if p != f"extra: {EVALUATION} (not in the manifest)"]
     if problems:
         raise RuntimeError(f"the export in {folder} no longer matches its manifest ({'; '.join(problems[:5])}): "
                            "the evaluation is not added to it, nor is it copied anywhere. Export again (papermill "
                            f"notebooks/04_export.ipynb {run.path}/04_export.ipynb -p config_path {run.path}/config.yaml "
                            f"-p run_dir {run.path}), then python runner.py --resume {run.path.name}")
-    meta = read_json(meta_path)
-    meta["evaluation"] = {name: {"n_items": st["n_items"], "eval_source": st["eval_source"],
-                                 "metrics": {who: {k: v for k, v in m.items() if not isinstance(v, dict)}
-                                             for who, m in st["metrics"].items()}}
-                          for name, st in result.get("sets", {}).items()}
-    write_json(meta_path, meta)
+    write_json(folder / EVALUATION, {name: {"n_items": st["n_items"], "eval_source": st["eval_source"],
+                                            "metrics": {who: {k: v for k, v in m.items() if not isinstance(v, dict)}
+                                                        for who, m in st["metrics"].items()}}
+                                     for name, st in result.get("sets", {}).items()})
     manifest = read_json(folder / MANIFEST)
-    manifest["files"][METADATA] = {"bytes": meta_path.stat().st_size, "sha256": sha256_file(meta_path)}
+    manifest["files"][EVALUATION] = {"bytes": (folder / EVALUATION).stat().st_size,
+                                     "sha256": sha256_file(folder / EVALUATION)}
     write_json(folder / MANIFEST, manifest)
     problems = verify(folder)
     if problems:
         raise RuntimeError(f"the export in {folder} does not verify after adding the evaluation: {problems}")
-    out: dict = {"verified": True, "updated": [METADATA, MANIFEST]}
+    out: dict = {"verified": True, "added": [EVALUATION], "updated": [MANIFEST]}
     if export_cfg is not None and export_cfg.destination:
-        out["destination"] = copy_to(folder, export_cfg.destination, only=[METADATA])
+        out["destination"] = copy_to(folder, export_cfg.destination, only=[EVALUATION])
     if (run / "export.zip").is_file() or (export_cfg is not None and export_cfg.zip):
         out["zip"] = make_zip(run)
     return out

@@ -148,10 +148,11 @@ def _execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params
             print(f"{run_id}: settings changed since stage {resume.first} ran ({'; '.join(resume.stale[1])}): "
                   f"redoing {', '.join(resume.run)}")
         if resume.first is None:
-            print(f"{run_id}: every stage already succeeded with these settings; nothing to resume")
             summary.collect()
-            summary.finish("ok")
-            return EXIT_OK
+            status = summary.finish()  # what the stages say, whichever --stages were asked for
+            print(f"{run_id}: every stage in --stages already succeeded with these settings; nothing to resume. "
+                  f"The run is {status}" + (f" ({summary.data['error']})" if status == "failed" else "") + ".")
+            return EXIT_FAILED if status == "failed" else EXIT_OK
         stages = resume.run
         aside = set_aside(run, summary, resume.redo)
         print(f"{run_id}: resuming at stage {resume.first}"
@@ -186,15 +187,15 @@ def _run_stages(cfg, run, run_id, stages, progress, run_i, summary, warm: dict) 
         print(f"=== {stage}: {status} in {seconds:.1f} s" + (f" (its imports, {ahead_s} s, done ahead)" if ahead_s
               else "") + (f": {error}" if error else ""), flush=True)
         if status != "ok":
-            summary.finish("failed", f"stage {stage} failed: {error}")
+            summary.finish(f"stage {stage} failed: {error}")
             print(f"\n{run_id}: stage {stage} failed; the executed notebook with the error is "
                   f"{run / NOTEBOOKS[stage]}.\nFix the cause, then: python runner.py --resume {run_id}"
                   + (f" --reports-dir {run.path.parent}" if run.path.parent != default_reports() else ""),
                   file=sys.stderr)
             return EXIT_FAILED
-    summary.finish("ok" if all(summary.stage_status(s) == "ok" for s in STAGES) else "partial")
-    print(f"\n{run_id}: {summary.data['status']}\n" + readable(summary.data))
-    return EXIT_OK
+    status = summary.finish()
+    print(f"\n{run_id}: {status}\n" + readable(summary.data, run))
+    return EXIT_FAILED if status == "failed" else EXIT_OK
 
 
 def write_environment(run: RunDir, params_file: str, argv: list[str], rerun_of: str | None) -> None:

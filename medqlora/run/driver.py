@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medqlora.config import ConfigError
+from medqlora.core.system import human_size
 from medqlora.run import cli
 from medqlora.run.remote import RunSync, Syncer, restore
 
@@ -50,8 +51,10 @@ def run_prepared(output_url: str, run_id: str, stages, local_reports: str, sync_
         code = cli.main(argv + ["--stages", chosen])
     finally:
         syncer.stop()
-        n = RunSync(run_path, fs, root).upload()
-        print(f"copied the run folder to {output_url} ({n} files in the last upload)")
+        final = RunSync(run_path, fs, root)
+        n = final.upload()
+        print(f"copied the run folder to {output_url} ({n} files, {human_size(final.bytes)} in the last upload: "
+              "only what changed)")
         if syncer.errors:
             print("note: uploads during the run failed and were retried at the end:", *syncer.errors[-3:], sep="\n  ")
     return code

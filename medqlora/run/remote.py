@@ -4,16 +4,26 @@ copied back as it goes, so that a killed runtime leaves a state the next executi
 What resume needs travels: summary.json, results/, data/ (prepared), checkpoints/, adapter/, export/, the executed
 notebooks. A checkpoint travels only when complete (its trainer_state.json, which the trainer writes last, goes up
 last and marks it), so a runtime killed mid-upload never leaves a checkpoint that the next execution would pick.
+The copy mirrors the folder: what the run removed (a rotated checkpoint, a format no longer exported, the export
+being assembled) is removed from the bucket too. Nothing is rewritten on restore: the run records its paths relative
+to its folder, so a verified export stays byte for byte what was verified.
 """
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from pathlib import Path
 
-# What the prepared folder holds that is not the run's own state (never restored over, never uploaded over).
+# What the prepared folder holds that is not the run's own state (never restored over, never uploaded over, never
+# removed from the bucket), and what belongs to neither (never uploaded, and removed from the bucket if found there).
 PREPARED = ("00_driver.ipynb", "prepared.json", "config.yaml")
 NOT_RESTORED = ("executions/",)  # Colab Enterprise writes the executed driver notebook there
+STATE = ".sync-state.json"  # what this folder last sent, kept beside the run (never uploaded)
+TRANSIENT = ("export.tmp/",)  # an export being assembled: its verified result is export/
+WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin",
+           "model.safetensors.index.json")
 
 
 def _checkpoint(rel: str) -> str | None:
@@ -22,70 +32,114 @@ def _checkpoint(rel: str) -> str | None:
     return "/".join(parts[:2]) if len(parts) > 2 and parts[0] == "checkpoints" else None
 
 
+def _protected(rel: str) -> bool:
+    """The prepared folder's own files in the bucket: the sync never removes them."""
+    return rel in PREPARED or rel.startswith(("inputs/",) + NOT_RESTORED) or ("/" not in rel and rel.endswith(".whl"))
+
+
+def _skipped(rel: str, name: str) -> bool:
+    """Local files that are not the run's state: never uploaded."""
+    return rel in PREPARED or rel.startswith(("inputs/",) + TRANSIENT) or name.endswith(".tmp") or \
+        name in (".sync-stop", STATE)
+
+
+def _tag(info: dict) -> str:
+    """What identifies one version of a remote file: GCS's generation (new at every write), else a checksum, else
+    size and time."""
+    for key in ("generation", "md5Hash", "ETag", "etag"):
+        if info.get(key):
+            return str(info[key])
+    return f"{info.get('size')}:{info.get('mtime') or info.get('updated') or info.get('created')}"
+
+
+def _complete(files: set[str], ckpt: str) -> bool:
+    """A checkpoint whose trainer_state.json (uploaded last) and weights are there."""
+    return f"{ckpt}/trainer_state.json" in files and any(f"{ckpt}/{w}" in files for w in WEIGHTS)
+
+
 def _put(fs, local: Path, target: str) -> None:
     if "file" in fs.protocol:
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
     fs.put_file(str(local), target)
 
 
+def _listing(fs, root: str) -> dict[str, dict]:
+    """Every file under root, by its path relative to root, with its details (one listing, fresh)."""
+    fs.invalidate_cache()
+    try:
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        found = {}
+    return {k[len(root) + 1:]: v for k, v in found.items() if k.startswith(root + "/") and v.get("type") != "directory"}
+
+
 class RunSync:
-    """Copies what changed in a local run folder to root (an fsspec filesystem and path) since the last call."""
+    """Keeps the copy at root (an fsspec filesystem and path) equal to the local run folder: uploads what is new or
+    changed, removes what the run removed. What was sent is recorded in the run folder (.sync-state.json: each
+    file's local size and time with the remote version it became), so a new process, a new execution after a
+    restore, or the final upload sends only what really changed; the remote version is compared too, so a file
+    changed or removed in the bucket is sent again. A checkpoint goes up only complete, its trainer_state.json last;
+    one being replaced loses its remote trainer_state.json first, so a cut-off upload never looks complete."""
 
     def __init__(self, run_path: Path, fs, root: str):
         self.run_path, self.fs, self.root = Path(run_path), fs, root.rstrip("/")
-        self.sent: dict[str, tuple[int, int]] = {}
         self.lock = threading.Lock()
-        self.remote: dict[str, int] | None = None  # sizes found in the bucket on the first upload
-        self.checkpoints: set[str] | None = None  # local checkpoint names at the last look
+        self.state_path = self.run_path / STATE
+        try:
+            self.sent: dict[str, dict] = json.loads(self.state_path.read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            self.sent = {}
+        self.bytes = 0  # sent by this object, all calls
 
     def upload(self) -> int:
-        """Upload new and changed files; complete checkpoints only (trainer_state.json last); remove remote
-        checkpoints that rotated away locally. Returns how many files went up."""
+        """Bring the remote copy up to date. Returns how many files went up."""
         with self.lock:
-            files, later = [], []
+            remote = _listing(self.fs, self.root)
+            local, hollow = {}, set()
             for p in sorted(self.run_path.rglob("*")):
                 rel = p.relative_to(self.run_path).as_posix()
-                if not p.is_file() or rel in PREPARED or rel.startswith("inputs/") or p.name.endswith(".tmp") or \
-                        p.name == ".sync-stop":
+                if not p.is_file() or _skipped(rel, p.name):
                     continue
                 ckpt = _checkpoint(rel)
                 if ckpt and not (self.run_path / ckpt / "trainer_state.json").is_file():
-                    continue  # being written: it goes up once complete
-                st = p.stat()
-                if self.sent.get(rel) == (st.st_size, st.st_mtime_ns) or (
-                        ckpt and self._remote_sizes().get(rel) == st.st_size):  # a complete checkpoint never changes
+                    hollow.add(ckpt)  # being written: it goes up once complete
                     continue
-                (later if ckpt and p.name == "trainer_state.json" else files).append((rel, p, st))
-            for rel, p, st in files + later:
+                local[rel] = p
+            todo = [rel for rel, p in local.items() if not self._same(rel, p, remote.get(rel))]
+            # a checkpoint being replaced (or rewritten locally) stops looking complete in the bucket first
+            for ckpt in sorted(hollow | {_checkpoint(r) for r in todo if _checkpoint(r)}):
+                if f"{ckpt}/trainer_state.json" in remote:
+                    self.fs.rm(f"{self.root}/{ckpt}/trainer_state.json")
+                    remote.pop(f"{ckpt}/trainer_state.json")
+                    self.sent.pop(f"{ckpt}/trainer_state.json", None)
+            last = [r for r in todo if _checkpoint(r) and r.endswith("/trainer_state.json")]
+            for rel in [r for r in todo if r not in last] + last:
+                p = local[rel]
+                st = p.stat()
                 _put(self.fs, p, f"{self.root}/{rel}")
-                self.sent[rel] = (st.st_size, st.st_mtime_ns)
-            self._drop_rotated()
-            return len(files) + len(later)
+                info = self.fs.info(f"{self.root}/{rel}")
+                self.sent[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "remote": _tag(info)}
+                self.bytes += st.st_size
+                self._save()
+            keep = set(local) | {r for r in remote if _checkpoint(r) in hollow}
+            gone = [r for r in remote if r not in keep and not _protected(r)]
+            for rel in gone:  # removed or moved locally (a rotated checkpoint, a format no longer exported, ...)
+                self.fs.rm(f"{self.root}/{rel}")
+                self.sent.pop(rel, None)
+            if gone:
+                self._save()
+            return len(todo)
 
-    def _remote_sizes(self) -> dict[str, int]:
-        if self.remote is None:
-            try:
-                found = self.fs.find(self.root, detail=True)
-            except FileNotFoundError:
-                found = {}
-            self.remote = {k[len(self.root) + 1:]: v.get("size") for k, v in found.items()
-                           if k.startswith(self.root + "/")}
-        return self.remote
+    def _same(self, rel: str, p: Path, info: dict | None) -> bool:
+        """Whether the remote copy is the version this folder sent of the file as it is now."""
+        was, st = self.sent.get(rel), p.stat()
+        return bool(was and info and was["size"] == st.st_size and was["mtime_ns"] == st.st_mtime_ns
+                    and was["remote"] == _tag(info))
 
-    def _drop_rotated(self) -> None:
-        local = {p.name for p in (self.run_path / "checkpoints").glob("checkpoint-*")}
-        if local == self.checkpoints:
-            return  # nothing rotated since the last look: no listing call
-        self.checkpoints = local
-        try:
-            remote = self.fs.ls(f"{self.root}/checkpoints", detail=False, refresh=True)
-        except FileNotFoundError:
-            return
-        for path in remote:
-            name = path.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("checkpoint-") and name not in local:
-                self.fs.rm(path, recursive=True)
-                self.sent = {k: v for k, v in self.sent.items() if not k.startswith(f"checkpoints/{name}/")}
+    def _save(self) -> None:
+        tmp = self.state_path.with_name(STATE + ".tmp")
+        tmp.write_text(json.dumps({"root": self.root, "files": self.sent}))
+        os.replace(tmp, self.state_path)
 
 
 def upload(run_path, output_url: str) -> int:
@@ -98,38 +152,31 @@ def upload(run_path, output_url: str) -> int:
 
 def restore(fs, root: str, run_path: Path) -> list[str]:
     """Download the run's state from root into run_path (not the prepared files' copies that exist locally);
-    partial checkpoints are skipped. Paths recorded under the earlier execution's run folder are rewritten to this
-    one (the runtime's folder may differ). Returns notes on what was done."""
-    import json
-
-    fs.invalidate_cache()
+    partial checkpoints are skipped. Nothing is rewritten: a run records paths relative to its folder. What was
+    downloaded is recorded as sent (.sync-state.json), so it does not go up again. Returns notes on what was done."""
     root = root.rstrip("/")
-    try:
-        found = [p for p in fs.find(root) if not p.endswith("/")]
-    except FileNotFoundError:
-        found = []
-    rels = [p[len(root) + 1:] for p in found if p.startswith(root + "/")]
-    complete = {_checkpoint(r) for r in rels if _checkpoint(r) and r.endswith("/trainer_state.json")}
-    skipped = sorted({_checkpoint(r) for r in rels if _checkpoint(r) and _checkpoint(r) not in complete})
+    remote = _listing(fs, root)
+    ckpts = {_checkpoint(r) for r in remote if _checkpoint(r)}
+    skipped = sorted(c for c in ckpts if not _complete(set(remote), c))
+    sync = RunSync(run_path, fs, root)
+    sync.sent = {}
     got = 0
-    for rel in rels:
-        if rel in PREPARED[:2] or rel.startswith(NOT_RESTORED) or (_checkpoint(rel) in skipped) or (
-                "/" not in rel and rel.endswith(".whl")):
-            continue
+    for rel, info in remote.items():
+        name = rel.rsplit("/", 1)[-1]
+        if rel in PREPARED[:2] or rel.startswith(NOT_RESTORED + TRANSIENT) or _checkpoint(rel) in skipped or (
+                "/" not in rel and rel.endswith(".whl")) or name.endswith(".tmp") or name in (".sync-stop", STATE):
+            continue  # the driver and wheel are installed already; the rest is no run state
         target = run_path / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(f"{root}/{rel}", str(target))
         got += 1
+        if not _skipped(rel, target.name):
+            st = target.stat()
+            sync.sent[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "remote": _tag(info)}
+    sync._save()
     notes = [f"restored {got} files from {root}"] if got else []
-    notes += [f"skipped partial checkpoint {c} (no trainer_state.json: its upload was cut off)" for c in skipped]
-    summary = run_path / "summary.json"
-    old = json.loads(summary.read_text()).get("run_dir") if summary.is_file() else None
-    if old and old != str(run_path):
-        for p in run_path.rglob("*.json"):
-            if p.stat().st_size < 4_000_000 and old in (text := p.read_text()):
-                p.write_text(text.replace(old, str(run_path)))
-        notes.append(f"paths recorded under {old} now point to {run_path}")
-    return notes
+    return notes + [f"skipped partial checkpoint {c} (no trainer_state.json or no weights: its upload was cut off)"
+                    for c in skipped]
 
 
 class Syncer:

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from medqlora.config import ConfigError, RunConfig, changed_keys, stage_inputs
-from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir, kernel_cwd, notebook_dir
+from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir, kernel_cwd, notebook_dir, portable
 from medqlora.run.summary import Summary
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2  # runner.py's exit codes (README)
@@ -99,7 +99,9 @@ def stale_stage(summary: Summary, cfg: RunConfig) -> tuple[str, list[str]] | Non
     for stage in STAGES:
         entry = summary.stage(stage)
         if entry and entry["status"] == "ok" and entry.get("inputs"):
-            changes = changed_keys(entry["inputs"], stage_inputs(cfg, stage))
+            # both as the run folder records them (paths inside it relative): a restored run is not a changed one
+            where = summary.run.path
+            changes = changed_keys(portable(entry["inputs"], where), portable(stage_inputs(cfg, stage), where))
             if changes:
                 return stage, changes
     return None

@@ -6,7 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from medqlora.config import RunConfig
-from medqlora.core.rundir import STAGES, RunDir, read_json, write_json
+from medqlora.core.rundir import STAGES, RunDir, portable, read_json, write_json
 
 
 class Summary:
@@ -17,7 +17,7 @@ class Summary:
         old = read_json(self.path) if self.path.is_file() else {}
         self.data = {"run_id": run_id, "status": "running", "params_file": params_file,
                      "model": cfg.model.name_or_path + (f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else ""),
-                     "run_dir": str(run.path), "started": old.get("started") or datetime.now().isoformat(timespec="seconds"),
+                     "started": old.get("started") or datetime.now().isoformat(timespec="seconds"),
                      "stages": old.get("stages", []), "data": None, "train": None, "metrics": None,
                      "artifacts": {"adapter_dir": None}, "error": None,
                      "rerun_of": old.get("rerun_of"), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
@@ -67,25 +67,38 @@ class Summary:
         if run.result_path("evaluate").is_file():
             self.data["metrics"] = read_json(run.result_path("evaluate"))["metrics"]
 
-    def finish(self, status: str, error: str | None = None):
-        self.data.update(status=status, error=error, finished=datetime.now().isoformat(timespec="seconds"))
+    def status(self) -> str:
+        """The run's status as its stages say: failed if a stage failed, ok when all five are ok, else partial
+        (stages left out). Never set by hand: a resume with nothing to do does not make a failed run ok."""
+        states = [self.stage_status(s) for s in STAGES]
+        return "failed" if "failed" in states else "ok" if all(x == "ok" for x in states) else "partial"
+
+    def finish(self, error: str | None = None) -> str:
+        failed = next((s for s in self.data["stages"] if s["status"] == "failed"), None)
+        if error is None and failed:
+            error = f"stage {failed['name']} failed: {failed.get('error')}"
+        self.data.update(status=self.status(), error=error, finished=datetime.now().isoformat(timespec="seconds"))
         self.save()
+        return self.data["status"]
 
     def save(self):
-        write_json(self.path, self.data)
-        (self.run / "summary.md").write_text(readable(self.data))
+        # paths inside the run folder are recorded relative to it: the folder may be restored elsewhere
+        self.data.pop("run_dir", None)
+        write_json(self.path, portable(self.data, self.run.path))
+        (self.run / "summary.md").write_text(readable(self.data, self.run))
 
 
 def _num(v) -> str:
     return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def readable(s: dict) -> str:
+def readable(s: dict, run: RunDir | None = None) -> str:
     from medqlora.run import headline
 
     lines = [f"# {s['run_id']}: {s['status']}", "", f"model: {s['model']}", ""]
-    if s.get("run_dir"):
-        lines += [headline.markdown(headline.build(RunDir(s["run_dir"]), s.get("stages")), links="files"), ""]
+    run = run or (RunDir(s["run_dir"]) if s.get("run_dir") else None)
+    if run is not None:
+        lines += [headline.markdown(headline.build(run, s.get("stages")), links="files"), ""]
     lines += ["| stage | status | seconds | notebook |", "|---|---|---|---|"]
     lines += [f"| {x['name']} | {x['status']} | {x['seconds']}"
               + (f" (+{x['imports_done_ahead_s']} of imports done ahead)" if x.get("imports_done_ahead_s") else "")
