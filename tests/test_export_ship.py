@@ -264,3 +264,39 @@ def test_a_conversion_finished_meanwhile_by_another_run_is_reused(tiny_model_dir
     ref, notes = M.resolve_model(cfg)
     assert ref == str(out) and notes["conversion"].startswith("reused"), notes
     assert [p.name for p in (tmp_path / "cache").iterdir() if ".tmp" in p.name] == []
+
+
+def test_the_same_run_may_re_export_with_a_format_fewer_to_its_destination(tmp_path):
+    """Before: `holds files that are not part of this export (['gguf/run1-q8_0.gguf'])` for the run's own re-export."""
+    a = manifest_folder(tmp_path, "a", tmp_path / "a")
+    (a / "gguf").mkdir()
+    (a / "gguf" / "a-q8_0.gguf").write_bytes(b"gguf" * 10)
+    write_json(a / MF.MANIFEST, {"run": {"run_name": "a", "run_id": "a"}, "files": MF.build_manifest(a)["files"]})
+    dest = str(tmp_path / "published")
+    MF.copy_to(a, dest)
+    (a / "gguf" / "a-q8_0.gguf").unlink()
+    (a / "gguf").rmdir()
+    write_json(a / MF.MANIFEST, {"run": {"run_name": "a", "run_id": "a"}, "files": MF.build_manifest(a)["files"]})
+    assert MF.copy_to(a, dest)["verified"] and MF.verify(dest) == []
+    assert not (tmp_path / "published" / "gguf" / "a-q8_0.gguf").exists(), "what it owned and dropped is removed"
+    (tmp_path / "published" / "notes.txt").write_text("someone else's")
+    with pytest.raises(RuntimeError, match="not part of this export"):
+        MF.copy_to(a, dest)  # a file no export of this run wrote is never removed
+
+
+def test_the_model_card_describes_the_checkpoint_early_stopping_kept():
+    """Before: training stopped at step 6, the adapter was checkpoint 5, and the card said `steps / epochs 6 / 1.2`
+    with the last validation loss and no word of early stopping."""
+    from medqlora.config import RunConfig
+    from medqlora.export.exporter import model_card
+
+    cfg = RunConfig.model_validate({"run_name": "r", "model": {"name_or_path": "m"}, "data": {"source": "t.jsonl"}})
+    train = {"backend": "hf", "steps": 6, "epochs": 1.2, "first_loss": 2.0, "final_loss": 1.0, "val_first": 2.1,
+             "val_last": 1.9, "val_best": 1.5, "val_best_step": 5, "seconds": 3, "peak_memory_gb": 1,
+             "early_stopping": {"patience": 1, "stopped_early": True, "kept_checkpoint": "checkpoints/checkpoint-5"}}
+    card = model_card(cfg, train, {"kept": {"train": 10}, "format": "qa", "fingerprint": "f" * 32})
+    assert "checkpoint of step 5, the lowest validation loss; training stopped early at step 6" in card
+    assert "validation 2.1000 -> 1.5000 at the kept step 5 (last measured 1.9000)" in card
+    assert "| 6 / 1.2 |" not in card
+    train["early_stopping"] = None
+    assert "| 6 / 1.2 |" in model_card(cfg, train, {"kept": {"train": 10}, "format": "qa", "fingerprint": "f" * 32})
