@@ -116,9 +116,16 @@ def model_shape(ref: str, local_files_only: bool = False) -> ModelShape:
         return shape
     from transformers import AutoConfig
 
+    from medqlora.training.model_files import local_config_problem
+
     try:
         return ModelShape.from_config(AutoConfig.from_pretrained(ref, local_files_only=local_files_only))
-    except OSError as e:
+    except Exception as e:
+        problem = local_config_problem(ref)  # a broken local file is not the hub's doing
+        if problem:
+            raise RuntimeError(f"could not read the config of the model folder {ref}: {problem}") from e
+        if not isinstance(e, OSError):
+            raise
         raise RuntimeError(f"could not read the config of {ref!r} ({e}). A gated hub model needs HF_TOKEN in the "
                            "environment (and its license accepted on the hub); offline, give a local folder") from e
 

@@ -218,9 +218,17 @@ def release_training_layout(guarded: list) -> None:
 
 
 def load_hint(ref: str, e: BaseException) -> str:
-    """What to do when a model cannot be loaded: gated, missing, or offline."""
+    """What to do when a model cannot be loaded: a broken local folder, gated, missing, or offline."""
+    from medqlora.training.model_files import local_config_problem
+
     msg = str(e)
-    if "gated" in msg.lower() or "401" in msg or "403" in msg:
+    problem = local_config_problem(ref)  # transformers says OSError for a bad local config.json too: not the hub
+    if problem:
+        return f"could not load model {ref!r}: {problem}. ({type(e).__name__}: {msg.splitlines()[0][:200]})"
+    if Path(ref).expanduser().is_dir():
+        why = ("the local model folder could not be loaded: check that its weight and tokenizer files are complete "
+               "(copy the folder again)")
+    elif "gated" in msg.lower() or "401" in msg or "403" in msg:
         why = "it is a gated hub model: accept its license on the hub and put a token in HF_TOKEN (environment only)"
     elif "404" in msg or "is not a local folder and is not a valid model identifier" in msg:
         why = "no such model on the hub or on disk: check model.name_or_path"
