@@ -118,3 +118,17 @@ def test_compare_and_batch_md_have_the_log_likelihood_accuracy(tmp_path):
     assert "loglik_acc_norm" in comparison.metrics_table(runs).to_html()
     md = comparison.summary_md(runs)
     assert "loglik_acc +0.000" in md and "loglik_acc_norm +0.000" in md and "medqa" in md
+
+
+def test_compare_links_each_runs_report_and_notebooks_relative_to_the_comparison(tmp_path):
+    """README: links to each run's report.html and notebooks that work in the HTML export and when the folders
+    move together."""
+    run = evaluated_run(tmp_path)
+    (run / "config.yaml").write_text("run_name: a\n")
+    (run / "report.html").write_text("<html></html>")
+    (run / "01_setup.ipynb").write_text("{}")
+    out = tmp_path / "batch-1"
+    html = comparison.links_table(comparison.load_runs([run.path]), out).to_html()
+    assert 'href="../run/report.html"' in html and 'href="../run/01_setup.ipynb"' in html
+    missing = tmp_path / "never"  # a run with no folder yet (never started) still has its row
+    assert "(none yet)" in comparison.links_table(comparison.load_runs([missing]), out).to_html()
