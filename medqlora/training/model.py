@@ -259,6 +259,9 @@ def add_lora(model, cfg: RunConfig, backend: str):
                          f"named like {sorted({n.rsplit('.', 1)[-1] for n, _ in model.named_modules() if n.count('.') > 2})[:12]}")
     peft_cfg = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
                           use_rslora=lc.rslora, bias="none", task_type="CAUSAL_LM")
+    from transformers import set_seed
+
+    set_seed(cfg.train.seed)  # LoRA A is drawn at random here: seeded, a rerun starts from the same adapter
     return get_peft_model(model, peft_cfg)
 
 

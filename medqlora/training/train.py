@@ -137,7 +137,8 @@ def _resumable_checkpoint(cfg: RunConfig, run: RunDir, print_fn) -> str | None:
 
 def sft_config(cfg: RunConfig, run: RunDir, packing: bool, validate: bool = False):
     import torch
-    from trl import SFTConfig
+
+    from medqlora.training.sft_args import SFTArgs
 
     t = cfg.train
     dtype = M.compute_dtype(cfg.model)
@@ -148,11 +149,12 @@ def sft_config(cfg: RunConfig, run: RunDir, packing: bool, validate: bool = Fals
     evaluation = dict(eval_strategy="steps", eval_steps=steps, per_device_eval_batch_size=t.micro_batch_size,
                       load_best_model_at_end=best, metric_for_best_model="eval_loss" if best else None,
                       greater_is_better=False if best else None) if validate else dict(eval_strategy="no")
-    return SFTConfig(
+    return SFTArgs(
         output_dir=str(run / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation,
         learning_rate=t.learning_rate, lr_scheduler_type=t.scheduler, weight_decay=t.weight_decay,
-        # a float below 1 is a share of the optimizer steps the trainer really runs (max_steps, packing included)
+        # a float below 1 is a share of the optimizer steps the trainer really runs (max_steps, packing included);
+        # SFTArgs keeps at least one step past it
         warmup_steps=t.warmup_ratio, optim=t.optimizer, seed=t.seed,
         logging_steps=t.logging_steps, logging_first_step=True,
         save_strategy="best" if best else "steps" if t.save_steps else "epoch", **evaluation,
