@@ -163,3 +163,20 @@ def test_ask_shows_progress_and_no_library_noise(mixed_run):
     assert "s] loading" in r.stdout and "the fine-tuned model answers 1 question" in r.stdout
     assert "Q: What causes scurvy?" in r.stdout and "fine-tuned:" in r.stdout
     assert r.stderr == "", f"library output reached the terminal: {r.stderr[:500]}"
+
+
+def test_max_samples_scores_the_same_seeded_sample_with_both_models(mixed_run):
+    from medqlora.evaluation import evaluate as EV
+
+    cfg, run = mixed_run
+    c = cfg.model_copy(deep=True)
+    c.eval.choice_scoring, c.eval.merge, c.eval.max_samples = "loglik", False, 2
+    lines = []
+    r = EV.compare(c, run, print_fn=lines.append)
+    held = r["sets"]["held-out"]
+    assert held["sampled"] == r["sampled"] == {"n": 2, "of": 3, "seed": 0} and held["n_items"] == 2
+    assert r["sets"]["yn"]["sampled"] is None, "a set scored whole says so"
+    assert any(line.startswith("== held-out: 2 of 3 (a seeded sample") for line in lines)
+    rows = [json.loads(line) for line in (run / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert [row["kind"] for row in rows] == ["freetext", "choice"], "a free-text and a closed item, in file order"
+    assert rows[1]["base_loglik"] and rows[1]["finetuned_loglik"], "both models scored the same items"

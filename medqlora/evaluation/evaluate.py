@@ -103,7 +103,10 @@ def compare(cfg, run, print_fn=print) -> dict:
         import torch
 
         torch.manual_seed(cfg.train.seed)  # sampled answers: reproducible for this seed, not across seeds
-    chosen = [(name, select_items(path, cap), source) for name, path, cap, source in eval_sets(cfg, run)]
+    chosen, sampled = [], {}  # sampled: {"n", "of", "seed"} where eval.max_samples took a sample, else None
+    for name, path, cap, source in eval_sets(cfg, run):
+        items, sampled[name] = select_items(path, cap)
+        chosen.append((name, items, source))
     plan = choice_plan(cfg)
     print_fn(f"closed-form items: {'generated' if plan['generate'] else ''}"
              f"{' and ' if plan['generate'] and plan['loglik'] else ''}"
@@ -126,7 +129,8 @@ def compare(cfg, run, print_fn=print) -> dict:
         label = "base" if who == "base" else "fine-tuned"
         with model.disable_adapter() if who == "base" else contextlib.nullcontext():
             for name, items, source in chosen:
-                print_fn(f"== {name}: {len(items)} items ({source})")
+                of = f" of {sampled[name]['of']} (a seeded sample: eval.max_samples)" if sampled[name] else ""
+                print_fn(f"== {name}: {len(items)}{of} items ({source})")
                 batch = oom_log[-1]["batch_size"][1] if oom_log else batch  # keep what fitted
                 t1 = time.time()
                 answers[who][name] = generate(model, tok, generated(items), e.max_new_tokens, e.max_new_tokens_choice,
@@ -148,8 +152,9 @@ def compare(cfg, run, print_fn=print) -> dict:
                      f"({t['first_batch_tokens']} tokens in {t['first_batch_seconds']:.1f} s, with any one-time costs "
                      f"such as compilation and caches), the batches after it "
                      f"{t['steady_tokens'] / t['steady_seconds']:.1f} new tokens/s")
-    sets = {name: score_set(run, name, items, {who: answers[who][name] for who in answers}, source,
-                            {who: choices[who][name] for who in choices}, generated(items))
+    sets = {name: {**score_set(run, name, items, {who: answers[who][name] for who in answers}, source,
+                               {who: choices[who][name] for who in choices}, generated(items)),
+                   "sampled": sampled[name]}
             for name, items, source in chosen}
     held = sets["held-out"]
     return {"generation": {"max_new_tokens": e.max_new_tokens, "max_new_tokens_choice": e.max_new_tokens_choice,
@@ -157,7 +162,8 @@ def compare(cfg, run, print_fn=print) -> dict:
             "queries": [{"question": q, "base": b, "finetuned": f}
                         for q, b, f in zip(e.queries, queries.get("base", []), queries.get("finetuned", []))],
             "backend": backend, "merged": merge, "merge_reason": merge_why, "batching": batching,
-            "n_items": held["n_items"], "load_seconds": round(load_s, 1), "oom_halvings": oom_log,
+            "n_items": held["n_items"], "sampled": held["sampled"], "load_seconds": round(load_s, 1),
+            "oom_halvings": oom_log,
             "memory_estimate_gb": batching["estimate_gb"],
             "eval_source": held["eval_source"], "reasoning_opened_in_prompt": held["reasoning_opened_in_prompt"],
             "generate_seconds": {k: round(v, 1) for k, v in seconds.items()},

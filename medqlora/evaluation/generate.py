@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -13,9 +14,42 @@ from medqlora.evaluation.scoring import (
 from medqlora.training import memory, memory_plan
 
 
-def select_items(path: Path, max_samples: int | None) -> list[dict]:
+# The sample's seed: fixed, not train.seed, so that runs trained with other seeds are scored on the same items.
+SAMPLE_SEED = 0
+
+
+def select_items(path: Path, max_samples: int | None, seed: int = SAMPLE_SEED) -> tuple[list[dict], dict | None]:
+    """The items to score, in file order, and {"n", "of", "seed"} where max_samples took a sample (None: all of
+    them). Not the first N lines: a file sorted by topic or kind would give a biased subset (sample_indices)."""
     items = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return items[:max_samples] if max_samples else items
+    if not max_samples or max_samples >= len(items):
+        return items, None
+    keep = sample_indices([it["kind"] for it in items], max_samples, seed)
+    return [items[i] for i in keep], {"n": len(keep), "of": len(items), "seed": seed}
+
+
+def sample_indices(kinds: list[str], n: int, seed: int) -> list[int]:
+    """n of the indices, sorted: free-text and closed-form items in their shares of the file (largest remainder; a
+    kind present keeps at least one item), and within each, one item drawn from each of its equal stretches, so the
+    sample covers the whole file however it is sorted. The same for the same file, n and seed."""
+    groups: dict[bool, list[int]] = {}
+    for i, kind in enumerate(kinds):
+        groups.setdefault(kind == "freetext", []).append(i)
+    quota = {g: n * len(ix) / len(kinds) for g, ix in groups.items()}
+    take = {g: int(q) for g, q in quota.items()}
+    for g in sorted(groups, key=lambda g: take[g] - quota[g])[:n - sum(take.values())]:
+        take[g] += 1
+    for g in groups:
+        if take[g] == 0 and n >= len(groups):
+            take[max(take, key=take.get)] -= 1
+            take[g] = 1
+    rng = random.Random(seed)
+    out = []
+    for g in sorted(groups):
+        ix, k = groups[g], take[g]
+        bounds = [j * len(ix) // k for j in range(k + 1)] if k else []
+        out += [ix[rng.randrange(lo, hi)] for lo, hi in zip(bounds, bounds[1:])]
+    return sorted(out)
 
 
 def sampling(cfg) -> dict:

@@ -50,7 +50,18 @@ def metrics_table(result: dict):
                      (f"{f - b:+.3f}" if b is not None and f is not None else "")})
     rows.append({"metric": "items (free text / closed)", "base [95% CI]": f"{m['base']['n_freetext']} / "
                  f"{m['base']['n_choice']}", "fine-tuned [95% CI]": "", "change [95% CI, paired]": ""})
+    rows.append({"metric": "items scored", "base [95% CI]": scored_line(result), "fine-tuned [95% CI]": "",
+                 "change [95% CI, paired]": ""})
     return pd.DataFrame(rows).set_index("metric")
+
+
+def scored_line(st: dict) -> str:
+    """'N of M items (...)' where eval.max_samples scored a sample of the set, else 'all M items'."""
+    s = st.get("sampled")
+    if s:
+        return (f"{s['n']} of {s['of']} items (eval.max_samples: a sample spread over the file, free text and "
+                f"closed-form in their shares, seed {s['seed']})")
+    return f"all {st['n_items']} items" if st.get("n_items") is not None else "n/a"
 
 
 def sets_table(result: dict):
@@ -68,7 +79,8 @@ def sets_table(result: dict):
             lo, hi = c["ci95"]
             n = st["metrics"]["base"]["n_freetext" if k == "rougeL" else "n_choice"]
             d = st["metrics"]["base"].get("loglik_closed" if k.startswith("loglik") else "closed")
-            rows.append({"eval set": name, "items": n, "metric": k, "base": f"{b:.3f}", "fine-tuned": f"{f:.3f}",
+            rows.append({"eval set": name, "items": n, "items scored": scored_line(st), "metric": k,
+                         "base": f"{b:.3f}", "fine-tuned": f"{f:.3f}",
                          "change [95% CI]": f"{c['change']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
                          "verdict": "better" if lo > 0 else "worse" if hi < 0 else "no clear difference",
                          "chance / majority": f"{d['chance_baseline']:.3f} / {d['majority_baseline']:.3f}"
