@@ -1304,7 +1304,9 @@ def file_level() -> list[Case]:
 
 
 def cases() -> list[Case]:
-    out = encoding() + structure() + schema() + content() + file_level()
+    from data_cases_issue28 import issue28
+
+    out = encoding() + structure() + schema() + content() + file_level() + issue28()
     dev = next(c for c in out if c.name == "dev-null")
     dev.filename = "/dev/null"
     return out

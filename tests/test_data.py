@@ -273,3 +273,20 @@ def test_csv_rows_with_the_wrong_number_of_fields_are_counted(tmp_path):
     assert [e.answer for e in kept] == ["Vitamin C deficiency.", "Niacin."]
     assert [s["reason"] for s in checks.samples["unreadable"]] == [
         "unreadable: line 3: 1 fields where the header has 2", "unreadable: line 4: 3 fields where the header has 2"]
+
+
+def test_answer_lists_and_double_encoded_lines_are_read_and_said_in_the_notes(tmp_path):
+    """Issue 28: an answer given as a list of alternatives trains the first, a line that is a JSON string holding a
+    JSON object is read as that object, and the checks say how many of each (the preprocess notes show them)."""
+    rows = [{"question": f"Q{i}?", "answer": [f"A{i}.", "Other."]} for i in range(3)]
+    text = "".join(json.dumps(json.dumps(r)) + "\n" for r in rows[:2]) + json.dumps(rows[2]) + "\n"
+    path = tmp_path / "d.jsonl"
+    path.write_text(text)
+    cfg = DataConfig(source=str(path))
+    rows_, cols = D.open_rows(str(path), cfg, "train")
+    fmt, m = D.resolve_format(cols, cfg)
+    checks = D.Checks()
+    kept = list(D.iter_examples(rows_, fmt, m, checks, set()))
+    assert [e.answer for e in kept] == ["A0.", "A1.", "A2."] and checks.dropped == {}
+    assert checks.notes == {"answer lists": 3, "double-encoded": 2}
+    assert any("first of each" in n for n in D.notes_text(checks))

@@ -86,3 +86,18 @@ def test_nothing_left_is_a_clear_error_and_writes_nothing(tmp_path, tokenizer, t
     with pytest.raises(DataError, match=r"2 of 2 rows dropped .*0 training examples left.*empty question 1"):
         P.prepare(config(tokenizer_dir, source=str(bad)), run, tokenizer)
     assert not run.train_data.exists() and not run.eval_items.exists()
+
+
+def test_the_stop_hint_never_suggests_a_max_seq_length_at_or_below_the_limit():
+    """Issue 28: over-long rows among other drops once gave '--set model.max_seq_length=448' at a limit of 512."""
+    from medqlora.config import DataConfig
+    from medqlora.data.formats import Checks
+
+    checks = Checks(read=600, kept={"train": 270, "eval": 20}, dropped={"unreadable": 300, "over-long": 10})
+    lengths = [100 + i % 300 for i in range(290)] + [600 + i for i in range(10)]
+    with pytest.raises(DataError) as e:
+        P.refuse_meaningless(checks, DataConfig(source="d.jsonl"), 512, lengths, [{"id": "x"}])
+    msg = str(e.value)
+    suggested = [int(x) for x in __import__("re").findall(r"model\.max_seq_length=(\d+)", msg)]
+    assert suggested and all(s > 512 for s in suggested), msg
+    assert "model.max_seq_length=640 would keep them all" in msg, msg

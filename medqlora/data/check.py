@@ -2,6 +2,7 @@
 file that cannot be used is refused with the file, the line and the fix instead of failing the preprocess stage."""
 from __future__ import annotations
 
+import json
 from itertools import islice
 
 from medqlora.config import DataConfig
@@ -40,6 +41,14 @@ def kind_of_safe(source: str) -> str | None:
         return None
 
 
+def _one_json_string(start: bytes) -> bool:
+    """Whether the first line is one JSON string (a line of text in quotes), not CSV fields."""
+    try:
+        return isinstance(json.loads(start.lstrip().split(b"\n")[0]), str)
+    except ValueError:
+        return False
+
+
 def _preflight_one(key: str, source: str, cfg: DataConfig) -> list[str]:
     """Every row the stage will read (data.max_samples of them), read and normalized as the stage will."""
     kind = kind_of(source)
@@ -51,13 +60,17 @@ def _preflight_one(key: str, source: str, cfg: DataConfig) -> list[str]:
             return [f"{key}: {source} is empty (no rows); give a file with data in it" if empty else
                     f"{key}: {source} has no rows" + (" (only a header)" if kind in ("csv", "tsv") else "")
                     + "; give a file with data in it"]
+        problem = next((r.problem for r in seen if r.data is None), None)
+        if problem is None:  # every row was read, and none has a column: {} records
+            return [f"{key}: every record in {source} is empty ({{}}): no record has a column; each "
+                    "record needs the fields of one example, e.g. {\"question\": ..., \"answer\": ...}"]
         start = head_bytes(source) if kind != "parquet" else b""
         hint = {"jsonl": "Each line must be one JSON object ({\"question\": ..., \"answer\": ...})."
                 + (" This looks like CSV: name it .csv." if b"," in start and not start.lstrip().startswith(b"{")
-                   else "")
+                   and not _one_json_string(start) else "")
                 + (" This is one JSON array: name it .json." if start.lstrip().startswith(b"[") else ""),
                 "csv": "Check the delimiter and the header line."}.get(kind, "")
-        return [f"{key}: no readable row in {source} ({len(seen)} read): {seen[0].problem}. {hint}".strip()]
+        return [f"{key}: no readable row in {source} ({len(seen)} read): {problem}. {hint}".strip()]
     try:
         fmt, mapping = D.resolve_format(columns, cfg)
     except DataError as e:
@@ -76,7 +89,17 @@ def _preflight_one(key: str, source: str, cfg: DataConfig) -> list[str]:
     if bad == 0 or bad / n <= cfg.max_drop_fraction:
         return []
     listed = ", ".join(f"{k} {v}" for k, v in counts.items())
+    read_as = ", ".join(f"{f}={c}" for f, c in mapping.items())
+    if bad < n:
+        fix = "Fix those rows, or raise data.max_drop_fraction to train on the rest"
+    elif set(counts) & COLUMN_REASONS:  # what a wrong column (or format) gives
+        fix = f"Map the right columns with data.columns or set data.format (the columns are read as {read_as})"
+    else:  # the columns hold what they should; the values are wrong
+        fix = f"The columns are read as {read_as}; if those are right, fix the rows' values"
     return [f"{key}: {bad} of the {n} rows of {source} cannot be used as {fmt} data ({listed}; more than "
-            f"data.max_drop_fraction {cfg.max_drop_fraction:.0%}); the first: {first}. "
-            + ("Map the right columns with data.columns or set data.format" if bad == n else
-               "Fix those rows, or raise data.max_drop_fraction to train on the rest")]
+            f"data.max_drop_fraction {cfg.max_drop_fraction:.0%}); the first: {first}. {fix}"]
+
+
+# Reasons a row is dropped for when a column is missing, mis-mapped or of another format.
+COLUMN_REASONS = {"empty question", "empty answer", "other format", "wrong type", "missing options", "malformed chat",
+                  "unreadable"}

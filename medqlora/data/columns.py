@@ -40,11 +40,18 @@ REQUIRED = {
 }
 
 
-def map_columns(columns: Iterable[str], explicit: dict[str, str]) -> dict[str, str]:
+class ColumnMap(dict):
+    """Canonical field -> column, and for a field found by its aliases, the file's other columns named by them
+    (`alternates`): a row without the mapped column reads the field from one of those (a file whose rows say
+    `options` and others `choices`)."""
+    alternates: dict[str, tuple[str, ...]] = {}
+
+
+def map_columns(columns: Iterable[str], explicit: dict[str, str]) -> ColumnMap:
     """Canonical field -> actual column, from data.columns first, then the aliases."""
     cols = list(columns)
     lower = {c.lower(): c for c in cols}
-    mapping = {}
+    mapping = ColumnMap()
     for canon, col in explicit.items():
         if col not in cols:
             raise DataError(f"data.columns.{canon}: column {col!r} is not in the data; columns found: {cols}")
@@ -56,7 +63,49 @@ def map_columns(columns: Iterable[str], explicit: dict[str, str]) -> dict[str, s
             if n in lower and lower[n] not in mapping.values():
                 mapping[canon] = lower[n]
                 break
+    used = {c.lower() for c in mapping.values()}
+    mapping.alternates = {canon: alt for canon, names in ALIASES.items() if canon in mapping and canon not in explicit
+                          for alt in [tuple(lower[n] for n in names if n in lower and n not in used)] if alt}
     return mapping
+
+
+def lookup(row: dict, m: dict[str, str]):
+    """(get(field), has(field)) over a row whose column names may differ in case from the mapping's, or the problem
+    when one name is there in two cases (which one is meant?). A field whose column the row lacks (or holds null
+    in) is read from another column named by the field's aliases, if the row has one (ColumnMap.alternates)."""
+    lower: dict[str, list[str]] = {}
+    if len({str(k).lower() for k in row}) < len(row):  # rare: only then can a mapped name be there twice
+        for k in row:
+            lower.setdefault(str(k).lower(), []).append(k)
+        for col in m.values():
+            if len(lower.get(col.lower(), ())) > 1:
+                return None, f"ambiguous columns: {' and '.join(map(repr, lower[col.lower()]))} are both in the " \
+                             "row (column names are read case-insensitively); keep one"
+
+    def column(col):
+        if col in row:
+            return col
+        if not lower:
+            for k in row:
+                lower.setdefault(str(k).lower(), []).append(k)
+        same = lower.get(col.lower())
+        return same[0] if same else None
+
+    def key(f):
+        col = m.get(f)
+        found = column(col) if col is not None else None
+        if found is not None and row[found] is not None and row[found] == row[found]:  # not null, not NaN
+            return found
+        alt = (column(a) for a in getattr(m, "alternates", {}).get(f, ()))
+        return next((a for a in alt if a is not None and row[a] is not None and row[a] == row[a]), found)
+
+    def get(f):
+        k = key(f)
+        return None if k is None else row[k]
+
+    def has(f):
+        return key(f) is not None
+    return (get, has), None
 
 
 def detect_format(columns: Iterable[str], explicit: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:

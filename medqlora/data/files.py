@@ -29,6 +29,7 @@ MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x2
          (b"%PDF", "a PDF"))
 # Errors that decompressors and file systems raise while a stream is read (not only when it is opened).
 STREAM_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
+HEAD_BYTES = 4096
 SUPPORTED = "use .jsonl, .json, .csv, .tsv or .parquet (optionally .gz, .bz2, .xz or .zst)"
 
 
@@ -194,3 +195,16 @@ def text_problem(source: str, start: bytes, kind: str) -> str | None:
         return (f"{source} looks like a binary file ({odd} of its first {len(start)} bytes are control bytes), not "
                 f"{kind.upper()} text; check that this is the file you meant")
     return None
+
+
+def head_bytes(source: str) -> bytes:
+    """The first KiBs of the file, decompressed."""
+    with reading(source), open_bytes(source) as f:
+        return f.read(HEAD_BYTES)
+
+
+def check_text(source: str, kind: str) -> None:
+    """Refuse a text file whose first bytes are not UTF-8 text at all (UTF-16, a PDF, binary data)."""
+    why = text_problem(source, head_bytes(source), kind)
+    if why:
+        raise DataError(why)

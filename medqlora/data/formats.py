@@ -8,7 +8,8 @@ Formats (detected from the columns of every row read, or set with data.format an
   mcq       question, options (dict or list), answer (letter, option key or option text; answer_idx preferred)
   pubmedqa  question, context, long_answer, final_decision (yes/no/maybe)
 A qa/mcq file may mix rows: a row with options is multiple choice, one without is free text. A row in another
-format (an alpaca row in a qa file) is dropped as 'other format'. Column detection lives in columns.py, reading
+format (an alpaca row in a qa file) is dropped as 'other format'. An answer given as a list of alternatives trains
+its first item (counted in the checks' notes); in a multiple-choice row it is dropped as 'several answers'. Column detection lives in columns.py, reading
 values as text and options in normalize.py; this module turns a row into an Example and keeps the accounting.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from medqlora.data.columns import (  # noqa: F401
     REQUIRED,
     check_format,
     detect_format,
+    lookup,
     map_columns,
     resolve_format,
     row_format,
@@ -41,39 +43,8 @@ from medqlora.data.normalize import (  # noqa: F401
     options,
     text,
 )
+from medqlora.data.jsonrows import DOUBLE_ENCODED
 from medqlora.data.sources import DataError, Row, open_rows, structured  # noqa: F401  (the loader, re-exported)
-
-
-def _lookup(row: dict, m: dict[str, str]):
-    """get(field) over a row whose column names may differ in case from the mapping's, and the problem when one
-    name is there in two cases (which one is meant?)."""
-    lower: dict[str, list[str]] = {}
-    if len({str(k).lower() for k in row}) < len(row):  # rare: only then can a mapped name be there twice
-        for k in row:
-            lower.setdefault(str(k).lower(), []).append(k)
-        for col in m.values():
-            if len(lower.get(col.lower(), ())) > 1:
-                return None, f"ambiguous columns: {' and '.join(map(repr, lower[col.lower()]))} are both in the " \
-                             "row (column names are read case-insensitively); keep one"
-
-    def other_case(col):
-        if not lower:
-            for k in row:
-                lower.setdefault(str(k).lower(), []).append(k)
-        return lower.get(col.lower())
-
-    def get(f):
-        col = m.get(f)
-        if col is None:
-            return None
-        if col in row:
-            return row[col]
-        same = other_case(col)
-        return row[same[0]] if same else None
-
-    def has(f):
-        return f in m and (m[f] in row or bool(other_case(m[f])))
-    return (get, has), None
 
 
 def _markup(ex: Example) -> str | None:
@@ -100,9 +71,11 @@ def _markup(ex: Example) -> str | None:
     return None
 
 
-def normalize(row: dict, fmt: str, m: dict[str, str], index: int) -> tuple[Example | None, str | None]:
-    """One raw row -> (Example, None) or (None, reason it is dropped). A reason reads 'kind: detail'."""
-    access, problem = _lookup(row, m)
+def normalize(row: dict, fmt: str, m: dict[str, str], index: int,
+              notes: dict[str, int] | None = None) -> tuple[Example | None, str | None]:
+    """One raw row -> (Example, None) or (None, reason it is dropped). A reason reads 'kind: detail'. How a kept row
+    was read otherwise than as written (an answer list's first item) is counted in `notes`."""
+    access, problem = lookup(row, m)
     if problem:
         return None, problem
     get, has = access
@@ -113,7 +86,7 @@ def normalize(row: dict, fmt: str, m: dict[str, str], index: int) -> tuple[Examp
                           f"{own} row, not of this file's {fmt} rows; split the file by format, or set data.format "
                           "and data.columns")
     try:
-        ex = _normalize(get, fmt, m, index)
+        ex = _normalize(get, fmt, m, index, {} if notes is None else notes)
     except NotText as e:  # raised by _field with the field's name
         return None, f"wrong type: {e.args[1]} ({m.get(e.args[1], '?')}) {e.args[0]}"
     if isinstance(ex, str):
@@ -164,7 +137,19 @@ def _chat(get, rid, category) -> Example | str:
     return Example(rid, "freetext", question, answer, category=category, messages=msgs[:last])
 
 
-def _normalize(get, fmt: str, m: dict[str, str], index: int) -> Example | str:
+ANSWER_LISTS = "answer lists"
+
+
+def _alternatives(v) -> list | None:
+    """The non-empty items of an answer given as a list of two or more alternative texts, or None."""
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool)
+                                                   for x in v):
+        return None
+    items = [x for x in v if text(x)]
+    return items if len(items) > 1 else None
+
+
+def _normalize(get, fmt: str, m: dict[str, str], index: int, notes: dict[str, int]) -> Example | str:
     rid = _field(get, "id") or f"row-{index}"
     category = _field(get, "category") or None
     if fmt == "chat":
@@ -173,10 +158,10 @@ def _normalize(get, fmt: str, m: dict[str, str], index: int) -> Example | str:
     if fmt == "alpaca":
         instr, inp = _field(get, "instruction", True), _field(get, "input", True)
         question, instruction = (inp, instr) if instr and inp else (instr or inp, None)
-        answer = _field(get, "output")
     else:
         question = _field(get, "question", True)
-        answer = _field(get, "answer")
+    alternatives = _alternatives(get("output" if fmt == "alpaca" else "answer"))
+    answer = text(alternatives[0]) if alternatives else _field(get, "output" if fmt == "alpaca" else "answer")
     if not question:
         return "empty question"
     reasoning = _field(get, "reasoning") or None  # kept for every format: the reasoning template trains it
@@ -195,6 +180,9 @@ def _normalize(get, fmt: str, m: dict[str, str], index: int) -> Example | str:
     if opts:
         if len(opts) < 2:
             return "too few options: fewer than two non-empty options"
+        if alternatives and not (get("answer_idx") if "answer_idx" in m else None):
+            return (f"several answers: answer is a list of {len(alternatives)} ({_short(alternatives, 40)}), and a "
+                    "multiple-choice row has one correct option; keep one, or split the row")
         idx = _field(get, "answer_idx") if "answer_idx" in m else ""
         letter = choice_letter(get("answer_idx"), opts, keys) if idx else None
         given = get("answer") if answer else get("answer_idx")
@@ -209,6 +197,8 @@ def _normalize(get, fmt: str, m: dict[str, str], index: int) -> Example | str:
         return f"missing options: answer {answer!r} names an option, but the row has no options"
     if not answer:
         return "empty answer"
+    if alternatives:
+        notes[ANSWER_LISTS] = notes.get(ANSWER_LISTS, 0) + 1
     return Example(rid, "freetext", question, answer, reasoning=reasoning, instruction=instruction,
                    context=context if fmt != "alpaca" else None, category=category)
 
@@ -251,6 +241,10 @@ class Checks:
     kinds: dict[str, int] = field(default_factory=dict)  # "train/choice" -> count
     dropped: dict[str, int] = field(default_factory=dict)
     samples: dict[str, list] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)  # rows read otherwise than as written: how, and how many
+
+    def note(self, key: str) -> None:
+        self.notes[key] = self.notes.get(key, 0) + 1
 
     def drop(self, reason: str, row: Any, line: int | None = None) -> None:
         key = reason.split(":")[0]
@@ -278,10 +272,11 @@ def iter_examples(rows: Iterable[Row | dict], fmt: str, m: dict[str, str], check
     for i, item in enumerate(rows):
         row = item if isinstance(item, Row) else Row(None, item)
         checks.read += 1
+        notes: dict[str, int] = {}
         if row.data is None:
             problem = f"unreadable: {row.problem}"
         else:
-            ex, problem = normalize(row.data, fmt, m, i)
+            ex, problem = normalize(row.data, fmt, m, i, notes)
             if problem and row.line is not None:
                 key, _, detail = problem.partition(": ")
                 problem = f"{key}: line {row.line}" + (f": {detail}" if detail else "")
@@ -296,4 +291,16 @@ def iter_examples(rows: Iterable[Row | dict], fmt: str, m: dict[str, str], check
             checks.drop("duplicate: same question and answer as an earlier row", row.data, row.line)
             continue
         seen.add(k)
+        for key in ([row.note] if row.note else []) + list(notes):
+            checks.note(key)
         yield ex
+
+
+NOTES = {DOUBLE_ENCODED: "{n} rows were JSON strings holding a JSON object (double-encoded): the object inside "
+                         "was read",
+         ANSWER_LISTS: "{n} answers were lists of alternatives: the first of each is trained and scored against"}
+
+
+def notes_text(checks: Checks) -> list[str]:
+    """The checks' notes as sentences for the report."""
+    return [NOTES.get(k, "{n} rows: " + k).format(n=n) for k, n in checks.notes.items()]

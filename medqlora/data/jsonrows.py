@@ -19,6 +19,7 @@ class Row:
     data: dict | None  # the record, or None when it could not be read
     problem: str | None = None  # why it could not be read
     raw: str | None = None  # the start of what was there, for the data checks table
+    note: str | None = None  # how it was read, when not as written (counted in the checks' notes)
 
     def where(self) -> str:
         return f"line {self.line}" if self.line is not None else "a row"
@@ -119,16 +120,47 @@ def json_text_line(i: int, text: str, dec: Decoder) -> Iterator[Row]:
             yield Row(i, None, f"line {i}: JSON nested too deeply to read", short(text))
             return
         n += 1
+        rest = _WS.match(text, end).end()
+        if text[rest:rest + 1] == "," and not text[rest + 1:].strip():
+            yield Row(i, None, f"line {i}: a ',' after the record: JSON Lines has no commas between records (this "
+                               "reads like the inside of a JSON array); remove the trailing commas (e.g. sed -i "
+                               "'s/,[[:space:]]*$//' on the file), or make it one JSON array [...] named .json",
+                      short(text[pos:]))
+            return
         surrogates = _has_surrogate_escape(text, pos, end)
         why = record_problem(obj, surrogates) if dec.flagged or surrogates else None
-        if why:
-            yield Row(i, None, f"line {i}: {why}", short(text[pos:end]))
+        inner, note = double_encoded(obj) if not why else (None, None)
+        if why or (note and inner is None):
+            yield Row(i, None, f"line {i}: {why or note}", short(text[pos:end]))
+        elif inner is not None:
+            yield Row(i, inner, note=note)
         elif not isinstance(obj, dict):
             yield Row(i, None, f"line {i}: a JSON {type(obj).__name__} where one JSON object per line was "
                                "expected", short(text[pos:end]))
         else:
             yield Row(i, obj)
-        pos = _WS.match(text, end).end()
+        pos = rest
+
+
+DOUBLE_ENCODED = "double-encoded"
+
+
+def double_encoded(obj) -> tuple[dict | None, str | None]:
+    """A JSON string that holds a JSON object (a record encoded twice, e.g. json.dumps of json.dumps): (the object,
+    DOUBLE_ENCODED), (None, why it cannot be read), or (None, None) for anything else."""
+    if not isinstance(obj, str) or not obj.lstrip().startswith("{"):
+        return None, None
+    dec = Decoder()
+    try:
+        inner, end = dec.raw_decode(obj, len(obj) - len(obj.lstrip()))
+    except (json.JSONDecodeError, RecursionError):
+        return None, None  # text that happens to start with '{': not a record
+    if obj[end:].strip() or not isinstance(inner, dict):
+        return None, None
+    why = record_problem(inner, True)
+    if why:
+        return None, f"a JSON string holding a JSON object (double-encoded) in which {why}"
+    return inner, DOUBLE_ENCODED
 
 
 def split_lines(chunk: bytes) -> list[bytes]:
@@ -165,8 +197,11 @@ def json_array(source: str, text: str, dec: Decoder) -> Iterator[Row] | None:
             k += 1
             surrogates = _has_surrogate_escape(text, p, end)
             why = record_problem(obj, surrogates) if dec.flagged or surrogates else None
-            if why:
-                yield Row(line, None, f"line {line}: item {k}: {why}", short(text[p:end]))
+            inner, note = double_encoded(obj) if not why else (None, None)
+            if why or (note and inner is None):
+                yield Row(line, None, f"line {line}: item {k}: {why or note}", short(text[p:end]))
+            elif inner is not None:
+                yield Row(line, inner, note=note)
             elif isinstance(obj, dict):
                 yield Row(line, obj)
             else:

@@ -9,6 +9,7 @@ become real turn markers in the prompt.
 """
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -62,8 +63,8 @@ def _repr(v: Any, n: int = 50) -> str:
 
 
 def text(v: Any, depth: int = 0) -> str:
-    """The text of a value: a string, a number, UTF-8 bytes, {'text': ...} / {'contexts': ...}, or a list of those
-    (joined by lines). Raises NotText for anything else."""
+    """The text of a value: a string, a number, a date or time (ISO 8601), UTF-8 bytes, {'text': ...} /
+    {'contexts': ...}, or a list of those (joined by lines). Raises NotText for anything else."""
     if v is None:
         return ""
     if isinstance(v, str):
@@ -78,6 +79,8 @@ def text(v: Any, depth: int = 0) -> str:
         if math.isinf(v):
             raise NotText("is an infinite number, not text")
         return str(v)
+    if isinstance(v, (datetime.date, datetime.time)):  # a Parquet/Arrow date or timestamp: its ISO text
+        return v.isoformat()
     if isinstance(v, (bytes, bytearray)):
         try:
             return _visible(bytes(v).decode("utf-8"))

@@ -152,6 +152,7 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
     h.update(eval_text.encode())
     if any(k.startswith("eval/") for k in checks.kinds) and dc.eval_source is None:
         notes.append(f"eval split: {dc.eval_fraction:.0%} of questions by hash (seed {dc.seed})")
+    notes += D.notes_text(checks)
     if dc.val_fraction:
         notes.append(f"validation split: {len(val_rows)} training rows held out for the validation loss "
                      f"(data.val_fraction {dc.val_fraction:g}, at most data.val_max_examples {dc.val_max_examples})")
@@ -191,9 +192,13 @@ def refuse_meaningless(checks: D.Checks, dc, max_len: int, lengths: list[int], k
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(checks.dropped.items(), key=lambda kv: -kv[1]))
     fixes = []
     if checks.dropped.get("over-long"):
-        keep95 = int(np.percentile(lengths, 95)) if lengths else max_len
-        fixes.append(f"{checks.dropped['over-long']} rows are longer than model.max_seq_length {max_len}; "
-                     f"--set model.max_seq_length={-(-keep95 // 64) * 64} would keep 95% of the examples")
+        up = lambda n: -(-n // 64) * 64  # noqa: E731  (a multiple of 64)
+        keep95 = up(int(np.percentile(lengths, 95))) if lengths else max_len
+        longer = f"{checks.dropped['over-long']} rows are longer than model.max_seq_length {max_len}; "
+        # a length at or below the limit keeps nothing more: then say what keeps the long ones
+        fixes.append(longer + (f"--set model.max_seq_length={keep95} would keep 95% of the examples" if keep95 > max_len
+                               else f"95% of the examples already fit; --set model.max_seq_length="
+                                    f"{up(max(lengths + [max_len + 1]))} would keep them all"))
     if checks.dropped.get("duplicate"):
         fixes.append(f"{checks.dropped['duplicate']} rows repeat an earlier question and answer")
     if checks.dropped.get("leak"):

@@ -9,18 +9,16 @@ Columns are learnt from every row that will be read, not from the first ones.
 from __future__ import annotations
 
 import ast
-import csv
-import io
 import json
-import sys
 from itertools import islice
 from typing import Iterator
 
 from medqlora.config import DataConfig
-from medqlora.data.files import DataError, kind_of, open_bytes, reading, text_problem
+from medqlora.data.files import DataError, check_text, head_bytes, kind_of, open_bytes, reading
 from medqlora.data.jsonrows import (
     Decoder,
     Row,
+    double_encoded,
     json_array,
     json_line,
     json_text_line,
@@ -28,25 +26,13 @@ from medqlora.data.jsonrows import (
     short,
     split_lines,
 )
+from medqlora.data.tabular import csv_rows
 
 __all__ = ["DataError", "Row", "kind_of", "rows", "open_rows", "structured", "head_bytes"]
-HEAD_BYTES = 4096
-
-
-def head_bytes(source: str) -> bytes:
-    """The first KiBs of the file, decompressed."""
-    with reading(source), open_bytes(source) as f:
-        return f.read(HEAD_BYTES)
-
-
-def _check_text(source: str, kind: str) -> None:
-    why = text_problem(source, head_bytes(source), kind)
-    if why:
-        raise DataError(why)
 
 
 def _jsonl_rows(source: str) -> Iterator[Row]:
-    _check_text(source, "jsonl")
+    check_text(source, "jsonl")
     dec, n = Decoder(), 0
     with reading(source, lambda: n), open_bytes(source) as f:
         for chunk in f:
@@ -60,7 +46,7 @@ def _jsonl_rows(source: str) -> Iterator[Row]:
 
 def _json_rows(source: str) -> Iterator[Row]:
     """A .json file: an array of records, {column: [values]}, or {"data": [records]}; JSON Lines also work."""
-    _check_text(source, "json")
+    check_text(source, "json")
     with reading(source), open_bytes(source) as f:
         blob = f.read()
     try:
@@ -104,60 +90,15 @@ def _json_rows(source: str) -> Iterator[Row]:
                         f"{type(obj).__name__}")
     for i, rec in enumerate(obj, start=1):
         why = record_problem(rec, True) if isinstance(rec, (dict, list)) else None
-        if why or not isinstance(rec, dict):
+        inner, note = double_encoded(rec)
+        if inner is not None:
+            yield Row(None, inner, note=note)
+        elif why or note or not isinstance(rec, dict):
+            why = why or note
             yield Row(None, None, f"item {i}: {why or f'a JSON {type(rec).__name__} where a record was expected'}",
                       short(json.dumps(rec, default=str)))
         else:
             yield Row(None, rec)
-
-
-def _csv_rows(source: str, delimiter: str = ",") -> Iterator[Row]:
-    kind = "tsv" if delimiter == "\t" else "csv"
-    _check_text(source, kind)
-    csv.field_size_limit(sys.maxsize)  # a long cell (a case report) is data, not an error that ends the file
-    with reading(source, lambda: reader.line_num), open_bytes(source) as f:
-        text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        # A TSV has no quoting: a '"' in a question is text (csv's default quoting would swallow rows into one).
-        # strict: a stray '"' (a quoted field closed mid-field, or never closed) is an error, not a silent re-split.
-        reader = csv.reader(text, delimiter=delimiter, strict=True,
-                            **({"quoting": csv.QUOTE_NONE} if kind == "tsv" else {}))
-        prev = 0
-        try:
-            header = next(reader, None)
-            if header is None:
-                return
-            header = [h.strip() for h in header]
-            seen: dict[str, int] = {}
-            for i, h in enumerate(header, 1):
-                if h and h.lower() in seen:
-                    raise DataError(f"{source}: line 1: the column {h!r} appears twice in the header (columns "
-                                    f"{seen[h.lower()]} and {i}; column names are read case-insensitively); rename "
-                                    "or remove one, or its values would be mis-read")
-                seen[h.lower()] = i
-            prev = reader.line_num
-            for fields in reader:
-                start, prev = prev + 1, reader.line_num
-                if not any(x.strip() for x in fields):
-                    continue
-                raw = delimiter.join(fields)
-                if len(fields) != len(header) and prev - start >= 2 and kind == "csv":
-                    raise DataError(f"{source}: line {start}: a quoted field opened there runs to line {prev}, and "
-                                    f"the record has {len(fields)} fields where the header has {len(header)}: an "
-                                    "unbalanced '\"' swallows the lines between; close or double the quote (\"\"), "
-                                    "or, for a tab-separated file, name it .tsv")
-                if any("\udc80" <= ch <= "\udcff" for x in fields for ch in x):
-                    yield Row(start, None, f"line {start}: not valid UTF-8; save the file as UTF-8", short(raw))
-                elif len(fields) != len(header):
-                    yield Row(start, None, f"line {start}: {len(fields)} fields where the header has {len(header)}",
-                              short(raw))
-                else:
-                    yield Row(start, {h: v for h, v in zip(header, fields) if h})
-        except csv.Error as e:
-            quote = " (an unbalanced '\"': double a quote inside a quoted field as \"\", or quote the whole field)" \
-                if "'\"'" in str(e) or "end of data" in str(e) else ""
-            at = f"line {prev + 1}" + (f" (read on to line {reader.line_num})" if reader.line_num > prev + 1 else "")
-            raise DataError(f"{source}: {at}: unreadable {kind.upper()} ({e}){quote}; the rest of the file cannot be "
-                            "read, so none of it is used: fix that line") from None
 
 
 def _datasets_rows(ds) -> Iterator[Row]:
@@ -206,8 +147,8 @@ def rows(source: str, cfg: DataConfig, split: str) -> Iterator[Row]:
     if kind == "hub":
         return _hub_rows(source, cfg, split)
     if kind == "tsv":
-        return _csv_rows(source, "\t")
-    return {"jsonl": _jsonl_rows, "json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows}[kind](source)
+        return csv_rows(source, "\t")
+    return {"jsonl": _jsonl_rows, "json": _json_rows, "csv": csv_rows, "parquet": _parquet_rows}[kind](source)
 
 
 def open_rows(source: str, cfg: DataConfig, split: str) -> tuple[Iterator[Row], list[str]]:
