@@ -9,8 +9,9 @@ Formats (detected from the columns of every row read, or set with data.format an
   pubmedqa  question, context, long_answer, final_decision (yes/no/maybe)
 A qa/mcq file may mix rows: a row with options is multiple choice, one without is free text. A row in another
 format (an alpaca row in a qa file) is dropped as 'other format'. An answer given as a list of alternatives trains
-its first item (counted in the checks' notes); in a multiple-choice row it is dropped as 'several answers'. Column detection lives in columns.py, reading
-values as text and options in normalize.py; this module turns a row into an Example and keeps the accounting.
+its first item (counted in the checks' notes); in a multiple-choice row it is dropped as 'several answers'. Column
+detection lives in columns.py, reading values as text and options in normalize.py; this module turns a row into an
+Example and keeps the accounting.
 """
 from __future__ import annotations
 
