@@ -57,6 +57,106 @@ def test_batched_loglikelihoods_equal_one_sequence_at_a_time(tiny_lm):
     assert "10 options scored by log-likelihood in" in lines[0] and " in 10 sequences" not in lines[0]
 
 
+def full_logit_scores(model, tok, pairs):
+    """The scores as computed before issue 28: logits at every position of the right-padded batch, then the slice."""
+    import torch
+
+    inputs = sorted({tuple((c + k)[:-1]) for c, k in pairs}, key=len, reverse=True)
+    ids = torch.tensor([list(x) + [tok.pad_token_id] * (len(inputs[0]) - len(x)) for x in inputs])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
+    out = []
+    for c, k in pairs:
+        row = inputs.index(tuple((c + k)[:-1]))
+        lp = logp[row, len(c) - 1:len(c) - 1 + len(k)]
+        target = torch.tensor(k)
+        out.append((float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
+    return out
+
+
+def test_logits_are_computed_only_at_the_scored_positions_with_the_same_scores(tiny_lm):
+    model, tok = tiny_lm
+    contexts = ("Q: scurvy?\nAnswer:", "Question: a much longer question about statins, LDL and the heart?\nAnswer:",
+                "Question: which drug reverses an opioid overdose in the emergency department, and how fast?\nAnswer:")
+    pairs = [LL.encode_pair(tok, c, k, False) for c in contexts for k in (" yes", " no", " vitamin C", " naloxone")]
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, out: rows.append(out.shape[:-1].numel()))
+    try:
+        got = LL.loglikelihoods(model, tok, pairs, batch_size=16, print_fn=lambda *a: None)
+    finally:
+        hook.remove()
+    positions = {tuple((c + k)[:-1]): len(k) for c, k in pairs}
+    assert len(rows) == 1 and rows[0] == sum(positions.values()), "one logit row a scored position, not batch x width"
+    want = full_logit_scores(model, tok, pairs)
+    assert [g for _, g in got] == [g for _, g in want]
+    assert [v for v, _ in got] == pytest.approx([v for v, _ in want], abs=1e-5)
+
+
+def test_models_without_a_hookable_output_layer_or_logits_to_keep_score_the_same(tiny_lm, monkeypatch):
+    import torch
+
+    model, tok = tiny_lm
+    pairs = [LL.encode_pair(tok, c, k, False) for c in ("Q: scurvy?\nAnswer:", "Question: which vitamin is it?\nAnswer:")
+             for k in (" yes", " vitamin C")]
+    want = LL.loglikelihoods(model, tok, pairs, batch_size=4, print_fn=lambda *a: None)
+
+    class NoLogitsToKeep(torch.nn.Module):  # a forward that takes no logits_to_keep: every position's logits
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, use_cache=False):
+            return self.inner(input_ids=input_ids, use_cache=use_cache)
+
+        def get_output_embeddings(self):
+            return self.inner.get_output_embeddings()
+
+    def same(m):
+        got = LL.loglikelihoods(m, tok, pairs, batch_size=4, print_fn=lambda *a: None)
+        return [g for _, g in got] == [g for _, g in want] and \
+            [v for v, _ in got] == pytest.approx([v for v, _ in want], abs=1e-5)
+
+    wrapped = NoLogitsToKeep(model)
+    for m in (wrapped, model):
+        assert same(m)
+        monkeypatch.setattr(m, "get_output_embeddings", lambda: None)  # then: no output layer to hook
+        assert same(m)
+
+
+def test_the_loglik_batch_is_sized_by_its_own_memory(tiny_model_dir):
+    from medqlora.config import RunConfig
+    from medqlora.training import memory as MEM
+    from medqlora.training import memory_plan as PLAN
+    from medqlora.training.model import compute_dtype
+
+    # SmolLM2-135M at the issue's 703 positions x 128 rows: full logits held 16.5 GiB; only the scored ones now
+    smollm = MEM.ModelShape(hidden=576, layers=30, intermediate=1536, heads=9, kv_heads=3, vocab=49152, tied=True,
+                            head_dim=64)
+    est = PLAN.estimate_loglik(smollm, batch=128, width=703, positions=128, four_bit=False, dtype_bytes=4)
+    assert est["logits (scored positions only)"] == pytest.approx(128 * 49152 * 4 * 3 / MEM.GIB)
+    assert sum(est.values()) < 3.0
+    pairs = [([i + 1] * 700, [5]) for i in range(200)]  # 200 distinct inputs of 701 tokens, one scored token each
+    shape = MEM.model_shape(tiny_model_dir)
+
+    def cfg(**e):
+        return RunConfig.model_validate({"run_name": "t", "model": {"name_or_path": tiny_model_dir},
+                                         "data": {"source": "x.jsonl"}, "eval": e,
+                                         "memory": {"budget_gb": budget, "max_fraction": 1.0}})
+
+    budget = 1.0
+    dtype_bytes = compute_dtype(cfg().model).itemsize
+
+    def at(batch):
+        return sum(PLAN.estimate_loglik(shape, batch, 700, batch, four_bit=True, dtype_bytes=dtype_bytes).values())
+
+    budget = (at(8) + at(16)) / 2
+    batch, info = LL.batch_for(cfg(), tiny_model_dir, pairs, print_fn=lambda *a: None)
+    assert batch == 8 and info["estimate_gb"] and "auto" in info["why"]
+    budget = 1000.0
+    assert LL.batch_for(cfg(max_batch_size=64), tiny_model_dir, pairs, print_fn=lambda *a: None)[0] == 64
+    assert LL.batch_for(cfg(batch_size=3), tiny_model_dir, pairs, print_fn=lambda *a: None)[0] == 3
+
+
 def test_acc_norm_divides_by_the_options_characters(monkeypatch, tokenizer):
     # yes -3.0 (-1.0 a character), no -2.5 (-1.25), maybe -4.5 (-0.9): acc picks 'no', acc_norm 'maybe'
     monkeypatch.setattr(LL, "loglikelihoods", lambda *a, **k: [(-3.0, False), (-2.5, False), (-4.5, False)])
@@ -151,6 +251,12 @@ def test_the_stage_reports_loglik_beside_generation(mixed_run, scoring):
     assert all(row["base_loglik"]["pick"] in row["base_loglik"]["choices"] and len(row["finetuned_loglik"]["loglik"])
                == len(row["finetuned_loglik"]["choices"]) for row in closed)
     assert closed[0]["options"] == MCQ["options"]
+    # the log-likelihood pass has its own batch and its own peak in memory.jsonl
+    from medqlora.core import memory_log
+
+    assert r["loglik_batching"]["batch_size"] >= 1 and r["loglik_batching"]["estimate_gb"]
+    peaks = [x["peak_gb"] for x in memory_log.read_records(run) if x["event"] == "finetuned log-likelihood: yn"]
+    assert peaks and peaks[-1] > 0
     if scoring == "loglik":  # nothing generated for closed items: the pick is the answer and the score
         assert all(row["base"] is None and row["base score"] == float(row["base_loglik"]["correct"]) for row in closed)
 

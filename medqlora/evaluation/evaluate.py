@@ -14,7 +14,8 @@ from pathlib import Path
 
 from medqlora.core import memory_log
 from medqlora.evaluation.generate import answer_queries, batch_for, generate, sampling, select_items
-from medqlora.evaluation.loglik import loglik_items, loglik_metrics, score_choices
+from medqlora.evaluation.loglik import batch_for as loglik_batch_for
+from medqlora.evaluation.loglik import choice_requests, loglik_items, loglik_metrics, score_choices
 from medqlora.evaluation.scoring import (
     bootstrap,
     closed_warnings,
@@ -116,6 +117,9 @@ def compare(cfg, run, print_fn=print) -> dict:
         return [it for it in items if plan["generate"] or it["kind"] == "freetext"]
 
     batch, batching = batch_for(cfg, ref, [it for _, items, _ in chosen for it in items], tok, print_fn, merge)
+    ll_pairs = [p for _, items, _ in chosen for p in choice_requests(items, tok, plan["prompt"], cfg.data.template)[1]]
+    ll_batch, ll_batching = loglik_batch_for(cfg, ref, ll_pairs, print_fn, merge) if plan["loglik"] and ll_pairs \
+        else (batch, None)
     answers, choices = {"base": {}, "finetuned": {}}, {"base": {}, "finetuned": {}}
     seconds, tokens = {"base": 0.0, "finetuned": 0.0}, {"base": 0, "finetuned": 0}
     ll_seconds = {"base": 0.0, "finetuned": 0.0}
@@ -131,17 +135,21 @@ def compare(cfg, run, print_fn=print) -> dict:
             for name, items, source in chosen:
                 of = f" of {sampled[name]['of']} (a seeded sample: eval.max_samples)" if sampled[name] else ""
                 print_fn(f"== {name}: {len(items)}{of} items ({source})")
-                batch = oom_log[-1]["batch_size"][1] if oom_log else batch  # keep what fitted
+                batch, ll_batch = fitted_batch(oom_log, batch, False), fitted_batch(oom_log, ll_batch, True)
                 t1 = time.time()
                 answers[who][name] = generate(model, tok, generated(items), e.max_new_tokens, e.max_new_tokens_choice,
                                               batch, label, timing=timing[who], **kw) if generated(items) else []
                 seconds[who] += time.time() - t1
                 tokens[who] += sum(a["new_tokens"] for a in answers[who][name])
-                t1 = time.time()
-                choices[who][name] = score_choices(model, tok, items, plan["prompt"], cfg.data.template, batch, label,
-                                                   print_fn=print_fn, oom_retries=cfg.memory.oom_retries,
-                                                   oom_log=oom_log) if plan["loglik"] else [None] * len(items)
+                t1, ll_stats = time.time(), {}
+                choices[who][name] = score_choices(
+                    model, tok, items, plan["prompt"], cfg.data.template, ll_batch, label, print_fn=print_fn,
+                    oom_retries=cfg.memory.oom_retries, oom_log=oom_log, stats=ll_stats) if plan["loglik"] \
+                    else [None] * len(items)
                 ll_seconds[who] += time.time() - t1
+                if ll_stats:  # its own peak: on a CPU the RSS is back down by the record below
+                    memory_log.record(run, "evaluate", f"{who} log-likelihood: {name}", peak_gb=ll_stats["peak_gb"],
+                                      batch_size=ll_stats["batch_size"])
                 memory_log.record(run, "evaluate", f"{who} answers: {name}")
             if e.queries:
                 queries[who] = answer_queries(cfg, model, tok, e.queries, kw)
@@ -162,6 +170,7 @@ def compare(cfg, run, print_fn=print) -> dict:
             "queries": [{"question": q, "base": b, "finetuned": f}
                         for q, b, f in zip(e.queries, queries.get("base", []), queries.get("finetuned", []))],
             "backend": backend, "merged": merge, "merge_reason": merge_why, "batching": batching,
+            "loglik_batching": ll_batching,
             "n_items": held["n_items"], "sampled": held["sampled"], "load_seconds": round(load_s, 1),
             "oom_halvings": oom_log,
             "memory_estimate_gb": batching["estimate_gb"],
@@ -174,6 +183,13 @@ def compare(cfg, run, print_fn=print) -> dict:
             "choice_scoring": plan, "loglik_seconds": {k: round(v, 1) for k, v in ll_seconds.items()},
             "warnings": [w for st in sets.values() for w in st["warnings"]],
             "metrics": held["metrics"], "changes": held["changes"], "answers": held["answers"], "sets": sets}
+
+
+def fitted_batch(oom_log: list[dict], batch: int, loglik: bool) -> int:
+    """The batch that last fitted for this kind of pass: an out-of-memory halving of a log-likelihood pass (its own
+    batch, its own memory) leaves the generation batch alone, and the other way round."""
+    own = [o for o in oom_log if o["label"].endswith("log-likelihood") == loglik]
+    return own[-1]["batch_size"][1] if own else batch
 
 
 def score_set(run, name: str, items: list[dict], answers: dict[str, list[dict]], source: str,

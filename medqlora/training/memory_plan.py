@@ -10,11 +10,25 @@ from medqlora.training.memory import (
     MIN_SEQ_STEP,
     ModelShape,
     Settings,
+    estimate_generation,
     estimate_training,
     model_shape,
     settings_from,
     total,
 )
+
+
+def estimate_loglik(shape: ModelShape, batch: int, width: int, positions: int, four_bit: bool = True,
+                    dtype_bytes: int = 2) -> dict[str, float]:
+    """Peak memory of one log-likelihood forward pass by part, in GiB: the weights; one layer's working set for
+    batch x width tokens (residual stream, normed input, the MLP's three intermediate tensors; no KV cache, the pass
+    runs without one; SDPA does not keep the attention scores); and the logits of the scored positions only, with
+    their float32 copy and log-softmax (3 x 4 bytes a logit)."""
+    weights = estimate_generation(shape, 1, 0, four_bit)["weights"]
+    layer = batch * width * (4 * shape.hidden + 3 * shape.intermediate) * dtype_bytes
+    logits = positions * shape.vocab * 4 * 3
+    return {"weights": weights, "activations (one layer, no KV cache)": layer / GIB,
+            "logits (scored positions only)": logits / GIB}
 
 
 def budget_gb(cfg, hardware: dict | None = None) -> tuple[float, str]:
