@@ -17,7 +17,7 @@ M.preload_unsloth()  # before transformers: Unsloth patches it on import
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 
 from medqlora.config import RunConfig, changed_keys, stage_inputs
-from medqlora.core.rundir import RunDir
+from medqlora.core.rundir import RunDir, portable
 from medqlora.core.system import (
     free_memory,
     memory_line,
@@ -118,10 +118,11 @@ def _resumable_checkpoint(cfg: RunConfig, run: RunDir, print_fn) -> str | None:
     training setting that changes the result); else the checkpoints are removed and training starts over."""
     folder = run / "checkpoints"
     made_from = {**stage_inputs(cfg, "train"), "data_fingerprint": run.result("preprocess")["fingerprint"]}
+    made_from = portable(made_from, run.path)  # paths inside the run folder: the same run wherever it was restored
     stamp = folder / "made_from.json"
     last = _last_checkpoint(folder, print_fn)
     if last and stamp.is_file():
-        old = json.loads(stamp.read_text())
+        old = portable(json.loads(stamp.read_text()), run.path)
         if old == made_from:
             print_fn(f"resuming from {last}")
             return last
