@@ -116,6 +116,13 @@ def test_models_without_a_hookable_output_layer_or_logits_to_keep_score_the_same
         return [g for _, g in got] == [g for _, g in want] and \
             [v for v, _ in got] == pytest.approx([v for v, _ in want], abs=1e-5)
 
+    class Reshapes(NoLogitsToKeep):  # a forward that reshapes the output layer's result to batch x positions
+        def forward(self, input_ids, logits_to_keep=0, use_cache=False):
+            out = self.inner(input_ids=input_ids, logits_to_keep=logits_to_keep, use_cache=use_cache)
+            out.logits = out.logits.reshape(input_ids.shape[0], logits_to_keep or input_ids.shape[1], -1)
+            return out
+
+    assert same(Reshapes(model))
     wrapped = NoLogitsToKeep(model)
     for m in (wrapped, model):
         assert same(m)

@@ -149,14 +149,20 @@ def _scored_logits(model, ids, rows: list[int], cols: list[int]):
     except (AttributeError, NotImplementedError):
         head = None
     handle = head.register_forward_pre_hook(pick) if isinstance(head, torch.nn.Module) else None
+    logits = None
     try:
         logits = _forward(model, ids, keep)
+    except Exception as e:
+        from medqlora.training.train import _is_oom
+
+        if not picked or _is_oom(e):
+            raise
     finally:
         if handle is not None:
             handle.remove()
-    if picked and logits.shape[:2] == (1, len(rows)):
+    if picked and logits is not None and logits.shape[:2] == (1, len(rows)):
         return logits[0]
-    if picked:  # the output layer's result was reshaped after it: the positions again, without the hook
+    if picked:  # the forward reshaped the output layer's result (or failed on it): again, without the hook
         logits = _forward(model, ids, keep)
     if logits.shape[:2] not in ((batch, keep), (batch, width)):
         raise RuntimeError(f"the model returned logits of shape {tuple(logits.shape)} for {batch} x {width} tokens: "
