@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "medqlora"
-# Bottom to top: a module may import only from its own layer or those before it.
-LAYERS = ["config", "core", "data", "training", "export", "evaluation", "run", "testing"]
+# Bottom to top: a module may import only from its own layer or those before it. reinforce runs between the train and
+# export stages but sits above evaluation: its rewards read answers with the evaluate stage's own parser
+# (evaluation.scoring), and export and evaluation only read its outputs from the run folder.
+LAYERS = ["config", "core", "data", "training", "export", "evaluation", "reinforce", "run", "testing"]
 MAX_LINES = 350
 
 

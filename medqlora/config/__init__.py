@@ -22,11 +22,13 @@ from medqlora.config.loading import (
            save_config,
 )
 from medqlora.config.model import ALL_LINEAR, LoraConfig, ModelConfig
+from medqlora.config.rl import RewardWeights, RLConfig
 from medqlora.config.run import RunConfig, changed_keys, stage_inputs
 from medqlora.config.training import MemoryConfig, TrainConfig
 
 __all__ = ["ALL_LINEAR", "CANONICAL_FIELDS", "GGUF_MAKEABLE", "LOCAL_DATA_SUFFIXES", "NEEDS_LLAMA_CPP", "PATH_HELP",
            "ConfigError", "DataConfig", "EvalConfig", "EvalSetConfig", "ExportConfig", "LoraConfig", "MemoryConfig",
-           "ModelConfig", "RunConfig", "TrainConfig", "apply_overrides", "changed_keys", "check_inputs",
+           "ModelConfig", "RLConfig", "RewardWeights", "RunConfig", "TrainConfig", "apply_overrides",
+           "changed_keys", "check_inputs",
            "is_local_path", "load_config", "model_folder", "parse_override", "read_params", "save_config",
            "stage_inputs"]

@@ -31,7 +31,8 @@ def _format_errors(err: ValidationError, origin: str) -> str:
 
 # Keys whose value is a path: taken as written (a '#', ': ' or a number in a file name is part of the name, not YAML),
 # except null / none and a value in quotes.
-PATH_KEYS = {"data.source", "data.eval_source", "model.name_or_path", "model.cache_dir", "export.destination"}
+PATH_KEYS = {"data.source", "data.eval_source", "model.name_or_path", "model.cache_dir", "export.destination",
+             "rl.source"}
 
 
 def parse_override(item: str) -> tuple[list[str], object]:
@@ -110,7 +111,7 @@ PATH_HELP = ("a relative path in a params file is read from that file's folder, 
 def _looks_local(section: str, key: str, v: str, base: Path) -> bool:
     if "://" in v:
         return False
-    if section == "data":
+    if section in ("data", "rl"):
         return is_local_path(v, base)
     if section == "model" and key == "name_or_path":  # a hub id (org/name) unless it is clearly a path
         return v.startswith((".", "/", "~")) or (base / v).exists()
@@ -124,7 +125,7 @@ def _absolute_paths(raw: dict, base: Path) -> dict:
                                                                                              item["source"], base):
             item["source"] = _absolute(base, item["source"])
     for section, key in (("data", "source"), ("data", "eval_source"), ("model", "name_or_path"),
-                         ("model", "cache_dir"), ("export", "destination")):
+                         ("model", "cache_dir"), ("export", "destination"), ("rl", "source")):
         node = raw.get(section)
         v = node.get(key) if isinstance(node, dict) else None
         if isinstance(v, str) and v and _looks_local(section, key, v, base):

@@ -6,6 +6,7 @@ reports/<run_id>/
   results/<stage>.json   each stage's result (the runner builds summary.json from these)
   data/                  prepared train dataset, eval items (preprocess)
   checkpoints/ adapter/  trainer checkpoints and the final adapter (train)
+  rl_checkpoints/ rl_adapter/  GRPO checkpoints and the adapter after it (reinforce, when the params have rl:)
   export/                the deliverable: adapter, metadata, model card, manifest (export)
   plots/                 PNG figures shown in the notebooks
 """
@@ -15,8 +16,17 @@ import json
 import os
 from pathlib import Path
 
-STAGES = ["setup", "preprocess", "train", "export", "evaluate"]
-NOTEBOOKS = {s: f"{i:02d}_{s}.ipynb" for i, s in enumerate(STAGES, start=1)}
+STAGES = ["setup", "preprocess", "train", "reinforce", "export", "evaluate"]
+# reinforce runs between train and export, so its notebook sorts between theirs without renumbering them
+NOTEBOOKS = {"setup": "01_setup.ipynb", "preprocess": "02_preprocess.ipynb", "train": "03_train.ipynb",
+             "reinforce": "03b_reinforce.ipynb", "export": "04_export.ipynb", "evaluate": "05_evaluate.ipynb"}
+OPTIONAL = {"reinforce": "rl"}  # a stage a run has only when its params have this section
+
+
+def run_stages(cfg) -> list[str]:
+    """The stages of a run with this config: every stage, less an optional one whose params section is absent (a run
+    without rl: has the five it always had, and is complete without a reinforce stage)."""
+    return [s for s in STAGES if s not in OPTIONAL or getattr(cfg, OPTIONAL[s], None) is not None]
 PACKAGE = Path(__file__).resolve().parents[1]
 PROJECT = PACKAGE.parent  # the checkout: notebooks/, params/, reports/ (for an installed wheel: site-packages)
 IN_CHECKOUT = (PROJECT / "runner.py").is_file() and (PROJECT / "notebooks").is_dir()
@@ -117,6 +127,23 @@ class RunDir:
     @property
     def adapter_dir(self) -> Path:
         return self.path / "adapter"
+
+    @property
+    def rl_adapter_dir(self) -> Path:
+        """The adapter after the reinforce stage (GRPO), which the export takes when that stage ran."""
+        return self.path / "rl_adapter"
+
+    def stages(self) -> list[str]:
+        """This run's stages, from its config.yaml: an optional stage only where its section is set, or where it ran
+        (a result or an executed notebook)."""
+        import yaml
+
+        try:
+            raw = yaml.safe_load(self.config_path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            raw = {}
+        return [s for s in STAGES if s not in OPTIONAL or (isinstance(raw, dict) and raw.get(OPTIONAL[s]))
+                or self.result_path(s).is_file() or (self.path / NOTEBOOKS[s]).is_file()]
 
     @property
     def export_dir(self) -> Path:

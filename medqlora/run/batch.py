@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from medqlora.config import ConfigError
-from medqlora.core.rundir import IN_CHECKOUT, PROJECT, STAGES, read_json, write_json
+from medqlora.core.rundir import IN_CHECKOUT, PROJECT, STAGES, RunDir, read_json, write_json
 from medqlora.core.system import clock
 from medqlora.run.compare import compare_report
 from medqlora.run.stages import EXIT_OK
@@ -195,7 +195,8 @@ def run_parallel(children: list[tuple[str, list[str]]], gpus: list[str], reports
         for gpu, run_id in sorted(running.items()):
             s = reports / run_id / "summary.json"
             done = len([x for x in (read_json(s).get("stages", []) if s.is_file() else []) if x["status"] == "ok"])
-            parts.append(f"gpu {gpu}: {run_id} stage {min(done + 1, len(STAGES))}/{len(STAGES)}")
+            n = len(RunDir(reports / run_id).stages()) if s.is_file() else len(STAGES)  # reinforce where it has rl:
+            parts.append(f"gpu {gpu}: {run_id} stage {min(done + 1, n)}/{n}")
         line = f"[{len(codes)}/{len(run_ids)} runs done | " + " | ".join(parts) + f" | elapsed {clock(time.time() - t0)}]"
         if line.split("| elapsed")[0] != last[0]:
             print(line, flush=True)

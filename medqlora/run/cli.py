@@ -25,7 +25,8 @@ from medqlora.config import (
     save_config,
     stage_inputs,
 )
-from medqlora.core.rundir import IN_CHECKOUT, NOTEBOOKS, PROJECT, STAGES, RunDir, default_reports, write_json
+from medqlora.core.rundir import (IN_CHECKOUT, NOTEBOOKS, PROJECT, STAGES, RunDir, default_reports, run_stages,
+                                  write_json)
 from medqlora.run.batch import batch_failed, batch_summary, child_argv, gpu_ids, run_parallel
 from medqlora.run.compare import compare_main
 from medqlora.run.stages import (
@@ -102,6 +103,21 @@ def _stages(arg: str | None) -> list[str]:
     return [s for s in STAGES if s in chosen]  # always in pipeline order
 
 
+def for_run(cfg: RunConfig, stages: list[str]) -> list[str]:
+    """The asked stages this run has: reinforce only where its params have an rl: section."""
+    return [s for s in stages if s in run_stages(cfg)]
+
+
+def check_stages_for(jobs: list[tuple[RunConfig, str]], stages: list[str], explicit: bool) -> None:
+    """--stages naming reinforce for params without rl: a note where other stages remain, an error where none does."""
+    for cfg, f in jobs:
+        if explicit and "reinforce" in stages and cfg.rl is None:
+            if not for_run(cfg, stages):
+                raise ConfigError(f"--stages reinforce: {f} has no rl: section, so its run has no reinforce stage; "
+                                  "add an rl: section (README 'Params reference') or choose other stages")
+            print(f"note: {f} has no rl: section: its run skips the reinforce stage", file=sys.stderr)
+
+
 def validated(path: Path, overrides: list[str]) -> RunConfig:
     cfg = load_config(path, overrides)
     problems = check_inputs(cfg)
@@ -113,6 +129,10 @@ def validated(path: Path, overrides: list[str]) -> RunConfig:
         from medqlora.training.memory_plan import preflight as memory_preflight
 
         problems = memory_preflight(cfg)
+    if not problems and cfg.rl is not None:  # the reinforce stage's inputs, and GRPO's memory
+        from medqlora.reinforce.checks import problems as rl_problems
+
+        problems = rl_problems(cfg)
     if problems:
         raise ConfigError(f"invalid inputs in {path}:\n" + "\n".join(f"  - {p}" for p in problems))
     return cfg
@@ -142,6 +162,7 @@ def write_report(run: RunDir) -> None:
 
 def _execute(cfg: RunConfig, run: RunDir, run_id: str, stages: list[str], params_file: str, resume: ResumePlan | None,
              progress: Progress, run_i: int) -> int:
+    stages = for_run(cfg, stages)
     summary = Summary(run, run_id, cfg, params_file)
     if resume is not None:
         if resume.stale and resume.stale[0] == resume.first:
@@ -247,7 +268,7 @@ def main(argv=None) -> int:
             jobs = [(validated(run_path / "config.yaml", args.overrides), str(run_path / "config.yaml"))]
             # where it starts, decided before anything is written: a refusal leaves the run as it was
             cfg, old = jobs[0][0], RunDir(run_path)
-            resume_plan = plan_resume(old, Summary(old, args.resume, cfg, jobs[0][1]), cfg, stages)
+            resume_plan = plan_resume(old, Summary(old, args.resume, cfg, jobs[0][1]), cfg, for_run(cfg, stages))
         elif args.rerun:
             if args.params:
                 raise ConfigError("--rerun takes the earlier run's own config.yaml; give no params files with it")
@@ -262,6 +283,7 @@ def main(argv=None) -> int:
             if args.run_id and len(files) > 1:
                 raise ConfigError("--run-id names one run; give one params file with it")
             jobs = [(validated(Path(f), args.overrides), f) for f in files]  # all validated before any runs
+        check_stages_for(jobs, stages, bool(args.stages))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir, read_json
+from medqlora.core.rundir import NOTEBOOKS, RunDir, read_json
 
 # A change of at least this much (absolute share of answers) in looping or token-limit rates is worth a warning,
 # and so is a fine-tuned rate at or above HIGH_RATE whatever it was before.
@@ -97,7 +97,7 @@ def build(run: RunDir, stages: list[dict] | None = None) -> Headline:
     h.warnings += stored_warnings(run)  # the rest of what the stages wrote (each set's are in place already)
     h.warnings = list(dict.fromkeys(h.warnings))  # evaluate.json's top-level list repeats every set's
     by_name = {s["name"]: s for s in stages or []}
-    for stage in STAGES:
+    for stage in run.stages():  # reinforce only where the run has it
         s = by_name.get(stage)
         status = s["status"] if s else ("ok" if run.result_path(stage).is_file() else "not run")
         h.stages.append((stage, status))

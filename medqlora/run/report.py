@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir, read_json
+from medqlora.core.rundir import NOTEBOOKS, RunDir, read_json
 from medqlora.run.colab import BOOTSTRAP, CHECK
 
 
@@ -16,7 +16,7 @@ def combined_notebook(run: RunDir, title: str):
     nb = nbformat.v4.new_notebook()
     toc = []
     cells = []
-    for stage in STAGES:
+    for stage in run.stages():  # reinforce only where the run has it
         path = run / NOTEBOOKS[stage]
         if not path.is_file():
             toc.append(f"- {stage}: not run")

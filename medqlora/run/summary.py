@@ -6,7 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from medqlora.config import RunConfig
-from medqlora.core.rundir import STAGES, RunDir, portable, read_json, write_json
+from medqlora.core.rundir import OPTIONAL, STAGES, RunDir, portable, read_json, run_stages, write_json
 
 
 class Summary:
@@ -14,6 +14,7 @@ class Summary:
 
     def __init__(self, run: RunDir, run_id: str, cfg: RunConfig, params_file: str):
         self.run, self.path = run, run / "summary.json"
+        self.stages = run_stages(cfg)  # this run's stages: reinforce only where the params have rl:
         old = read_json(self.path) if self.path.is_file() else {}
         self.data = {"run_id": run_id, "status": "running", "params_file": params_file,
                      "model": cfg.model.name_or_path + (f" ({cfg.model.gguf_file})" if cfg.model.gguf_file else ""),
@@ -61,6 +62,12 @@ class Summary:
         from medqlora.core.memory_log import peaks_by_stage
 
         self.data["memory_peaks_gb"] = peaks_by_stage(run)
+        self.data.pop("reinforce", None)
+        if run.result_path("reinforce").is_file():  # the key exists only where the stage ran
+            r = read_json(run.result_path("reinforce"))
+            self.data["reinforce"] = {k: r.get(k) for k in ("backend", "steps", "started_from", "reward_start",
+                                                             "reward_end", "answers", "thought_closed", "seconds",
+                                                             "peak_memory_gb")}
         if run.result_path("export").is_file():
             e = read_json(run.result_path("export"))
             self.data["artifacts"] = {"adapter_dir": e["adapter_dir"], "export_dir": e["export_dir"]}
@@ -68,9 +75,10 @@ class Summary:
             self.data["metrics"] = read_json(run.result_path("evaluate"))["metrics"]
 
     def status(self) -> str:
-        """The run's status as its stages say: failed if a stage failed, ok when all five are ok, else partial
-        (stages left out). Never set by hand: a resume with nothing to do does not make a failed run ok."""
-        states = [self.stage_status(s) for s in STAGES]
+        """The run's status as its stages say: failed if a stage failed, ok when all of this run's stages are ok (the
+        five, and reinforce where the params have rl:), else partial (stages left out). Never set by hand: a resume
+        with nothing to do does not make a failed run ok."""
+        states = [self.stage_status(s) for s in self.stages]
         return "failed" if "failed" in states else "ok" if all(x == "ok" for x in states) else "partial"
 
     def finish(self, error: str | None = None) -> str:
@@ -111,6 +119,11 @@ def readable(s: dict, run: RunDir | None = None) -> str:
         t = s["train"]
         lines += ["", f"training ({t['backend']}): {t['steps']} steps, {t['seconds']} s, peak memory "
                   f"{t['peak_memory_gb']} GiB"]
+    if s.get("reinforce"):
+        r = s["reinforce"]
+        lines += ["", f"reinforcement (GRPO, {r['backend']}, from {r['started_from']}): {r['steps']} steps, mean "
+                  f"reward {_num(r['reward_start'])} -> {_num(r['reward_end'])} (first and last fifth), answers "
+                  f"{r['answers']}"]
     if s.get("metrics"):
         lines += ["", "| metric | base | fine-tuned |", "|---|---|---|"]
         for k in ("rouge1", "rouge2", "rougeL", "accuracy", "parse_rate", "looping", "hit_token_limit", "n_freetext",
@@ -119,7 +132,9 @@ def readable(s: dict, run: RunDir | None = None) -> str:
     if s.get("error"):
         lines += ["", f"error: {s['error']}"]
     ran = [x["name"] for x in s["stages"]]
-    which = ("All five notebooks" if len(ran) == len(STAGES) else
-             f"The {len(ran)} executed notebook{'s' * (len(ran) != 1)} of five ({', '.join(ran) or 'none'})")
+    planned = run.stages() if run is not None else [x for x in STAGES if x not in OPTIONAL or x in ran]
+    n = {5: "five", 6: "six"}.get(len(planned), str(len(planned)))
+    which = (f"All {n} notebooks" if len(ran) == len(planned) else
+             f"The {len(ran)} executed notebook{'s' * (len(ran) != 1)} of {n} ({', '.join(ran) or 'none'})")
     lines += ["", f"{which} in one file: [report.html](report.html); full log: run.log"]
     return "\n".join(lines) + "\n"
