@@ -44,6 +44,14 @@ class TrainConfig(Section):
         None, ge=1, description="Stop when the validation loss has not improved for this many evaluations, and keep "
         "the best checkpoint as the adapter (checkpoints are then written when the validation loss improves). "
         "null: train to the end. Needs data.val_fraction > 0.")
+    select_by: Literal["val_loss", "val_accuracy"] | None = Field(
+        None, description="The validation signal that picks the checkpoint kept as the adapter (checkpoints are then "
+        "written when it improves) and that early stopping watches. val_loss: the lowest validation loss. "
+        "val_accuracy: the highest accuracy on the validation split's closed-form items (multiple choice, yes/no), "
+        "scored by log-likelihood at every evaluation (no generation: seconds); for multiple-choice fine-tuning the "
+        "loss is a poor proxy for it. null: the last step's weights (val_loss with early_stopping_patience). Needs "
+        "data.val_fraction > 0; the evaluate stage's items are never used for it. The accuracy is measured and "
+        "logged beside the validation loss whenever the validation split has closed-form items.")
 
     @model_validator(mode="after")
     def _eval_steps_whole(self) -> "TrainConfig":

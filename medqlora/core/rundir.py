@@ -117,6 +117,11 @@ class RunDir:
         return self.path / "data" / "val"
 
     @property
+    def val_items(self) -> Path:
+        """The closed-form validation rows as items (prompt, options, answer): scored at every evaluation."""
+        return self.path / "data" / "val_items.jsonl"
+
+    @property
     def eval_items(self) -> Path:
         return self.path / "data" / "eval.jsonl"
 

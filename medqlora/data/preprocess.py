@@ -71,7 +71,7 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         tok["prompt"], tok["completion"] = prompt, completion
         return tok
 
-    kept_eval, val_rows = [], []
+    kept_eval, val_rows, val_items = [], [], []
 
     def add_eval(ex: D.Example) -> None:
         tok = tokenized(ex, prompt_only=True)
@@ -103,6 +103,8 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
             if len(val_rows) < dc.val_max_examples and D.in_eval_split(ex, dc.val_fraction, f"val-{dc.seed}"):
                 checks.keep("val", ex.kind)
                 val_rows.append(row)
+                if ex.kind != "freetext":  # scored by log-likelihood at every evaluation (train.select_by)
+                    val_items.append({**ex.to_dict(), "prompt": tok["prompt"]})
                 continue
             checks.keep("train", ex.kind)
             train_lengths.append(tok["n_tokens"])
@@ -141,6 +143,7 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
             tmp.rename(path)
     eval_text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept_eval)
     run.eval_items.write_text(eval_text)
+    run.val_items.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in val_items))
     for name, b in benchmarks.items():
         text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in b.pop("items"))
         run.eval_set_path(name).write_text(text)

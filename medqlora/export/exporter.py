@@ -19,6 +19,7 @@ from medqlora.core.system import versions
 from medqlora.export.formats import FOLDER, check_prompts, extra_formats, failed_checks, formats_table  # noqa: F401
 from medqlora.export.manifest import (MANIFEST, add_evaluation, build_manifest, copy_to, files_table,  # noqa: F401
                                       make_zip, offer_download, run_identity, sha256_file, verify)
+from medqlora.training.select import SIGNALS, kept, value_text
 
 
 class ExportCheckFailed(RuntimeError):
@@ -30,29 +31,40 @@ def _num(v) -> str:
 
 
 def kept_step(train: dict) -> int | None:
-    """The step of the checkpoint these weights come from when it is not the last step (early stopping kept the
-    best one), else None."""
-    es = train.get("early_stopping") or {}
-    kept = es.get("kept_checkpoint")
-    step = int(str(kept).rstrip("/").rsplit("-", 1)[-1]) if kept and str(kept).rsplit("-", 1)[-1].isdigit() else None
-    return step if step is not None and step != train["steps"] else None
+    """The step of the checkpoint these weights come from when it is not the last step (train.select_by, or early
+    stopping, kept the best one), else None."""
+    k = kept(train)
+    return k["step"] if k and k["step"] != train["steps"] else None
 
 
 def weights_line(train: dict) -> str:
-    """Which weights the card describes: the last step's, or the checkpoint early stopping kept."""
-    es, step = train.get("early_stopping") or {}, kept_step(train)
+    """Which weights the card describes, and which validation signal chose them: the last step's, or the checkpoint
+    train.select_by (or early stopping) kept."""
+    es, k, step = train.get("early_stopping") or {}, kept(train), kept_step(train)
+    by = f"train.select_by {k['by']}" + (f": {value_text(k)}" if value_text(k) else "") if k and k["explicit"] else ""
     if step is None:
-        return f"{train['steps']} / {train['epochs']}" + (" (stopped early)" if es.get("stopped_early") else "")
+        also = f" (also {SIGNALS[k['by']][2]}, {by})" if by else ""
+        return f"{train['steps']} / {train['epochs']}" + (" (stopped early)" if es.get("stopped_early") else "") + also
     stop = (f"training stopped early at step {train['steps']} (train.early_stopping_patience {es.get('patience')})"
             if es.get("stopped_early") else f"training ran to step {train['steps']}")
-    return (f"checkpoint of step {step}, the lowest validation loss; {stop}, epochs {train['epochs']}")
+    return (f"checkpoint of step {step}, {SIGNALS[k['by']][2]}; {stop}, epochs {train['epochs']}"
+            + (f" (kept by {by})" if by else ""))
 
 
 def val_line(train: dict) -> str:
-    if kept_step(train) is not None:
-        return (f"validation {_num(train.get('val_first'))} -> {_num(train.get('val_best'))} at the kept step "
-                f"{train.get('val_best_step')} (last measured {_num(train.get('val_last'))})")
-    return f"validation {_num(train.get('val_first'))} -> {_num(train.get('val_last'))}"
+    step, acc = kept_step(train), train.get("val_accuracies") or []
+    if step is not None:
+        at = dict(train.get("val_losses") or []).get(step, train.get("val_best"))
+        line = (f"validation {_num(train.get('val_first'))} -> {_num(at)} at the kept step {step} (last measured "
+                f"{_num(train.get('val_last'))})")
+    else:
+        line = f"validation {_num(train.get('val_first'))} -> {_num(train.get('val_last'))}"
+    if acc:  # closed-form validation items, by log-likelihood
+        at = dict(acc).get(step)
+        line += f"; validation accuracy {_num(acc[0][1])} -> " + (
+            f"{_num(at)} at the kept step {step} (last measured {_num(acc[-1][1])})" if at is not None
+            else _num(acc[-1][1]))
+    return line
 
 
 def model_card(cfg: RunConfig, train: dict, prep: dict) -> str:

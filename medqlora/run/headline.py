@@ -27,6 +27,7 @@ class Headline:
     warnings: list[str] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)  # "<set>: N of M items (...)" where eval.max_samples sampled
     losses: str | None = None
+    kept: str | None = None  # which checkpoint is the adapter and which signal chose it (train.select_by)
     stages: list[tuple[str, str]] = field(default_factory=list)  # (stage, status)
 
 
@@ -92,6 +93,9 @@ def build(run: RunDir, stages: list[dict] | None = None) -> Headline:
             train = {**train, "loss_start": start, "loss_end": end}
         h.losses = loss_line(train)
         h.warnings += train_warnings(train)
+        from medqlora.training.select import kept, kept_line
+
+        h.kept = kept_line(train).removeprefix("adapter: ") if kept(train) else None  # said where a signal chose
     if export:
         h.warnings += export_warnings(export)
     h.warnings += stored_warnings(run)  # the rest of what the stages wrote (each set's are in place already)
@@ -223,8 +227,14 @@ def train_warnings(t: dict) -> list[str]:
             out.append(f"validation loss rose after step {t.get('val_best_step')} (best {best:.4f}, last {last:.4f}): "
                        "later steps overfit; train.early_stopping_patience keeps the best checkpoint")
     if (t.get("early_stopping") or {}).get("stopped_early"):
-        out.append(f"training stopped early at step {t.get('steps')} (validation loss did not improve); the adapter "
-                   f"is the best checkpoint, step {t.get('val_best_step')}")
+        from medqlora.training.select import kept
+
+        k = kept(t) or {"by": "val_loss", "step": t.get("val_best_step")}
+        what = "validation accuracy" if k["by"] == "val_accuracy" else "validation loss"
+        patience = (t.get("early_stopping") or {}).get("patience")
+        out.append(f"training stopped early at step {t.get('steps')} ({what} did not improve"
+                   + (f" for {patience} evaluations" if patience else "") + f"); the adapter is the best checkpoint, "
+                   f"step {k['step']}")
     return out
 
 
@@ -270,6 +280,8 @@ def markdown(h: Headline, links: str = "anchors") -> str:
     lines += [f"- ⚠ {w}" for w in h.warnings]
     if h.losses:
         lines += ["", f"**Loss:** {h.losses}"]
+    if h.kept:
+        lines += ["", f"**Adapter:** {h.kept}"]
     parts = []
     for stage, status in h.stages:
         target = f"#stage-{stage}" if links == "anchors" else NOTEBOOKS[stage]

@@ -60,7 +60,10 @@ class ProgressPrinter(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         if metrics and "eval_loss" in metrics:
             secs = f" ({metrics['eval_runtime']:.1f} s)" if "eval_runtime" in metrics else ""
-            self.print(f"step {state.global_step:>4}/{state.max_steps} | validation loss {metrics['eval_loss']:.4f}{secs}")
+            acc = metrics.get("eval_val_accuracy")
+            acc = f" | validation accuracy {acc:.3f} (closed-form, log-likelihood)" if acc is not None else ""
+            self.print(f"step {state.global_step:>4}/{state.max_steps} | validation loss {metrics['eval_loss']:.4f}"
+                       f"{acc}{secs}")
 
 
 class StopOnNonFiniteLoss(TrainerCallback):

@@ -43,9 +43,10 @@ def loss_ends(losses: list[tuple[int, float]]) -> tuple[float | None, float | No
     return weighted_mean(head), weighted_mean(losses[i:], losses[i - 1][0] if i else 0)
 
 
-def val_entries(log_history: list[dict]) -> list[tuple[int, float]]:
-    """(step, validation loss) of each evaluation, one per step (an epoch end can repeat a step's)."""
-    by_step = {h["step"]: float(h["eval_loss"]) for h in log_history if "eval_loss" in h and "step" in h}
+def val_entries(log_history: list[dict], key: str = "eval_loss") -> list[tuple[int, float]]:
+    """(step, validation loss, or another evaluation metric) of each evaluation, one per step (an epoch end can
+    repeat a step's)."""
+    by_step = {h["step"]: float(h[key]) for h in log_history if key in h and "step" in h}
     return sorted(by_step.items())
 
 
@@ -56,6 +57,7 @@ def summarize_history(log_history: list[dict], total_steps: int) -> dict:
     entries = loss_entries(log_history)
     losses = [(h["step"], float(h["loss"])) for h in entries]
     val = val_entries(log_history)
+    acc = val_entries(log_history, "eval_val_accuracy")  # closed-form validation items (train.select_by)
     epochs: dict[int, list[dict]] = {}
     for h in entries:
         epochs.setdefault(max(1, math.ceil(round(h.get("epoch", 0), 6))), []).append(h)
@@ -63,19 +65,24 @@ def summarize_history(log_history: list[dict], total_steps: int) -> dict:
     for ep, hs in sorted(epochs.items()):
         last = hs[-1]
         in_epoch = [v for s, v in val if prev < s <= last["step"]]
+        acc_in_epoch = [v for s, v in acc if prev < s <= last["step"]]
         table.append({"epoch": round(last.get("epoch", ep), 2), "step": last["step"],
                       "train_loss": weighted_mean([(h["step"], float(h["loss"])) for h in hs], prev),
                       "val_loss": in_epoch[-1] if in_epoch else None,
+                      **({"val_accuracy": acc_in_epoch[-1] if acc_in_epoch else None} if acc else {}),
                       "learning_rate": last.get("learning_rate"), "elapsed_s": last.get("elapsed_s"),
                       "rss_gb": last.get("rss_gb"), "gpu_peak_gb": last.get("gpu_peak_gb")})
         prev = last["step"]
     start, end = loss_ends(losses)
     best = min(val, key=lambda x: x[1]) if val else None
+    best_acc = max(acc, key=lambda x: x[1]) if acc else None  # the first of equals, as the trainer keeps it
     return {"losses": losses, "first_loss": losses[0][1] if losses else None,
             "final_loss": losses[-1][1] if losses else None, "loss_start": start, "loss_end": end,
             "train_loss": weighted_mean(losses), "logged_steps": losses[-1][0] if losses else 0,
             "val_losses": val, "val_first": val[0][1] if val else None, "val_last": val[-1][1] if val else None,
             "val_best": best[1] if best else None, "val_best_step": best[0] if best else None,
+            "val_accuracies": acc, "val_acc_best": best_acc[1] if best_acc else None,
+            "val_acc_best_step": best_acc[0] if best_acc else None,
             "seconds": round(seconds_at(log_history, total_steps), 1), "epochs_table": table}
 
 
@@ -94,6 +101,11 @@ def loss_line(result: dict) -> str:
                  f"(step {val[-1][0]}), best {fmt_loss(result['val_best'])} at step {result['val_best_step']}")
     elif result.get("val_examples") == 0 or "val_losses" in result:
         line += ", no validation loss (data.val_fraction 0 or no validation rows)"
+    acc = result.get("val_accuracies") or []
+    if acc:
+        line += (f"; validation accuracy {acc[0][1]:.3f} (step {acc[0][0]}) -> {acc[-1][1]:.3f} (step {acc[-1][0]}), "
+                 f"best {result['val_acc_best']:.3f} at step {result['val_acc_best_step']} "
+                 f"({result.get('val_accuracy_items', '?')} closed-form items, by log-likelihood)")
     return line
 
 
@@ -147,12 +159,25 @@ def plot_loss(result: dict, path: Path):
         ax.plot(steps, smoothed(losses, window), lw=2, color="C0", label=f"training loss, mean of {window} steps")
     if val:
         ax.plot(*zip(*val), marker="o", lw=1.5, color="C1", label="validation loss (held-out training rows)")
+    acc = result.get("val_accuracies") or []
+    if acc:  # its own axis: a share, not a loss
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*acc), marker="s", lw=1.5, color="C2", label="validation accuracy (closed-form, right axis)")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("validation accuracy")
+        ax2.legend(fontsize=8, loc="lower left")
     for row in result["epochs_table"]:
         ax.axvline(row["step"], color="grey", ls=":", lw=0.8)
+    from medqlora.training.select import kept
+
+    k = kept(result)
+    if k:
+        ax.axvline(k["step"], color="C3", ls="--", lw=1, label=f"kept checkpoint: step {k['step']} ({k['by']})")
     ax.set_xlabel("optimizer step (dotted: epoch ends)")
     ax.set_ylabel("loss (answer tokens)")
     ax.legend(fontsize=8)
-    ax.set_title(loss_line(result).replace("; mean", ";\nmean", 1) if losses else "no loss logged", fontsize=9)
+    title = loss_line(result).replace("; mean", ";\nmean", 1).replace("; validation accuracy", ";\nvalidation accuracy")
+    ax.set_title(title if losses else "no loss logged", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return fig

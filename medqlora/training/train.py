@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medqlora.core import memory_log
-from medqlora.training import attention, memory, memory_plan
+from medqlora.training import attention, memory, memory_plan, select
 from medqlora.training import model as M
 from medqlora.training import packing as P
 
@@ -30,6 +30,7 @@ from medqlora.training.callbacks import (
     ProgressPrinter,
     StopOnNonFiniteLoss,
 )
+from medqlora.training.choice_scoring import is_oom as _is_oom  # generate.py reads it here too
 from medqlora.training.history import summarize_history, throughput
 
 
@@ -145,11 +146,10 @@ def sft_config(cfg: RunConfig, run: RunDir, packing: bool, validate: bool = Fals
     dtype = M.compute_dtype(cfg.model)
     if t.report_to == "tensorboard":  # transformers 5 reads the event-file folder from the environment only
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
-    best = validate and bool(t.early_stopping_patience)  # keep the best checkpoint: saved when val loss improves
+    best = select.best_args(t) if validate else {}  # keep the best checkpoint by train.select_by: saved as it improves
     steps = int(t.eval_steps) if t.eval_steps >= 1 else t.eval_steps  # below 1: a share of the steps
     evaluation = dict(eval_strategy="steps", eval_steps=steps, per_device_eval_batch_size=t.micro_batch_size,
-                      load_best_model_at_end=best, metric_for_best_model="eval_loss" if best else None,
-                      greater_is_better=False if best else None) if validate else dict(eval_strategy="no")
+                      **best) if validate else dict(eval_strategy="no")
     return SFTArgs(
         output_dir=str(run / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation,
@@ -178,12 +178,6 @@ def validation_data(run: RunDir, max_seq_length: int):
     return val.select_columns(["input_ids", "labels"]) if len(val) else None
 
 
-def _is_oom(e: BaseException) -> bool:
-    import torch
-
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
 def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks=(), plan=None) -> dict:
     """Train; resume from the newest checkpoint in the run folder if a previous attempt left one.
 
@@ -194,7 +188,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
     trainer restores from the checkpoint: a resumed run reports the same totals as one that ran through."""
     import datasets
     import torch
-    from trl import SFTTrainer
+    from medqlora.training.sft_trainer import ValScoringTrainer
 
     user_cfg = cfg
     cfg = plan.cfg if plan is not None else cfg
@@ -217,6 +211,7 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
     if val is None and cfg.train.early_stopping_patience:
         raise ValueError("train.early_stopping_patience is set but the prepared data has no validation rows "
                          f"({run.val_data} is missing): rerun the preprocess stage with data.val_fraction above 0")
+    scorer = select.val_scorer(cfg, run, loaded.tokenizer, val is not None)  # closed-form validation items, if any
     guarded = M.keep_training_layout(loaded.model)  # validation passes mid-training must not repack the weights
     initial_lora = {k: v.detach().clone() for k, v in loaded.model.named_parameters() if v.requires_grad}
     memory_log.record(run, "train", "before training")
@@ -236,10 +231,10 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
             from transformers import EarlyStoppingCallback
 
             extra.append(EarlyStoppingCallback(cfg.train.early_stopping_patience))
-        trainer = SFTTrainer(model=loaded.model, args=args, train_dataset=ds, eval_dataset=val,
-                             processing_class=loaded.tokenizer,
-                             callbacks=[progress, StopOnNonFiniteLoss(cfg.train.learning_rate), MemoryRecorder(run),
-                                        *extra, *callbacks])
+        trainer = ValScoringTrainer(model=loaded.model, args=args, train_dataset=ds, eval_dataset=val,
+                                    processing_class=loaded.tokenizer, val_scorer=scorer,
+                                    callbacks=[progress, StopOnNonFiniteLoss(cfg.train.learning_rate),
+                                               MemoryRecorder(run), *extra, *callbacks])
         trainer.remove_callback(PrinterCallback)  # its raw log dicts repeat what ProgressPrinter shows
         if packing and packing_check is None:
             # the unpacked rows, to compare prompt masks with (packing reorders them by length)
@@ -301,6 +296,8 @@ def train(cfg: RunConfig, run: RunDir, loaded: Loaded, print_fn=print, callbacks
     result = {"backend": loaded.backend, "base_model": loaded.ref, "steps": state.global_step,
               "epochs": round(state.epoch or 0, 3), "examples": len(ds), **history,
               "val_examples": len(val) if val is not None else 0,
+              "val_accuracy_items": len(scorer.items) if scorer else 0,  # closed-form ones, scored by log-likelihood
+              "selection": select.selection(cfg.train, state, len(scorer.items) if scorer else 0),
               "early_stopping": ({"patience": cfg.train.early_stopping_patience, "stopped_early":
                                   state.global_step < state.max_steps, "kept_checkpoint": state.best_model_checkpoint}
                                  if val is not None and cfg.train.early_stopping_patience else None),
