@@ -41,6 +41,19 @@ class EvalConfig(Section):
         "auto", description="Fine-tuned answers from weights with the adapter merged in (the 4-bit base dequantized "
         "once; faster) instead of the adapter on top. auto: merge when the dequantized weights take at most a "
         "quarter of the memory budget.")
+    decoding: Literal["auto", "eager", "static", "continuous"] = Field(
+        "auto", description="How answers are decoded. eager: transformers' generate with a growing KV cache, batch "
+        "by batch. static: a static KV cache sized once for the pass and the decoding step compiled (torch.compile "
+        "with CUDA graphs: one compiled shape, Python and kernel launches out of the loop). continuous: "
+        "transformers' continuous batching (generate_batch, CUDA graphs): a finished answer leaves the batch and the "
+        "next prompt takes its place. auto: static on a CUDA GPU, eager on a CPU. Greedy answers are the same "
+        "tokens in float32; in 16 bits a near-tie between two tokens can fall the other way.")
+    base_answers_cache: str | None = Field(
+        "auto", description="Where the base model's answers are kept and reused: the runs of a batch on one base "
+        "model, eval items and generation settings, and a resumed run, generate them once. auto: base-answers/ "
+        "beside the run folders (the reports folder) and the run folder's own eval/base-answers/; a folder: that "
+        "one instead of the reports folder's (e.g. on Drive, shared by several batches); null: computed every time. "
+        "Sampled answers (temperature > 0) are never reused.")
     choice_scoring: Literal["generate", "loglik", "both"] = Field(
         "both", description="How multiple-choice and yes/no items are scored. generate: the model answers and the "
         "letter / yes-no is read from its text (accuracy, parse_rate). loglik: each option's log-likelihood after the "

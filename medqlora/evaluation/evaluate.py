@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from medqlora.core import memory_log
+from medqlora.evaluation.answer_cache import BaseAnswers
 from medqlora.evaluation.generate import answer_queries, batch_for, generate, sampling, select_items
 from medqlora.evaluation.loglik import batch_for as loglik_batch_for
 from medqlora.evaluation.loglik import choice_requests, loglik_items, loglik_metrics, score_choices
@@ -120,6 +121,9 @@ def compare(cfg, run, print_fn=print) -> dict:
     ll_pairs = [p for _, items, _ in chosen for p in choice_requests(items, tok, plan["prompt"], cfg.data.template)[1]]
     ll_batch, ll_batching = loglik_batch_for(cfg, ref, ll_pairs, print_fn, merge) if plan["loglik"] and ll_pairs \
         else (batch, None)
+    # the base model's answers: computed once per base model, items and settings, reused by later runs (issue 31)
+    cache = BaseAnswers.for_run(cfg, run, ref=ref, tok=tok, model=model, backend=backend, merged=merge, engine="eager",
+                                batch=batch, loglik_batch=ll_batch, plan=plan)
     answers, choices = {"base": {}, "finetuned": {}}, {"base": {}, "finetuned": {}}
     seconds, tokens = {"base": 0.0, "finetuned": 0.0}, {"base": 0, "finetuned": 0}
     ll_seconds = {"base": 0.0, "finetuned": 0.0}
@@ -136,7 +140,11 @@ def compare(cfg, run, print_fn=print) -> dict:
                 of = f" of {sampled[name]['of']} (a seeded sample: eval.max_samples)" if sampled[name] else ""
                 print_fn(f"== {name}: {len(items)}{of} items ({source})")
                 batch, ll_batch = fitted_batch(oom_log, batch, False), fitted_batch(oom_log, ll_batch, True)
-                t1 = time.time()
+                stored = cache.load(name, items, len(generated(items))) if who == "base" else None
+                if stored:
+                    answers[who][name], choices[who][name] = stored["answers"], stored["choices"]
+                    continue
+                t1, set_seconds = time.time(), seconds[who]
                 answers[who][name] = generate(model, tok, generated(items), e.max_new_tokens, e.max_new_tokens_choice,
                                               batch, label, timing=timing[who], **kw) if generated(items) else []
                 seconds[who] += time.time() - t1
@@ -147,12 +155,17 @@ def compare(cfg, run, print_fn=print) -> dict:
                     oom_retries=cfg.memory.oom_retries, oom_log=oom_log, stats=ll_stats) if plan["loglik"] \
                     else [None] * len(items)
                 ll_seconds[who] += time.time() - t1
+                if who == "base":
+                    cache.save(name, items, answers[who][name], choices[who][name], seconds[who] - set_seconds,
+                               sum(a["new_tokens"] for a in answers[who][name]), made_by=run.path.name)
                 if ll_stats:  # its own peak: on a CPU the RSS is back down by the record below
                     memory_log.record(run, "evaluate", f"{who} log-likelihood: {name}", peak_gb=ll_stats["peak_gb"],
                                       batch_size=ll_stats["batch_size"])
                 memory_log.record(run, "evaluate", f"{who} answers: {name}")
             if e.queries:
                 queries[who] = answer_queries(cfg, model, tok, e.queries, kw)
+        if who == "base":
+            print_fn(cache.summary()["note"])
         if timing[who].get("steady_seconds"):
             t = timing[who]
             # said, not judged: later batches may be short closed-form answers, slower per token than free text
@@ -170,7 +183,7 @@ def compare(cfg, run, print_fn=print) -> dict:
             "queries": [{"question": q, "base": b, "finetuned": f}
                         for q, b, f in zip(e.queries, queries.get("base", []), queries.get("finetuned", []))],
             "backend": backend, "merged": merge, "merge_reason": merge_why, "batching": batching,
-            "loglik_batching": ll_batching,
+            "loglik_batching": ll_batching, "base_answers": cache.summary(),
             "n_items": held["n_items"], "sampled": held["sampled"], "load_seconds": round(load_s, 1),
             "oom_halvings": oom_log,
             "memory_estimate_gb": batching["estimate_gb"],
