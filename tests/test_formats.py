@@ -109,7 +109,9 @@ def test_gguf_without_the_llama_qk_permutation_would_be_caught(trained_run, tmp_
     monkeypatch.setattr(G, "_permute", lambda w, n_head, n_kv: w)
     out = G.write_gguf(tmp_path / "merged", tmp_path / "bad.gguf", "f16")
     check = G.check_gguf(out["file"], tmp_path / "merged", E.check_prompts(run), "f16")
-    assert not check["passed"] and check["logits_rel_rmse"] > 1e-2
+    # a correct f16 reads back within 1e-3 (test above); without the permutation 0.0092 on this tiny model (its
+    # seeded adapter), which the old f16 tolerance of 1e-2 let through
+    assert not check["passed"] and check["logits_rel_rmse"] > max(5e-3, G.TOLERANCE["f16"])
 
 
 def test_a_k_quant_is_said_early_and_the_other_formats_still_exported(trained_run, tmp_path, monkeypatch):
