@@ -25,7 +25,9 @@ MAKEABLE = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0"
 assert tuple(MAKEABLE) == GGUF_MAKEABLE
 ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2"}
 # Relative RMS error of the logits, GGUF read back against the merged model, that each quantization allows.
-TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "bf16": 2e-2, "q8_0": 5e-2, "q5_0": 0.15, "q5_1": 0.15, "q4_0": 0.3,
+# f16 rounds each weight to 2^-11 (a correct export reads back within 1e-3 on the tiny model); 1e-2 let a GGUF
+# without llama.cpp's Q/K row permutation through (0.0092, 92% top-1 agreement), so f16 allows 3e-3.
+TOLERANCE = {"f32": 1e-4, "f16": 3e-3, "bf16": 2e-2, "q8_0": 5e-2, "q5_0": 0.15, "q5_1": 0.15, "q4_0": 0.3,
              "q4_1": 0.3,
              # K-quants, by their bits per weight as the legacy ones above (llama.cpp's quantizer, [gguf] extra)
              "q6_k": 0.1, "q5_k_s": 0.15, "q5_k_m": 0.15, "q4_k_s": 0.3, "q4_k_m": 0.3, "q3_k_s": 0.45,
