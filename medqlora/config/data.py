@@ -51,6 +51,11 @@ class DataConfig(Section):
         0.5, ge=0.0, le=1.0, description="Stop preprocessing when more than this share of the rows read is dropped "
         "(for any reason): a run on what is left would not be the run you meant.")
     min_train_examples: int = Field(10, ge=1, description="Stop when fewer training examples than this remain.")
+    decontaminate: Literal["warn", "drop"] = Field(
+        "warn", description="Training rows that share 13 words in a row with an item of any eval set (the held-out "
+        "split and eval.sets; lm-evaluation-harness's and GPT-3's measure, case and punctuation ignored) are counted "
+        "per set in the preprocess notebook and the headline. warn: train on them and say so; drop: drop them "
+        "(drop reason 'contaminated'). A training question equal to an eval question is dropped as a leak either way.")
 
     @field_validator("columns")
     @classmethod

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from medqlora.config import RunConfig
 from medqlora.core.rundir import RunDir
+from medqlora.data import decontaminate as DC
 from medqlora.data import formats as D
-from medqlora.data.formats import Example
+from medqlora.data.benchmarks import read_benchmark, reference_text  # noqa: F401  (reference_text: re-exported)
 from medqlora.data.prompts import build_completion, build_prompt, tokenize_example
 
 
@@ -29,6 +30,7 @@ class Prepared:
     seconds: float
     notes: list[str] = field(default_factory=list)
     benchmarks: dict = field(default_factory=dict)  # eval set name -> {source, read, kept, dropped, path}
+    decontamination: dict = field(default_factory=dict)  # decontaminate.Report.result()
 
 
 def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
@@ -45,9 +47,11 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         erows, ecols = D.open_rows(dc.eval_source, dc, dc.eval_split)
         efmt, emap = D.resolve_format(ecols, dc)
         eval_examples = list(D.iter_examples(erows, efmt, emap, checks, seen, dc.on_bad_rows, dc.eval_source))
-    eval_questions = {D.question_key(e) for e in eval_examples}
     benchmarks = {es.name: read_benchmark(es, cfg, tokenizer) for es in cfg.eval.sets}
-    in_benchmark = {k: name for name, b in benchmarks.items() for k in b["keys"]}
+    # every eval item, to check the training rows against as they stream by (the hash split's: read ahead)
+    held = eval_examples if dc.eval_source else DC.held_out_examples(dc)
+    report = DC.Report(DC.Index({"held-out": held, **{name: [D.Example.from_dict(i) for i in b["items"]]
+                                                      for name, b in benchmarks.items()}}), dc.decontaminate)
 
     max_len = cfg.model.max_seq_length
     train_lengths, eval_lengths, all_lengths, first = [], [], [], {}
@@ -84,15 +88,14 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         add_eval(ex)
 
     def train_rows():
-        for ex in D.iter_examples(rows, fmt, mapping, checks, seen, dc.on_bad_rows, dc.source):
+        for ex, overlaps in report.index.annotate(D.iter_examples(rows, fmt, mapping, checks, seen, dc.on_bad_rows,
+                                                                  dc.source)):
             if not dc.eval_source and D.in_eval_split(ex, dc.eval_fraction, dc.seed):
                 add_eval(ex)
                 continue
-            if D.question_key(ex) in eval_questions:
-                checks.drop("leak: question is also in the eval set", ex.question)
-                continue
-            if D.question_key(ex) in in_benchmark:
-                checks.drop(f"leak: question is also in eval set {in_benchmark[D.question_key(ex)]}", ex.question)
+            why = report.verdict(ex, overlaps)  # a leak, or contaminated under data.decontaminate: drop
+            if why:
+                checks.drop(why, ex.question)
                 continue
             tok = tokenized(ex)
             if tok is None:
@@ -148,7 +151,6 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in b.pop("items"))
         run.eval_set_path(name).write_text(text)
         eval_text += text
-        b.pop("keys")
     h = hashlib.sha256()
     for f in sorted(out.glob("*.arrow")) + sorted(run.val_data.glob("*.arrow")):
         h.update(f.read_bytes())
@@ -160,31 +162,8 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
         notes.append(f"validation split: {len(val_rows)} training rows held out for the validation loss "
                      f"(data.val_fraction {dc.val_fraction:g}, at most data.val_max_examples {dc.val_max_examples})")
     return Prepared(fmt, mapping, checks, train_lengths, eval_lengths, kept_eval, first, h.hexdigest(),
-                    time.time() - t0, notes, benchmarks)
-
-
-def read_benchmark(es, cfg: RunConfig, tokenizer) -> dict:
-    """A benchmark eval set: read, normalized and checked like the training data (its own counts), prompts built
-    with the run's template; items whose prompt is longer than max_seq_length are dropped and counted."""
-    from medqlora.data.check import set_config
-
-    dc = set_config(cfg.data, es)
-    rows, columns = D.open_rows(dc.source, dc, dc.split)
-    fmt, mapping = D.resolve_format(columns, dc)
-    checks, items = D.Checks(), []
-    for ex in D.iter_examples(rows, fmt, mapping, checks, set(), dc.on_bad_rows, dc.source):
-        prompt = build_prompt(ex, tokenizer, cfg.data.template, cfg.data.system_prompt)
-        n = tokenize_example(prompt, "", tokenizer, cfg.data.template)["n_prompt_tokens"]
-        if n > cfg.model.max_seq_length:
-            checks.drop(f"over-long: {n} prompt tokens > model.max_seq_length {cfg.model.max_seq_length}", ex.question)
-            continue
-        checks.keep(es.name, ex.kind)
-        items.append({**ex.to_dict(), "prompt": prompt, "reference": reference_text(ex)})
-    if not items:
-        raise D.DataError(f"eval set {es.name} ({es.source}): no usable items ({checks.read} read, dropped "
-                          f"{checks.dropped})")
-    return {"source": es.source, "format": fmt, "read": checks.read, "kept": len(items), "dropped": checks.dropped,
-            "items": items, "keys": {D.question_key(Example.from_dict(i)) for i in items}}
+                    time.time() - t0, notes, benchmarks,
+                    report.result({"held-out": {e["id"] for e in kept_eval}}))
 
 
 def refuse_meaningless(checks: D.Checks, dc, max_len: int, lengths: list[int], kept_eval: list) -> None:
@@ -206,10 +185,13 @@ def refuse_meaningless(checks: D.Checks, dc, max_len: int, lengths: list[int], k
         fixes.append(f"{checks.dropped['duplicate']} rows repeat an earlier question and answer")
     if checks.dropped.get("leak"):
         fixes.append(f"{checks.dropped['leak']} training questions are also in the eval set")
+    if checks.dropped.get("contaminated"):
+        fixes.append(f"{checks.dropped['contaminated']} training rows share 13 words in a row with an eval item "
+                     "(data.decontaminate: drop; warn keeps them)")
     if checks.dropped.get("no trained tokens"):
         fixes.append("every dropped 'no trained tokens' example had its whole answer masked: the prompt template "
                      "does not leave the answer after the prompt")
-    if set(checks.dropped) - {"over-long", "duplicate", "leak", "no trained tokens"}:
+    if set(checks.dropped) - {"over-long", "duplicate", "leak", "contaminated", "no trained tokens"}:
         fixes.append("see the data checks table (or run with data.on_bad_rows: fail) for the rows and lines")
     problems = []
     if checks.read and dropped / checks.read > dc.max_drop_fraction:
@@ -224,13 +206,6 @@ def refuse_meaningless(checks: D.Checks, dc, max_len: int, lengths: list[int], k
         raise D.DataError("; ".join(problems) + (f". Dropped: {reasons}" if reasons else "") + ". "
                           + "; ".join(fixes + ["if this is what you meant (a smoke test), raise data.max_drop_fraction "
                                                "or lower data.min_train_examples"]))
-
-
-def reference_text(ex: D.Example) -> str:
-    """The text ROUGE compares against: the answer for free text, the long answer or explanation otherwise."""
-    if ex.kind == "freetext":
-        return ex.answer
-    return ex.explanation or ex.answer
 
 
 # ---------------------------------------------------------------- what the notebook shows
@@ -313,6 +288,7 @@ def save_result(p: Prepared, cfg: RunConfig, run: RunDir) -> dict:
               "val_data": str(run.val_data) if p.checks.kept.get("val") else None,
               "fingerprint": p.fingerprint, "train_data": str(run.train_data), "eval_items": str(run.eval_items),
               "seconds": round(p.seconds, 2), "notes": p.notes,
-              "eval_sets": {name: {**b, "path": str(run.eval_set_path(name))} for name, b in p.benchmarks.items()}}
+              "eval_sets": {name: {**b, "path": str(run.eval_set_path(name))} for name, b in p.benchmarks.items()},
+              "decontamination": p.decontamination}  # its warnings reach the headline
     run.save_result("preprocess", result)
     return result

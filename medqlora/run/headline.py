@@ -27,6 +27,7 @@ class Headline:
     warnings: list[str] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)  # "<set>: N of M items (...)" where eval.max_samples sampled
     losses: str | None = None
+    decontamination: list[str] = field(default_factory=list)  # per eval set: items that overlap training rows
     kept: str | None = None  # which checkpoint is the adapter and which signal chose it (train.select_by)
     stages: list[tuple[str, str]] = field(default_factory=list)  # (stage, status)
 
@@ -77,6 +78,7 @@ def build(run: RunDir, stages: list[dict] | None = None) -> Headline:
     """The headline of a run folder; `stages`: summary.json's stage records (status of each), when known."""
     h = Headline()
     ev, train, export = _load(run, "evaluate"), _load(run, "train"), _load(run, "export")
+    h.decontamination = ((_load(run, "preprocess") or {}).get("decontamination") or {}).get("lines") or []
     if ev:
         sets = ev.get("sets") or {"held-out": {"metrics": ev.get("metrics", {}), "changes": ev.get("changes", {}),
                                                "answers": ev.get("answers")}}
@@ -280,6 +282,9 @@ def markdown(h: Headline, links: str = "anchors") -> str:
     lines += [f"- ⚠ {w}" for w in h.warnings]
     if h.losses:
         lines += ["", f"**Loss:** {h.losses}"]
+    if h.decontamination:
+        lines += ["", "**Decontamination** (13 words in a row shared with training rows): "
+                  + "; ".join(h.decontamination)]
     if h.kept:
         lines += ["", f"**Adapter:** {h.kept}"]
     parts = []
