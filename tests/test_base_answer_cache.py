@@ -73,10 +73,14 @@ def test_any_change_of_model_items_or_settings_is_another_key(key_setup, tmp_pat
         assert cache_for(cfg, run, ref, **over).key(ITEMS) != base, over
     for section, key, value in (("eval", "max_new_tokens", 9), ("eval", "max_new_tokens_choice", 5),
                                 ("eval", "repetition_penalty", 1.2), ("data", "template", "plain"),
-                                ("model", "load_in_4bit", False), ("model", "dtype", "bfloat16")):
+                                ("model", "load_in_4bit", False), ("model", "dtype", "bfloat16"),
+                                ("data", "system_prompt", "Be brief."), ("eval", "choice_scoring", "generate")):
         c = cfg.model_copy(deep=True)
         setattr(getattr(c, section), key, value)
         assert cache_for(c, run, ref).key(ITEMS) != base, f"{section}.{key}"
+    c = cfg.model_copy(deep=True)
+    c.eval.show_examples, c.eval.max_samples = 3, 2  # what is shown; which items (the items are keyed themselves)
+    assert cache_for(c, run, ref).key(ITEMS) == base, "settings that change no answer keep the key"
 
 
 def test_sampled_answers_and_a_cache_switched_off_are_never_reused(key_setup):
@@ -206,3 +210,18 @@ def test_a_resumed_run_reuses_its_own_base_answers_and_a_change_computes_them_ag
     r = EV.compare(c, run1, print_fn=lambda *a: None)
     assert ("generate", "base") in calls and r["base_answers"]["reused"] == []
     assert "eval.base_answers_cache: null" in r["base_answers"]["note"]
+
+
+def test_the_stage_decodes_with_eval_decoding_and_the_answers_stay_the_same(batch_of_runs):
+    from medqlora.evaluation import evaluate as EV
+
+    cfg, (run1, run2), calls = batch_of_runs
+    r = EV.compare(cfg, run1, print_fn=lambda *a: None)
+    assert r["decoding"] == {"engine": "eager", "why": "auto: no CUDA GPU (compiled decoding and CUDA graphs pay only "
+                             "on a GPU)", "loaded_with": "hf"}
+    c = cfg.model_copy(deep=True)
+    c.eval.decoding = "static"
+    calls.clear()
+    s = EV.compare(c, run2, print_fn=lambda *a: None)
+    assert s["decoding"]["engine"] == "static" and ("generate", "base") in calls, "another engine: another key"
+    assert base_rows(run2) == base_rows(run1) and s["metrics"] == r["metrics"]

@@ -8,8 +8,9 @@ a file keyed by a fingerprint of everything they depend on:
               sizes and contents, large files by three 1 MiB samples), how they are loaded (4-bit or dequantized,
               compute dtype, backend) and the tokenizer's pad and eos tokens
   items       every item of the set as the preprocess stage wrote it (prompt, options, reference)
-  settings    answer lengths, greedy or sampled, the prompt template, how closed-form items are scored, the batches,
-              the decoding engine, the device and the library versions
+  settings    every eval setting that can change an answer (answer lengths, repetition penalty, how closed-form items
+              are scored...; one added later counts unless listed in IRRELEVANT), the prompt template and system
+              prompt, the batches, the decoding engine, the device and the library versions
 
 Any change of one of them is another key, so a stale answer is never reused. Sampled answers (eval.temperature > 0)
 are never reused: they depend on the random state the passes before them left.
@@ -28,6 +29,9 @@ from pathlib import Path
 VERSION = 1
 WHOLE = 4 << 20  # files up to this size are hashed whole
 SAMPLE = 1 << 20  # larger ones by their size and three samples of this size (start, middle, end)
+# eval settings that change no base answer: what is shown, where the cache is, the decoding engine (keyed apart), and
+# which items are scored (the items themselves are keyed)
+IRRELEVANT = {"show_examples", "queries", "base_answers_cache", "decoding", "max_samples", "sets"}
 
 
 def digest(obj) -> str:
@@ -129,8 +133,9 @@ class BaseAnswers:
             "version": VERSION,
             "model": {"weights": weights, "load_in_4bit": m.load_in_4bit and not merged, "dtype": str(compute_dtype(m)),
                       "backend": backend, "dequantized": merged, "pad": tok.pad_token_id, "eos": tok.eos_token_id},
-            "settings": {"max_new_tokens": e.max_new_tokens, "max_new_tokens_choice": e.max_new_tokens_choice,
-                         "repetition_penalty": e.repetition_penalty, "template": cfg.data.template,
+            # every eval setting but those that cannot change an answer (a setting added later counts by default)
+            "settings": {"eval": e.model_dump(mode="json", exclude=IRRELEVANT), "template": cfg.data.template,
+                         "system_prompt": cfg.data.system_prompt,
                          "choice_plan": {k: plan[k] for k in ("generate", "loglik", "prompt")}, "batch": batch,
                          "loglik_batch": loglik_batch, "engine": engine, "device": device_name(model),
                          "versions": versions()}}

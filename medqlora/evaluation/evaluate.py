@@ -14,6 +14,8 @@ from pathlib import Path
 
 from medqlora.core import memory_log
 from medqlora.evaluation.answer_cache import BaseAnswers
+from medqlora.evaluation.fast_generate import choose as choose_decoding
+from medqlora.evaluation.fast_generate import load_backend
 from medqlora.evaluation.generate import answer_queries, batch_for, generate, sampling, select_items
 from medqlora.evaluation.loglik import batch_for as loglik_batch_for
 from medqlora.evaluation.loglik import choice_requests, loglik_items, loglik_metrics, score_choices
@@ -86,16 +88,19 @@ def compare(cfg, run, print_fn=print) -> dict:
     backend = M.resolve_backend(cfg.model)
     ref, _ = M.resolve_model(cfg.model)
     merge, merge_why = use_merge(cfg, ref)
+    engine, engine_why = choose_decoding(cfg, M.cuda_available())  # eval.decoding (issue 31)
+    load_as = load_backend(engine, backend, merge)
     t0 = time.time()
     if merge:  # the 4-bit base dequantized: the base answers come from the same weights the merge starts from
         model, tok = MG.dequantized_with_adapter(ref, adapter, cfg)
         if M.cuda_available():
             model = model.to("cuda")
     else:
-        model, tok = M.load_with_adapter(ref, adapter, cfg.model, backend)
+        model, tok = M.load_with_adapter(ref, adapter, cfg.model, load_as)
     load_s = time.time() - t0
     print_fn(f"loaded in {load_s:.1f} s; fine-tuned answers from {'merged weights' if merge else 'the adapter'} "
-             f"({merge_why})")
+             f"({merge_why}); decoding: {engine} ({engine_why})"
+             + ("; loaded with transformers + PEFT for it" if load_as != backend else ""))
     memory_log.record(run, "evaluate", "model loaded")
     e = cfg.eval
     oom_log: list[dict] = []
@@ -118,11 +123,12 @@ def compare(cfg, run, print_fn=print) -> dict:
         return [it for it in items if plan["generate"] or it["kind"] == "freetext"]
 
     batch, batching = batch_for(cfg, ref, [it for _, items, _ in chosen for it in items], tok, print_fn, merge)
+    kw.update(engine=engine, max_cache_len=batching["cache_len"])  # static engine: one cache size for the pass
     ll_pairs = [p for _, items, _ in chosen for p in choice_requests(items, tok, plan["prompt"], cfg.data.template)[1]]
     ll_batch, ll_batching = loglik_batch_for(cfg, ref, ll_pairs, print_fn, merge) if plan["loglik"] and ll_pairs \
         else (batch, None)
     # the base model's answers: computed once per base model, items and settings, reused by later runs (issue 31)
-    cache = BaseAnswers.for_run(cfg, run, ref=ref, tok=tok, model=model, backend=backend, merged=merge, engine="eager",
+    cache = BaseAnswers.for_run(cfg, run, ref=ref, tok=tok, model=model, backend=load_as, merged=merge, engine=engine,
                                 batch=batch, loglik_batch=ll_batch, plan=plan)
     answers, choices = {"base": {}, "finetuned": {}}, {"base": {}, "finetuned": {}}
     seconds, tokens = {"base": 0.0, "finetuned": 0.0}, {"base": 0, "finetuned": 0}
@@ -184,6 +190,7 @@ def compare(cfg, run, print_fn=print) -> dict:
                         for q, b, f in zip(e.queries, queries.get("base", []), queries.get("finetuned", []))],
             "backend": backend, "merged": merge, "merge_reason": merge_why, "batching": batching,
             "loglik_batching": ll_batching, "base_answers": cache.summary(),
+            "decoding": {"engine": engine, "why": engine_why, "loaded_with": load_as},
             "n_items": held["n_items"], "sampled": held["sampled"], "load_seconds": round(load_s, 1),
             "oom_halvings": oom_log,
             "memory_estimate_gb": batching["estimate_gb"],

@@ -1,12 +1,14 @@
 """Generation: the items to answer, sampling settings, batched greedy (or sampled) answers, and the batch that fits."""
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
 from pathlib import Path
 
 from medqlora.data.prompts import adds_special_tokens
+from medqlora.evaluation import fast_generate as FG
 from medqlora.evaluation.scoring import (
     prompt_opens_think,
     split_reasoning,
@@ -63,12 +65,15 @@ def sampling(cfg) -> dict:
 
 def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_tokens_choice: int,
              batch_size: int, label: str, print_fn=print, oom_retries: int = 3, oom_log: list | None = None,
-             template: str = "chat", sampling_kw: dict | None = None, timing: dict | None = None) -> list[dict]:
+             template: str = "chat", sampling_kw: dict | None = None, timing: dict | None = None,
+             engine: str = "eager", max_cache_len: int | None = None) -> list[dict]:
     """Greedy answers for every item ({text, new_tokens, hit_limit}), batched with left padding, the prompt
     tokenized exactly as in training; progress printed per batch. Out of GPU memory, the batch is halved and the
     same prompts are tried again (up to oom_retries times, logged in oom_log). `timing`, shared by the calls of one
     pass, gets the pass's first batch (its one-time costs: compilation, caches, dequantization) apart from the
-    batches after it: first_batch_seconds/tokens, steady_seconds/tokens."""
+    batches after it: first_batch_seconds/tokens, steady_seconds/tokens. engine (fast_generate.py): eager, static
+    (a static KV cache of max_cache_len positions, every batch at the full batch size, the step compiled) or
+    continuous (transformers' continuous batching: one call per group, finished answers leave the batch)."""
     import torch
 
     from medqlora.core.system import free_memory
@@ -88,14 +93,25 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
         budget = max_new_tokens if is_free else max_new_tokens_choice
         pos = 0
         while pos < len(idx):
-            chunk = idx[pos:pos + batch_size]
+            chunk = idx[pos:pos + batch_size] if engine != "continuous" else idx
             t_batch = time.time()
             try:
-                enc = tokenizer([items[i]["prompt"] for i in chunk], return_tensors="pt", padding=True,
-                                add_special_tokens=adds_special_tokens(template)).to(device)
-                with torch.no_grad():
-                    out = model.generate(**enc, max_new_tokens=budget, **(sampling_kw or {"do_sample": False}),
-                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                prompts = [items[i]["prompt"] for i in chunk]
+                if engine == "continuous":  # the whole group in one call: answers leave and join the batch
+                    ids = [tokenizer(p, add_special_tokens=adds_special_tokens(template))["input_ids"] for p in prompts]
+                    with torch.no_grad():
+                        gen = FG.continuous(model, tokenizer, ids, budget, batch_size, sampling_kw)
+                else:
+                    enc = tokenizer(FG.fill(prompts, batch_size) if engine == "static" else prompts, return_tensors="pt",
+                                    padding=True, add_special_tokens=adds_special_tokens(template)).to(device)
+                    # static: one cache size for the pass (a longer prompt than planned gets a cache that holds it)
+                    extra = FG.static_kwargs(model, max(max_cache_len or 0, enc["input_ids"].shape[1] + budget)) \
+                        if engine == "static" else {}
+                    with torch.no_grad(), FG.compile_allowed(model) if extra else contextlib.nullcontext():
+                        out = model.generate(**enc, max_new_tokens=budget, **(sampling_kw or {"do_sample": False}),
+                                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                             **extra)
+                    gen = out[:len(chunk), enc["input_ids"].shape[1]:]
             except Exception as e:
                 if not _is_oom(e) or batch_size == 1 or len(oom_log) >= oom_retries:
                     raise
@@ -104,14 +120,10 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
                 print_fn(f"{label}: out of memory at batch {batch_size}; going on at batch {batch_size // 2}")
                 batch_size //= 2
                 continue
-            gen = out[:, enc["input_ids"].shape[1]:]
             batch_tokens = 0
             for i, g in zip(chunk, gen):
-                n = int((g != tokenizer.pad_token_id).sum())
-                ended = tokenizer.eos_token_id in g.tolist()
-                answers[i] = {"text": tokenizer.decode(g, skip_special_tokens=True).strip(), "new_tokens": n,
-                              "hit_limit": not ended and n >= budget}
-                batch_tokens += n
+                answers[i] = FG.answer(tokenizer, g.tolist() if hasattr(g, "tolist") else g, budget)
+                batch_tokens += answers[i]["new_tokens"]
             new_tokens += batch_tokens
             if timing is not None:
                 part = "steady" if "first_batch_seconds" in timing else "first_batch"
@@ -148,7 +160,8 @@ def batch_for(cfg, ref: str, items: list[dict], tok, print_fn=print, merged: boo
     est = memory.estimate_generation(shape, batch, total, four_bit)
     print_fn(f"generation batch {batch} ({why}); estimated peak " + ", ".join(f"{k} {v:.2f}" for k, v in est.items())
              + f" GiB for {longest} prompt + {total - longest} new tokens")
-    return batch, {"batch_size": batch, "why": why, "estimate_gb": {k: round(v, 3) for k, v in est.items()}}
+    return batch, {"batch_size": batch, "why": why, "estimate_gb": {k: round(v, 3) for k, v in est.items()},
+                   "cache_len": total}
 
 
 def answer_queries(cfg, model, tok, questions: list[str], kw: dict) -> list[str]:
