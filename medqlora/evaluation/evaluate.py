@@ -19,6 +19,7 @@ from medqlora.evaluation.fast_generate import load_backend
 from medqlora.evaluation.generate import answer_queries, batch_for, generate, sampling, select_items
 from medqlora.evaluation.loglik import batch_for as loglik_batch_for
 from medqlora.evaluation.loglik import choice_requests, loglik_items, loglik_metrics, score_choices
+from medqlora.evaluation.rotation import add_rotations, rotation_items, rotation_metrics, rotation_warnings
 from medqlora.evaluation.scoring import (
     bootstrap,
     closed_warnings,
@@ -160,6 +161,9 @@ def compare(cfg, run, print_fn=print) -> dict:
                     model, tok, items, plan["prompt"], cfg.data.template, ll_batch, label, print_fn=print_fn,
                     oom_retries=cfg.memory.oom_retries, oom_log=oom_log, stats=ll_stats) if plan["loglik"] \
                     else [None] * len(items)
+                add_rotations(model, tok, items, choices[who][name], plan["prompt"], cfg.data.template,
+                              cfg.data.system_prompt, ll_batch, label, print_fn=print_fn,
+                              oom_retries=cfg.memory.oom_retries, oom_log=oom_log)  # option-order robustness
                 ll_seconds[who] += time.time() - t1
                 if who == "base":
                     cache.save(name, items, answers[who][name], choices[who][name], seconds[who] - set_seconds,
@@ -243,17 +247,18 @@ def score_set(run, name: str, items: list[dict], answers: dict[str, list[dict]],
     (run / "eval").mkdir(exist_ok=True)
     path = run / "eval" / ("answers.jsonl" if name == "held-out" else f"answers_{name}.jsonl")
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    metrics = {who: {**score(gen_items, answers[who], opened, per[who]), **loglik_metrics(items, choices[who])}
-               for who in ("base", "finetuned")}
+    metrics = {who: {**score(gen_items, answers[who], opened, per[who]), **loglik_metrics(items, choices[who]),
+                     **rotation_metrics(choices[who])} for who in ("base", "finetuned")}
     for m in metrics.values():  # items of the set, however they were scored
         m["n_freetext"] = sum(it["kind"] == "freetext" for it in items)
         m["n_choice"] = len(items) - m["n_freetext"]
         if not gen_items:
             m["answer_words_mean"] = m["looping"] = None
     changes = intervals(gen_items, answers["base"], answers["finetuned"], opened, (per["base"], per["finetuned"]))
-    ll = {who: loglik_items(choices[who]) for who in choices}
+    ll = {who: {**loglik_items(choices[who]), **rot} for who, rot in rotation_items(choices).items()}
     for k in ll["base"]:
         changes[k] = {"base_ci95": bootstrap(ll["base"][k]), "finetuned_ci95": bootstrap(ll["finetuned"][k]),
                       "change": paired_bootstrap(ll["base"][k], ll["finetuned"][k])}
     return {"n_items": len(items), "eval_source": source, "reasoning_opened_in_prompt": opened,
-            "metrics": metrics, "changes": changes, "warnings": closed_warnings(name, metrics), "answers": str(path)}
+            "metrics": metrics, "changes": changes, "answers": str(path),
+            "warnings": closed_warnings(name, metrics) + rotation_warnings(name, metrics)}

@@ -21,8 +21,9 @@ def queries_table(result: dict):
             .set_properties(**{"text-align": "left", "white-space": "pre-wrap", "vertical-align": "top"}))
 
 
-METRIC_ROWS = (*ROUGE_KEYS, "accuracy", "parse_rate", "loglik_acc", "loglik_acc_norm", "looping", "hit_token_limit",
-               "answer_words_mean")
+ROTATION_KEYS = ("loglik_acc_rotated", "rotation_consistency")  # evaluation/rotation.py
+METRIC_ROWS = (*ROUGE_KEYS, "accuracy", "parse_rate", "loglik_acc", "loglik_acc_norm", *ROTATION_KEYS, "looping",
+               "hit_token_limit", "answer_words_mean")
 
 
 def metrics_table(result: dict):
@@ -71,20 +72,22 @@ def sets_table(result: dict):
 
     rows = []
     for name, st in result.get("sets", {}).items():
-        for k in ("rougeL", "accuracy", "loglik_acc", "loglik_acc_norm"):
+        for k in ("rougeL", "accuracy", "loglik_acc", "loglik_acc_norm", *ROTATION_KEYS):
             b, f = st["metrics"]["base"].get(k), st["metrics"]["finetuned"].get(k)
             c = (st["changes"].get(k) or {}).get("change")
             if b is None or c is None:
                 continue
             lo, hi = c["ci95"]
             n = st["metrics"]["base"]["n_freetext" if k == "rougeL" else "n_choice"]
+            if k in ROTATION_KEYS:  # multiple-choice items only: yes/no ones have no letters to move
+                n = (st["metrics"]["base"].get("rotation") or {}).get("items", n)
             d = st["metrics"]["base"].get("loglik_closed" if k.startswith("loglik") else "closed")
             rows.append({"eval set": name, "items": n, "items scored": scored_line(st), "metric": k,
                          "base": f"{b:.3f}", "fine-tuned": f"{f:.3f}",
                          "change [95% CI]": f"{c['change']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
                          "verdict": "better" if lo > 0 else "worse" if hi < 0 else "no clear difference",
                          "chance / majority": f"{d['chance_baseline']:.3f} / {d['majority_baseline']:.3f}"
-                         if d and k != "rougeL" else ""})
+                         if d and k not in ("rougeL", *ROTATION_KEYS) else ""})  # rotated: 1/k whatever the answers
     return pd.DataFrame(rows).set_index(["eval set", "metric"]) if rows else pd.DataFrame()
 
 

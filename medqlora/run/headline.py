@@ -17,7 +17,9 @@ RATE_CHANGE, HIGH_RATE = 0.10, 0.50
 LENGTH_RATIO = 1.5
 LABELS = {"rougeL": "ROUGE-L (free text)", "accuracy": "accuracy (closed-form, generated)", "rouge1": "ROUGE-1",
           "rouge2": "ROUGE-2", "loglik_acc": "accuracy (closed-form, log-likelihood: lm-eval acc)",
-          "loglik_acc_norm": "accuracy (log-likelihood per character: lm-eval acc_norm)"}
+          "loglik_acc_norm": "accuracy (log-likelihood per character: lm-eval acc_norm)",
+          "loglik_acc_rotated": "accuracy (log-likelihood, averaged over option rotations)",
+          "rotation_consistency": "same answer under every option rotation (share of items)"}
 NOT_IN_HEADLINE = {"rouge1", "rouge2", "rougeLsum", "parse_rate"}  # in the evaluate stage's own tables
 
 
