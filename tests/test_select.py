@@ -141,3 +141,21 @@ def test_select_by_val_accuracy_without_closed_form_validation_items_is_refused(
     P.save_result(P.prepare(cfg, run, M.load_tokenizer(M.resolve_model(cfg.model)[0], cfg.model)), cfg, run)
     with pytest.raises(ValueError, match="validation split has no closed-form .*train.select_by val_loss"):
         T.train(cfg, run, T.load_for_training(cfg), print_fn=quiet)
+
+
+def test_each_way_the_adapter_was_kept_is_said():
+    """Synthetic train results (milliseconds): the best step is the last one, no evaluation kept one, and a train.json
+    from before select_by whose early stopping kept the lowest validation loss."""
+    last_best = {"steps": 8, "epochs": 1.0, "selection": {"by": "val_accuracy", "kept_step": 8, "value": 0.8,
+                                                          "items": 5, "explicit": True}}
+    assert S.kept_line(last_best) == ("adapter: the last step's weights, also kept by train.select_by val_accuracy: "
+                                      "the highest validation accuracy (0.800 on 5 closed-form validation items, by "
+                                      "log-likelihood)")
+    assert E.weights_line(last_best) == ("8 / 1.0 (also the highest validation accuracy, train.select_by val_accuracy: "
+                                         "0.800 on 5 closed-form validation items, by log-likelihood)")
+    none_kept = {"steps": 2, "selection": {"by": "val_loss", "kept_step": None, "explicit": True}}
+    assert S.kept_line(none_kept) == ("adapter: the last step's weights (step 2; train.select_by val_loss: no "
+                                      "evaluation kept a checkpoint)")
+    before = {"steps": 6, "val_best": 1.5, "early_stopping": {"kept_checkpoint": "checkpoints/checkpoint-5"}}
+    assert S.kept_line(before) == ("adapter: checkpoint of step 5 (of 6 trained), kept by "
+                                   "train.early_stopping_patience (validation loss): the lowest validation loss (1.5000)")

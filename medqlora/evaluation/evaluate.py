@@ -48,7 +48,8 @@ def eval_sets(cfg, run) -> list[tuple[str, Path, int | None, str]]:
 def choice_plan(cfg) -> dict:
     """How closed-form items are scored (eval.choice_scoring, eval.choice_prompt), and why. A reasoning template's
     answer comes after its thought: such runs always generate, and a log-likelihood right after the chat prompt
-    (which opens the thought) would measure nothing, so only the lm_eval prompt gets one."""
+    (where the trained model starts its thought, whether or not the template already wrote <think>) would measure
+    nothing, so only the lm_eval prompt gets one."""
     e = cfg.eval
     gen, ll = e.choice_scoring in ("generate", "both"), e.choice_scoring in ("loglik", "both")
     why = f"eval.choice_scoring: {e.choice_scoring}"
@@ -56,8 +57,10 @@ def choice_plan(cfg) -> dict:
         if not gen:
             gen, why = True, why + "; generated as well: data.template reasoning answers after its thought"
         if ll and e.choice_prompt == "chat":
-            ll, why = False, why + ("; no log-likelihood: the reasoning chat prompt opens a thought (eval.choice_prompt:"
-                                    " lm_eval scores one without the chat template)")
+            ll, why = False, why + ("; no log-likelihood: data.template reasoning trains the answer after a thought "
+                                    "(<think> ... </think>), so an option scored right after the chat prompt is scored"
+                                    " where the model starts thinking (eval.choice_prompt: lm_eval scores one without "
+                                    "the chat template)")
     return {"mode": e.choice_scoring, "prompt": e.choice_prompt, "generate": gen, "loglik": ll, "why": why}
 
 

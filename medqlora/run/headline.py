@@ -251,7 +251,10 @@ def export_warnings(e: dict) -> list[str]:
             out.append(f"export {name}: not written ({f['error'][:160]})")
         check = f.get("check") or {}
         if check and not check.get("passed", True):
-            if check.get("error"):
+            reason = _failed_reason(name, f, e)
+            if reason:  # the check that failed, as the export said it (not the logits when the tokenizer failed)
+                why = f" ({reason[:300]})"
+            elif check.get("error"):
                 why = f" ({check['error'][:160]})"
             elif check.get("logits_rel_rmse") is not None and check.get("tolerance") is not None:
                 why = (f" (logits rel. RMSE {check['logits_rel_rmse']:.3g} against the adapter's, tolerance "
@@ -263,6 +266,19 @@ def export_warnings(e: dict) -> list[str]:
             out.append(f"export {name}: check FAILED{why}; the exported file may not answer as the evaluated "
                        "adapter does")
     return out
+
+
+def _failed_reason(name: str, f: dict, e: dict) -> str | None:
+    """Which check of a format failed: export.json's failed_checks, else worked out from the recorded check."""
+    said = (e.get("failed_checks") or {}).get(name)
+    if not said:
+        from medqlora.export.formats import failed_checks
+
+        try:
+            said = failed_checks({name: f}).get(name)
+        except (KeyError, TypeError, AttributeError, ValueError):  # a partial record from before: said otherwise
+            said = None
+    return said.split("check FAILED: ", 1)[-1] if said else None
 
 
 def markdown(h: Headline, links: str = "anchors") -> str:

@@ -109,10 +109,11 @@ def _step(checkpoint) -> int | None:
 
 
 def selection(train_cfg, state, n_items: int) -> dict | None:
-    """What picked the adapter: the signal, the step kept and its value (None when the last step is kept)."""
+    """What picked the adapter: the signal, the step kept and its value (None without a signal; kept_step None
+    where no evaluation kept a checkpoint, and the last step's weights are the adapter)."""
     s = signal(train_cfg)
     step = _step(state.best_model_checkpoint)
-    if s is None or step is None:
+    if s is None:
         return None
     return {"by": s, "metric": SIGNALS[s][0], "kept_step": step, "kept_checkpoint": state.best_model_checkpoint,
             "value": state.best_metric, "last_step": state.global_step, "items": n_items if s == "val_accuracy"
@@ -123,7 +124,7 @@ def kept(train: dict) -> dict | None:
     """{step, by, value, items, explicit} of the checkpoint kept in place of the last step's weights, from a train
     result (one from before train.select_by: early stopping kept the lowest validation loss)."""
     sel = train.get("selection")
-    if sel:
+    if sel and sel.get("kept_step") is not None:
         return {"step": sel["kept_step"], "by": sel["by"], "value": sel.get("value"), "items": sel.get("items"),
                 "explicit": sel.get("explicit", True)}
     es = train.get("early_stopping") or {}
@@ -146,7 +147,9 @@ def kept_line(train: dict) -> str:
     """Which weights the adapter holds and which signal chose them, in one line (the train notebook, the headline)."""
     k, last = kept(train), train.get("steps")
     if k is None:
-        return f"adapter: the last step's weights (step {last}; train.select_by not set)"
+        by = (train.get("selection") or {}).get("by")
+        return f"adapter: the last step's weights (step {last}; " + (
+            f"train.select_by {by}: no evaluation kept a checkpoint)" if by else "train.select_by not set)")
     how = f"train.select_by {k['by']}" if k["explicit"] else "train.early_stopping_patience (validation loss)"
     where = ("the last step's weights, also" if k["step"] == last
              else f"checkpoint of step {k['step']} (of {last} trained),")
