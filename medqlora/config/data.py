@@ -19,6 +19,7 @@ class DataConfig(Section):
                         "(gs://...), or hub dataset name.")
     config_name: str | None = Field(None, description="Hub dataset configuration (e.g. 'en', 'pqa_labeled').")
     split: str = Field("train", description="Split of the source to read.")
+    revision: str | None = Field(None, description="Hub dataset revision (a commit, tag or branch) to read.")
     eval_source: str | None = Field(None, description="A separate held-out file; otherwise eval_fraction is split off.")
     eval_split: str = Field("train", description="Split of eval_source to read.")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share held out for evaluation when no eval_source.")

@@ -7,9 +7,11 @@ from typing import Literal
 from pydantic import (
     Field,
     field_validator,
+    model_validator,
 )
 
 from medqlora.config.base import Section
+from medqlora.config.tasks import expand, task_defaults
 
 
 class EvalSetConfig(Section):
@@ -20,6 +22,18 @@ class EvalSetConfig(Section):
     format: Literal["auto", "qa", "alpaca", "chat", "reasoning", "mcq", "pubmedqa"] = Field("auto")
     columns: dict[str, str] = Field(default_factory=dict, description="As data.columns.")
     max_items: int | None = Field(200, ge=1, description="Items scored from this set (None: all).")
+    task: str | None = Field(
+        None, description="An lm-evaluation-harness task (config/tasks.py: medqa_4options, medmcqa, pubmedqa, "
+        "mmlu_<subject>): the rows are read as that task reads its hub dataset (a local file in that shape works too), "
+        "every item is kept, and they are scored by log-likelihood in the task's own prompt. The source, config, split "
+        "and format default to the task's.")
+    revision: str | None = Field(None, description="Hub dataset revision (a commit, tag or branch) to read; recorded "
+                                 "in the evaluation manifest either way.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task(cls, v):
+        return task_defaults(v) if isinstance(v, dict) and v.get("task") is not None else v
 
     @field_validator("name")
     @classmethod
@@ -72,4 +86,13 @@ class EvalConfig(Section):
         "fine-tuned model side by side in the report.")
     sets: list[EvalSetConfig] = Field(
         default_factory=list, description="Benchmark sets scored besides the held-out split, each reported apart; "
-        "training questions found in any of them are dropped as leaks.")
+        "training questions found in any of them are dropped as leaks. A word stands for lm-evaluation-harness tasks: "
+        "multimedqa (the Open Medical-LLM Leaderboard's nine: MedQA, MedMCQA, PubMedQA, six MMLU subjects) or one "
+        "task's name (medmcqa, mmlu_anatomy, ...).")
+
+    @field_validator("sets", mode="before")
+    @classmethod
+    def _words(cls, v):
+        if not isinstance(v, list):
+            return v
+        return [e for x in v for e in (expand(x) if isinstance(x, str) else [x])]

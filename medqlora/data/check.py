@@ -30,6 +30,7 @@ def preflight(cfg: DataConfig, eval_sets=()) -> list[str]:
 def set_config(cfg: DataConfig, es) -> DataConfig:
     """A benchmark set read with the data settings, its own source, format and columns."""
     return cfg.model_copy(update={"source": es.source, "config_name": es.config_name, "split": es.split,
+                                  "revision": es.revision,
                                   "format": es.format, "columns": es.columns, "max_samples": es.max_items,
                                   "streaming": False, "eval_source": None})
 

@@ -268,8 +268,9 @@ def _short(row: Any, n: int = 160) -> str:
 
 
 def iter_examples(rows: Iterable[Row | dict], fmt: str, m: dict[str, str], checks: Checks, seen: set[str],
-                  on_bad_rows: str = "drop", source: str = "") -> Iterator[Example]:
-    """Normalized, de-duplicated examples; every row read is counted, every dropped row with its reason."""
+                  on_bad_rows: str = "drop", source: str = "", dedup: bool = True) -> Iterator[Example]:
+    """Normalized, de-duplicated examples (dedup=False: an lm-eval task scores a repeated item twice); every row
+    read is counted, every dropped row with its reason."""
     for i, item in enumerate(rows):
         row = item if isinstance(item, Row) else Row(None, item)
         checks.read += 1
@@ -288,7 +289,7 @@ def iter_examples(rows: Iterable[Row | dict], fmt: str, m: dict[str, str], check
             checks.drop(problem, row.data if row.data is not None else row.raw, row.line)
             continue
         k = row_key(ex)
-        if k in seen:
+        if dedup and k in seen:
             checks.drop("duplicate: same question and answer as an earlier row", row.data, row.line)
             continue
         seen.add(k)

@@ -13,7 +13,7 @@ from medqlora.config import RunConfig
 from medqlora.core.rundir import RunDir
 from medqlora.data import decontaminate as DC
 from medqlora.data import formats as D
-from medqlora.data.benchmarks import read_benchmark, reference_text  # noqa: F401  (reference_text: re-exported)
+from medqlora.data.benchmarks import held_out_fingerprint, read_benchmark, reference_text  # noqa: F401  (re-export)
 from medqlora.data.prompts import build_completion, build_prompt, tokenize_example
 
 
@@ -31,12 +31,14 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     benchmarks: dict = field(default_factory=dict)  # eval set name -> {source, read, kept, dropped, path}
     decontamination: dict = field(default_factory=dict)  # decontaminate.Report.result()
+    eval_fingerprint: dict = field(default_factory=dict)  # where the held-out items came from (the manifest's)
 
 
 def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
     t0 = time.time()
     dc = cfg.data
-    rows, columns = D.open_rows(dc.source, dc, dc.split)
+    info, eval_info = {}, {}  # the hub revision read, where a source is a hub dataset
+    rows, columns = D.open_rows(dc.source, dc, dc.split, info)
     if not columns:
         raise D.DataError(f"{dc.source} has no readable rows; see the runner's data check for why")
     fmt, mapping = D.resolve_format(columns, dc)
@@ -44,7 +46,7 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
 
     eval_examples: list[D.Example] = []
     if dc.eval_source:
-        erows, ecols = D.open_rows(dc.eval_source, dc, dc.eval_split)
+        erows, ecols = D.open_rows(dc.eval_source, dc, dc.eval_split, eval_info)
         efmt, emap = D.resolve_format(ecols, dc)
         eval_examples = list(D.iter_examples(erows, efmt, emap, checks, seen, dc.on_bad_rows, dc.eval_source))
     benchmarks = {es.name: read_benchmark(es, cfg, tokenizer) for es in cfg.eval.sets}
@@ -163,7 +165,8 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Prepared:
                      f"(data.val_fraction {dc.val_fraction:g}, at most data.val_max_examples {dc.val_max_examples})")
     return Prepared(fmt, mapping, checks, train_lengths, eval_lengths, kept_eval, first, h.hexdigest(),
                     time.time() - t0, notes, benchmarks,
-                    report.result({"held-out": {e["id"] for e in kept_eval}}))
+                    report.result({"held-out": {e["id"] for e in kept_eval}}),
+                    held_out_fingerprint(dc, info, eval_info))
 
 
 def refuse_meaningless(checks: D.Checks, dc, max_len: int, lengths: list[int], kept_eval: list) -> None:
@@ -289,6 +292,7 @@ def save_result(p: Prepared, cfg: RunConfig, run: RunDir) -> dict:
               "fingerprint": p.fingerprint, "train_data": str(run.train_data), "eval_items": str(run.eval_items),
               "seconds": round(p.seconds, 2), "notes": p.notes,
               "eval_sets": {name: {**b, "path": str(run.eval_set_path(name))} for name, b in p.benchmarks.items()},
-              "decontamination": p.decontamination}  # its warnings reach the headline
+              "decontamination": p.decontamination,  # its warnings reach the headline
+              "eval_fingerprint": p.eval_fingerprint}
     run.save_result("preprocess", result)
     return result

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from itertools import islice
+from pathlib import Path
 from typing import Iterator
 
 from medqlora.config import DataConfig
@@ -129,34 +131,40 @@ def _parquet_rows(source: str) -> Iterator[Row]:
                             "a complete Parquet file") from None
 
 
-def _hub_rows(source: str, cfg: DataConfig, split: str) -> Iterator[Row]:
+def _hub_rows(source: str, cfg: DataConfig, split: str, info: dict | None = None) -> Iterator[Row]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(source, cfg.config_name, split=split, streaming=cfg.streaming)
+        ds = datasets.load_dataset(source, cfg.config_name, split=split, streaming=cfg.streaming,
+                                   revision=cfg.revision)
     except Exception as e:  # hub unreachable, gated, bad split or config
         raise DataError(f"{source!r} is read as a hub dataset name (config {cfg.config_name!r}, split {split!r}) and "
                         f"could not be loaded: {type(e).__name__}: {e}. Offline, or a local file meant? Give the "
                         "path of a local .jsonl/.json/.csv/.parquet file") from e
+    if info is not None:  # the commit read: datasets caches a hub dataset under its commit hash
+        cached = [f["filename"] for f in getattr(ds, "cache_files", None) or []]
+        commit = Path(cached[0]).parent.name if cached else ""
+        info["revision"] = cfg.revision or (commit if re.fullmatch(r"[0-9a-f]{40}", commit) else None)
     yield from _datasets_rows(ds)
 
 
-def rows(source: str, cfg: DataConfig, split: str) -> Iterator[Row]:
-    """Every row of the source as a Row, streamed (nothing is loaded whole except a .json file)."""
+def rows(source: str, cfg: DataConfig, split: str, info: dict | None = None) -> Iterator[Row]:
+    """Every row of the source as a Row, streamed (nothing is loaded whole except a .json file). info: filled with
+    the revision a hub dataset was read at."""
     kind = kind_of(source)
     if kind == "hub":
-        return _hub_rows(source, cfg, split)
+        return _hub_rows(source, cfg, split, info)
     if kind == "tsv":
         return csv_rows(source, "\t")
     return {"jsonl": _jsonl_rows, "json": _json_rows, "csv": csv_rows, "parquet": _parquet_rows}[kind](source)
 
 
-def open_rows(source: str, cfg: DataConfig, split: str) -> tuple[Iterator[Row], list[str]]:
+def open_rows(source: str, cfg: DataConfig, split: str, info: dict | None = None) -> tuple[Iterator[Row], list[str]]:
     """The rows (at most data.max_samples) and the column names, learnt from every one of those rows (a file whose
     rows change shape part-way, e.g. two files concatenated, is detected as a whole). JSON files are read twice
     for this; CSV, Parquet and hub data have one header."""
     def capped():
-        it = rows(source, cfg, split)
+        it = rows(source, cfg, split, info)
         return islice(it, cfg.max_samples) if cfg.max_samples else it
 
     kind = kind_of(source)

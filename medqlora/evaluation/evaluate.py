@@ -16,7 +16,9 @@ from medqlora.core import memory_log
 from medqlora.evaluation.answer_cache import BaseAnswers
 from medqlora.evaluation.fast_generate import choose as choose_decoding
 from medqlora.evaluation.fast_generate import load_backend
+from medqlora.evaluation import manifest
 from medqlora.evaluation.generate import answer_queries, batch_for, generate, sampling, select_items
+from medqlora.evaluation.leaderboard import group_scores, set_plan
 from medqlora.evaluation.loglik import batch_for as loglik_batch_for
 from medqlora.evaluation.loglik import choice_requests, loglik_items, loglik_metrics, score_choices
 from medqlora.evaluation.rotation import add_rotations, rotation_items, rotation_metrics, rotation_warnings
@@ -123,14 +125,18 @@ def compare(cfg, run, print_fn=print) -> dict:
              f"{' and ' if plan['generate'] and plan['loglik'] else ''}"
              f"{'scored by log-likelihood (' + plan['prompt'] + ' prompt)' if plan['loglik'] else ''} ({plan['why']})")
 
-    def generated(items: list[dict]) -> list[dict]:  # the items that get generated answers
-        return [it for it in items if plan["generate"] or it["kind"] == "freetext"]
+    # each set's plan: an lm-eval task's set (eval.sets task:) is scored by log-likelihood in its own prompt only
+    prep = run.result("preprocess")
+    plans = {name: set_plan(plan, (prep.get("eval_sets") or {}).get(name)) for name, _, _ in chosen}
+
+    def generated(items: list[dict]) -> list[dict]:  # the items that get generated answers (an lm-eval task's: none)
+        return [it for it in items if (plan["generate"] and not it.get("lm_eval_prompt")) or it["kind"] == "freetext"]
 
     batch, batching = batch_for(cfg, ref, [it for _, items, _ in chosen for it in items], tok, print_fn, merge)
     kw.update(engine=engine, max_cache_len=batching["cache_len"])  # static engine: one cache size for the pass
-    ll_pairs = [p for _, items, _ in chosen for p in choice_requests(items, tok, plan["prompt"], cfg.data.template)[1]]
-    ll_batch, ll_batching = loglik_batch_for(cfg, ref, ll_pairs, print_fn, merge) if plan["loglik"] and ll_pairs \
-        else (batch, None)
+    ll_pairs = [p for name, items, _ in chosen if plans[name]["loglik"]
+                for p in choice_requests(items, tok, plans[name]["prompt"], cfg.data.template)[1]]
+    ll_batch, ll_batching = loglik_batch_for(cfg, ref, ll_pairs, print_fn, merge) if ll_pairs else (batch, None)
     # the base model's answers: computed once per base model, items and settings, reused by later runs (issue 31)
     cache = BaseAnswers.for_run(cfg, run, ref=ref, tok=tok, model=model, backend=load_as, merged=merge, engine=engine,
                                 batch=batch, loglik_batch=ll_batch, plan=plan)
@@ -159,12 +165,12 @@ def compare(cfg, run, print_fn=print) -> dict:
                                               batch, label, timing=timing[who], **kw) if generated(items) else []
                 seconds[who] += time.time() - t1
                 tokens[who] += sum(a["new_tokens"] for a in answers[who][name])
-                t1, ll_stats = time.time(), {}
+                t1, ll_stats, sp = time.time(), {}, plans[name]
                 choices[who][name] = score_choices(
-                    model, tok, items, plan["prompt"], cfg.data.template, ll_batch, label, print_fn=print_fn,
-                    oom_retries=cfg.memory.oom_retries, oom_log=oom_log, stats=ll_stats) if plan["loglik"] \
+                    model, tok, items, sp["prompt"], cfg.data.template, ll_batch, label, print_fn=print_fn,
+                    oom_retries=cfg.memory.oom_retries, oom_log=oom_log, stats=ll_stats) if sp["loglik"] \
                     else [None] * len(items)
-                add_rotations(model, tok, items, choices[who][name], plan["prompt"], cfg.data.template,
+                add_rotations(model, tok, items, choices[who][name], sp["prompt"], cfg.data.template,
                               cfg.data.system_prompt, ll_batch, label, print_fn=print_fn,
                               oom_retries=cfg.memory.oom_retries, oom_log=oom_log)  # option-order robustness
                 ll_seconds[who] += time.time() - t1
@@ -188,7 +194,7 @@ def compare(cfg, run, print_fn=print) -> dict:
                      f"{t['steady_tokens'] / t['steady_seconds']:.1f} new tokens/s")
     sets = {name: {**score_set(run, name, items, {who: answers[who][name] for who in answers}, source,
                                {who: choices[who][name] for who in choices}, generated(items)),
-                   "sampled": sampled[name]}
+                   "sampled": sampled[name], "task": (prep.get("eval_sets") or {}).get(name, {}).get("task")}
             for name, items, source in chosen}
     held = sets["held-out"]
     return {"generation": {"max_new_tokens": e.max_new_tokens, "max_new_tokens_choice": e.max_new_tokens_choice,
@@ -208,6 +214,7 @@ def compare(cfg, run, print_fn=print) -> dict:
                                                    if t.get("steady_seconds") else None for k, t in timing.items()},
             "first_batch_seconds": {k: round(t.get("first_batch_seconds", 0.0), 2) for k, t in timing.items()},
             "choice_scoring": plan, "loglik_seconds": {k: round(v, 1) for k, v in ll_seconds.items()},
+            "manifest": manifest.build(cfg, prep, chosen, sampled, plans), "groups": group_scores(run, sets),
             "warnings": [w for st in sets.values() for w in st["warnings"]],
             "metrics": held["metrics"], "changes": held["changes"], "answers": held["answers"], "sets": sets}
 

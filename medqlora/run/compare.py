@@ -2,7 +2,8 @@
 settings, training cost, and every eval set's metrics base against fine-tuned with 95% intervals.
 
 A change counts as a win (or a loss) only when its paired-bootstrap interval excludes zero; the best run per
-metric is marked among the runs whose change is a win.
+metric is marked among the runs whose change is a win. Runs that scored an eval set on different items, or with other
+prompts, scoring or generation settings (each run's evaluation manifest), are said to be so and get no best run there.
     python runner.py compare reports/<run_a> reports/<run_b> ...
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from medqlora.core.rundir import default_reports, kernel_cwd, notebook_dir
+from medqlora.evaluation.manifest import differences
 from medqlora.run.stages import EXIT_INVALID, EXIT_OK, kernel_stderr_to, notebook_kernel
 
 # In this order; any other paired metric the evaluate stage records (a key of a set's `changes`) follows them.
@@ -55,7 +57,9 @@ def load_run(folder: str | Path) -> dict:
             if prep.get("train_tokens") and train.get("epochs") and train.get("seconds") else None,
             "peak_gb": max(peaks.values()) if (peaks := s.get("memory_peaks_gb")) else train.get("peak_memory_gb"),
             "final_loss": train.get("loss_end", train.get("final_loss")), "val_loss": train.get("val_last"),
-            "sets": ev.get("sets", {}),
+            # each lm-eval task group's size-weighted average is compared like a set
+            "sets": {**ev.get("sets", {}), **{f"{g} (size-weighted)": v for g, v in (ev.get("groups") or {}).items()}},
+            "manifest": ev.get("manifest"),
             "notebooks": sorted(str(p) for p in folder.glob("0*.ipynb")),
             "report": str(folder / "report.html") if (folder / "report.html").is_file() else None,
             "tensorboard": str(folder / "tensorboard") if (folder / "tensorboard").is_dir() else None}
@@ -85,7 +89,22 @@ def load_runs(folders, print_fn=print) -> list[dict]:
     for r in runs:
         if labels.count(r["run"]) > 1:  # two folders with one run id (copies): tell them apart by their parent
             r["run"] = f"{r['run']} ({Path(r['path']).parent.name})"
+    for lines in not_comparable(runs).values():
+        for line in lines:
+            print_fn(f"warning: {line}")
     return runs
+
+
+def not_comparable(runs: list[dict]) -> dict[str, list[str]]:
+    """Per eval set, why the runs' numbers for it are not comparable as they stand (their manifests differ, or one
+    has none); a task group's average is not where any of its tasks is not."""
+    notes = differences([(r["run"], r.get("manifest"), [n for n, st in r["sets"].items() if "tasks" not in st])
+                         for r in runs])
+    for name in dict.fromkeys(n for r in runs for n, st in r["sets"].items() if "tasks" in st):
+        members = {m for r in runs if name in r["sets"] for m in r["sets"][name].get("sets", [])}
+        if members & set(notes):
+            notes[name] = [f"{name}: its tasks {', '.join(sorted(members & set(notes)))} are not comparable (above)"]
+    return notes
 
 
 def runs_table(runs: list[dict]):
@@ -108,7 +127,7 @@ def runs_table(runs: list[dict]):
 
 def metric_rows(runs: list[dict]) -> list[dict]:
     """Every (run, eval set, metric): base, fine-tuned, the change with its interval, and a verdict."""
-    rows = []
+    rows, notes = [], not_comparable(runs)
     for r in runs:
         for name, st in r["sets"].items():
             m, ch = st["metrics"], st.get("changes") or {}
@@ -128,7 +147,8 @@ def metric_rows(runs: list[dict]) -> list[dict]:
                     verdict = "no clear difference"
                 rows.append({"run": r["run"], "eval set": name, "metric": k, "items": c.get("n") or st.get("n_items"),
                              "base": b,
-                             "fine-tuned": f, "change": f - b, "ci95": (lo, hi), "verdict": verdict})
+                             "fine-tuned": f, "change": f - b, "ci95": (lo, hi), "verdict": verdict,
+                             "comparable": name not in notes})
     # The best run per (set, metric): among the real improvements, the fine-tuned value that beats every other
     # one. With one run, or a tie (identical runs), there is no best run and no star.
     by_key: dict[tuple, list[dict]] = {}
@@ -137,7 +157,8 @@ def metric_rows(runs: list[dict]) -> list[dict]:
     for key, group in by_key.items():
         sign = -1 if key[1] in LOWER_IS_BETTER else 1
         better = [r for r in group if r["verdict"] == "better"]
-        top = max(better, key=lambda r: sign * r["fine-tuned"]) if better and len(group) > 1 else None
+        comparable = all(r["comparable"] for r in group)  # a best run only among runs that scored alike
+        top = max(better, key=lambda r: sign * r["fine-tuned"]) if better and len(group) > 1 and comparable else None
         if top is not None and any(sign * r["fine-tuned"] >= sign * top["fine-tuned"] for r in better if r is not top):
             top = None  # a tie
         for row in group:
@@ -156,13 +177,15 @@ def metrics_table(runs: list[dict]):
     def cell(r):
         lo, hi = r["ci95"]
         ci = f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None else ""
-        mark = " ★ best" if r["best"] else ""
+        mark = " ★ best" if r["best"] else "" if r["comparable"] else " ⚠ not comparable"
         return f"{r['base']:.3f} → {r['fine-tuned']:.3f} ({r['change']:+.3f}{ci}) {r['verdict']}{mark}"
 
     df = pd.DataFrame([{"eval set": r["eval set"], "metric": r["metric"], "run": r["run"], "cell": cell(r)}
                        for r in rows])
     table = df.pivot_table(index=["eval set", "metric"], columns="run", values="cell", aggfunc="first").fillna("")
-    return table.style.set_properties(**{"text-align": "left", "white-space": "pre-wrap"}).map(
+    notes = [line for lines in not_comparable(runs).values() for line in lines]
+    styled = table.style.set_caption("⚠ Not comparable as they stand: " + " ".join(notes)) if notes else table.style
+    return styled.set_properties(**{"text-align": "left", "white-space": "pre-wrap"}).map(
         lambda v: "font-weight: bold" if "★" in str(v) else "")
 
 
@@ -217,6 +240,9 @@ def summary_md(runs: list[dict]) -> str:
         status = r["status"] + (f": {r['failed_stage']}" if r["failed_stage"] else "")
         sets = "; ".join(f"{name}: {', '.join(cells)}" for name, cells in by_run.get(r["run"], {}).items())
         lines.append(f"| {r['run']} | {status} | {r['model'] or ''} | {r['train_seconds'] or ''} | {sets or 'n/a'} |")
+    notes = [line for ls in not_comparable(runs).values() for line in ls]
+    if notes:  # numbers of runs that scored different items or scored them differently: side by side, but not alike
+        lines += ["", "**Not comparable as they stand** (the eval sets' manifests differ):"] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 

@@ -89,6 +89,8 @@ def build(run: RunDir, stages: list[dict] | None = None) -> Headline:
             h.warnings += set_warnings(name, st, run)
             if sample_note(name, st):
                 h.samples.append(sample_note(name, st))
+        for group, g in (ev.get("groups") or {}).items():  # an lm-eval task group's average over all its items
+            h.rows += _metric_rows(f"{group} (size-weighted)", g)
     if train:
         from medqlora.training.history import loss_ends, loss_line
 

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import time
 
+from medqlora.data.lm_eval_prompts import context as lm_eval_task_context
 from medqlora.data.prompts import adds_special_tokens
 
 YESNO_CHOICES = ("yes", "no", "maybe")
 
 
 def lm_eval_context(item: dict) -> str:
-    """The prompt of lm-eval's medqa task (multiple choice) or pubmedqa task (yes/no) for one item."""
-    if item["kind"] == "choice":
-        options = "".join(f"{k}. {v}\n" for k, v in item["options"].items())
-        return f"Question: {item['question']}\n{options}Answer:"
-    abstract = f"Abstract: {item['context']}\n" if item.get("context") else ""
-    return f"{abstract}Question: {item['question']}\nAnswer:"
+    """The prompt of the item's lm-eval task (eval.sets task:), else of lm-eval's medqa task (multiple choice) or
+    pubmedqa task (yes/no)."""
+    return lm_eval_task_context(item)
 
 
 def requests_for(item: dict, prompt: str) -> tuple[str, list[str], list[str]]:
