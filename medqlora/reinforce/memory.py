@@ -4,7 +4,8 @@ A GRPO step has three phases, one after the other, on top of what stays (the 4-b
 weights with their gradients and optimizer states, the kernels' workspace, and with beta > 0 a frozen copy of the
 starting adapter as the reference):
   generation      the group's completions: prompts_per_step x num_generations sequences at once, their KV cache and
-                  last logits (transformers generate); with vLLM, the share of the card its engine takes instead
+                  last logits (transformers generate). With vLLM (Unsloth's fast_inference) the engine's share of the
+                  card (rl.vllm_gpu_memory_utilization, the weights it shares with training included) stays instead
   training pass   micro_batch_size completions forward and backward: the layers' activations (training/memory.py's
                   estimate for prompt + completion tokens) and the logits of the completion tokens only
   reference pass  (beta > 0) the same completions through the reference without gradients: their logits
@@ -71,13 +72,15 @@ def estimate_grpo(shape: ModelShape, s: GrpoSettings, lora_r: int, targets: list
         parts["reference: a frozen copy of the starting adapter (beta > 0)"] = \
             shape.lora_params(lora_r, targets) * 4 / GIB
     seq = s.prompt_tokens + s.completion_tokens
-    if s.vllm_gb is not None:
-        generation = {"vLLM engine (weights shared, KV cache)": s.vllm_gb}
+    gen = estimate_generation(shape, s.completions_per_step, seq, s.load_in_4bit)
+    phases = {"training pass": train[act_key] + logits}
+    if s.vllm_gb is not None:  # the engine's share of the card holds the weights it shares with training, and stays
+        parts["vLLM engine: its share of the card less the shared weights"] = max(s.vllm_gb - gen["weights"], 0.0)
+        generation = {}
     else:
-        gen = estimate_generation(shape, s.completions_per_step, seq, s.load_in_4bit)
         generation = {f"KV cache of the {s.completions_per_step} completions of a step": gen["KV cache"],
                       "their last logits": gen["logits"]}
-    phases = {"generation": sum(generation.values()), "training pass": train[act_key] + logits}
+        phases = {"generation": sum(generation.values()), **phases}
     if s.beta > 0:
         phases["reference pass"] = completion_tokens * shape.vocab * 4 / GIB
     peak = max(phases, key=phases.get)

@@ -107,21 +107,34 @@ def _items(answer, kind, options) -> list[dict]:
 
 class AnswerRecorder:
     """The answers chosen at each call (one GRPO step's completions): logged as shares into the trainer's history
-    (answers/<label>, answers/thought_closed), and counted over the whole run in `totals`."""
+    (answers/<label>, answers/thought_closed) through TRL's log_metric, or kept in `pending` for the progress callback
+    to write into the step's history entry where a trainer passes no log_metric; counted over the run in `totals`."""
 
     def __init__(self, labels: list[str] | None = None):
         self.labels = list(labels or [])
         self.totals: Counter = Counter()
+        self.pending: list[dict[str, float]] = []
 
     def record(self, readings: list[Reading], log_metric=None) -> None:
+        if not readings:
+            return
         picks = [NONE if r.pick is None or r.several else r.pick for r in readings]
         self.totals.update(picks)
-        if log_metric is None or not readings:
-            return
         counts = Counter(picks)
-        for label in dict.fromkeys([*self.labels, *counts, NONE]):
-            log_metric(f"answers/{label}", counts.get(label, 0) / len(picks))
-        log_metric("answers/thought_closed", sum(r.thought_closed for r in readings) / len(readings))
+        shares = {f"answers/{label}": counts.get(label, 0) / len(picks)
+                  for label in dict.fromkeys([*self.labels, *counts, NONE])}
+        shares["answers/thought_closed"] = sum(r.thought_closed for r in readings) / len(readings)
+        if log_metric is None:
+            self.pending.append(shares)
+            return
+        for name, value in shares.items():
+            log_metric(name, value)
+
+    def take_pending(self) -> dict[str, float]:
+        """The shares recorded without log_metric since the last call, averaged (empty when none)."""
+        calls, self.pending = self.pending, []
+        keys = dict.fromkeys(k for c in calls for k in c)
+        return {k: sum(c.get(k, 0.0) for c in calls) / len(calls) for k in keys}
 
 
 def reward_functions(rl, template: str, recorder: AnswerRecorder | None = None) -> tuple[list, list[float]]:
