@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 
-.PHONY: setup run test test-all test-lmeval test-gguf clean
+.PHONY: setup run test test-all test-lmeval test-gguf docs clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -44,5 +44,14 @@ $(LMEVAL_VENV)/.installed: requirements.txt requirements-lmeval.txt pyproject.to
 test-lmeval: $(LMEVAL_VENV)/.installed
 	HF_DATASETS_OFFLINE=1 $(LMEVAL_VENV)/bin/python -m pytest -q -m slow -rs tests/test_lmeval.py
 
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, a missing page or anchor. The params
+# reference and the benchmarks page are generated at build time (docs/hooks.py).
+$(VENV)/.docs-installed: $(VENV)/.installed requirements-docs.txt
+	$(PY) -m pip install -q -r requirements-docs.txt
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) $(LMEVAL_VENV) reports .pytest_cache
+	rm -rf $(VENV) $(LMEVAL_VENV) reports site .pytest_cache

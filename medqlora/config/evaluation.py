@@ -19,7 +19,8 @@ class EvalSetConfig(Section):
     source: str = Field(description="Local file, fsspec URL or hub dataset, in any supported format.")
     config_name: str | None = Field(None, description="Hub dataset configuration.")
     split: str = Field("test", description="Split of the source to read.")
-    format: Literal["auto", "qa", "alpaca", "chat", "reasoning", "mcq", "pubmedqa"] = Field("auto")
+    format: Literal["auto", "qa", "alpaca", "chat", "reasoning", "mcq", "pubmedqa"] = Field(
+        "auto", description="Record format, as data.format; auto detects it from the columns.")
     columns: dict[str, str] = Field(default_factory=dict, description="As data.columns.")
     max_items: int | None = Field(200, ge=1, description="Items scored from this set (None: all).")
     task: str | None = Field(

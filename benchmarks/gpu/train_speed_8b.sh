@@ -1,6 +1,7 @@
-# Device call 8 (issue 22, Llama-3.1-8B shape with Llama 3's 128,256 vocabulary, untied): every setup with and
+# The train stage's speed on the Llama-3.1-8B shape (was call8.sh; it replaces call5.sh, which measured fewer setups)
+# (issue 22, Llama-3.1-8B shape with Llama 3's 128,256 vocabulary, untied): every setup with and
 # without xformers in one call, the train stage alone on the prepared data (the 1B call runs the user's chain). One
-# card, shared through a lock as in call 7. Run from .gpuwork: OUT=... bash benchmarks/gpu/call8.sh
+# card, shared through a lock as in train_speed_1b.sh. Run from .gpuwork: OUT=... bash benchmarks/gpu/train_speed_8b.sh
 . benchmarks/gpu/common.sh
 MODEL=/tmp/m8b128 SHAPE=Llama-3.1-8B
 begin 450

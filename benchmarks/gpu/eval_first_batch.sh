@@ -1,6 +1,6 @@
-# Device call 10 (issue 22): what the evaluate stage's first batch pays once. A short run of the 1B shape (2 steps),
+# What the evaluate stage's first batch pays once (was call10.sh; issue 22). A short run of the 1B shape (2 steps),
 # then the base pass of eval.merge at batch 1 and 64 in two processes: as the stage runs it, and with torch.compile
-# off (force_eager), each row with the compiled graphs so far. Run from .gpuwork: OUT=... bash call10.sh
+# off (force_eager), each row with the compiled graphs so far. Run from .gpuwork: OUT=... bash benchmarks/gpu/eval_first_batch.sh
 . benchmarks/gpu/common.sh
 MODEL=/tmp/m1b49 SHAPE=Llama-3.2-1B
 begin 300

@@ -1,7 +1,7 @@
-# Device call 2: issue 17.9's diagnostics (rows of 1,024 packed: packing check, cuDNN, the dense-mask path) while the
+# Packing diagnostics and the 1B speed, one setup at a time (was call2.sh): issue 17.9's diagnostics (rows of 1,024 packed: packing check, cuDNN, the dense-mask path) while the
 # speed benchmark prepares its data, then issue 22 on the 1B shape alone on the GPU (train stage, bare Unsloth packing
 # and defaults, the fixed-shape loop) and generation warm-up against the steady rate.
-# (xformers 0.0.35 does not load with torch 2.11 here, call 1 showed: one pass, SDPA.) Run from .gpuwork.
+# (xformers 0.0.35 does not load with torch 2.11 here, memory_estimate_fit.sh showed: one pass, SDPA.) Run from .gpuwork.
 . benchmarks/gpu/common.sh
 ROWS=${ROWS:-600}
 C1="1024x8 960x8 1088x8 1024x6" C2="1024x8 4096x2" C3="1024x8 4096x2 2048x4"

@@ -1,5 +1,5 @@
-# Device call 1: issue 17 point 9 (memory: both vocabularies, r 16 and 64, packed/unpacked, with/without xformers)
-# and issue 18's GPU chain (all five stages, 1B body, 200 rows). Run from .gpuwork: OUT=... bash benchmarks/gpu/call1.sh
+# The memory estimate's fit (was call1.sh; issue 17 point 9: memory: both vocabularies, r 16 and 64, packed/unpacked, with/without xformers)
+# and issue 18's GPU chain (all five stages, 1B body, 200 rows). Run from .gpuwork: OUT=... bash benchmarks/gpu/memory_estimate_fit.sh
 # (DRY=1 PY=.venv/bin/python: the same on a CPU with tiny shapes and one small config a job).
 . benchmarks/gpu/common.sh
 S="512x16 1024x8 2048x4 4096x2 8192x1 512x8 1024x4 2048x2 4096x1 1024x2 2048x1 1024x16"

@@ -1,6 +1,6 @@
-# Device call 9 (issue 22): a user's whole run on the 1B shape, ~1,367 MedQuAD-mix examples, all five stages with
+# A user's whole run on the GPU (was call9.sh; issue 22): a user's whole run on the 1B shape, ~1,367 MedQuAD-mix examples, all five stages with
 # the 8B params file's settings (the train kernel started during setup), then the evaluate stage's first batch
-# against the rest, base and merged passes (generation.py), as time allows. Run from .gpuwork: OUT=... bash call9.sh
+# against the rest, base and merged passes (generation.py), as time allows. Run from .gpuwork: OUT=... bash benchmarks/gpu/whole_run_1b.sh
 . benchmarks/gpu/common.sh
 MODEL=/tmp/m1b49 SHAPE=Llama-3.2-1B
 begin 1570
