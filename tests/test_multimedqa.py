@@ -215,3 +215,18 @@ def test_a_run_with_the_nine_tasks_scores_each_in_its_prompt_and_reports_the_gro
     assert "| multimedqa (size-weighted) | accuracy (closed-form, log-likelihood: lm-eval acc) |" in md
     assert "lm_eval: mmlu" in MF.table(result).to_html()
     assert "multimedqa (size-weighted)" in LB.table(result).to_html()
+
+
+def test_pubmedqa_from_the_hub_that_datasets_cannot_read_says_what_to_give(monkeypatch, tokenizer, tokenizer_dir):
+    import datasets
+
+    from medqlora.data.formats import DataError
+
+    def script_dataset(*a, **kw):
+        raise RuntimeError("Dataset scripts are no longer supported, but found pubmed_qa.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", script_dataset)
+    cfg = run_config(["pubmedqa"], tokenizer_dir)
+    with pytest.raises(DataError, match=r"(?s)Dataset scripts are no longer supported.*datasets 4 no longer runs.*"
+                                        r"a local copy of its pubmed_qa_labeled_fold0_source test split"):
+        read_benchmark(cfg.eval.sets[0], cfg, tokenizer)

@@ -17,6 +17,7 @@ class Task:
     reports: tuple[str, ...]  # the metrics lm-eval's task reports (both are computed here)
     items: int  # items in that split: a hub read with fewer was not lm-eval's item set
     description: str = ""  # put before the prompt (MMLU's subject line)
+    hub_note: str = ""  # said when the hub dataset cannot be read
 
     @property
     def format(self) -> str:
@@ -31,7 +32,10 @@ TASKS: dict[str, Task] = {
                            ("acc", "acc_norm"), 1273),
     "medmcqa": Task("medmcqa", "openlifescienceai/medmcqa", None, "validation", "medmcqa", ("acc", "acc_norm"), 4183),
     "pubmedqa": Task("pubmedqa", "bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source", "test", "pubmedqa", ("acc",),
-                     500),
+                     500, hub_note="bigbio/pubmed_qa is read by a loading script, which datasets 4 no longer runs "
+                     "(lm-eval's own pubmedqa task fails the same way: EleutherAI/lm-evaluation-harness#3645). Give "
+                     "source: a local copy of its pubmed_qa_labeled_fold0_source test split (500 rows with QUESTION, "
+                     "CONTEXTS, final_decision), e.g. saved where datasets<4 still reads it"),
     **{f"mmlu_{s}": Task(f"mmlu_{s}", "cais/mmlu", s, "test", "mmlu", ("acc",), n,
                          f"The following are multiple choice questions (with answers) about {s.replace('_', ' ')}.\n\n")
        for s, n in MMLU_MEDICAL.items()},

@@ -36,7 +36,12 @@ def read_benchmark(es, cfg, tokenizer) -> dict:
     dc = set_config(cfg.data, es)
     task = TASKS[es.task] if es.task else None
     info: dict = {}
-    rows, columns = D.open_rows(dc.source, dc, dc.split, info)
+    try:
+        rows, columns = D.open_rows(dc.source, dc, dc.split, info)
+    except D.DataError as e:
+        if task and task.hub_note and dc.source == task.hub:
+            raise D.DataError(f"eval set {es.name}: {e}. {task.hub_note}") from e
+        raise
     last: dict = {}
     if task:
         rows, columns = task_rows(task, rows, columns, es.name, dc.source, last), CANONICAL

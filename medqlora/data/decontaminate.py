@@ -217,14 +217,14 @@ class Report:
             sets[name] = {"items": len(items), "of": len(keep) if keep is not None else size,
                           "train_rows": len(acts), "leaks": acts.count("leak"), "dropped": acts.count("dropped"),
                           "kept": acts.count("kept")}
-        lines = [line(name, s, self.mode) for name, s in sets.items()]
+        lines = [line(name, s) for name, s in sets.items()]
         return {"measure": f"{N} words in a row (case, punctuation and spacing ignored; an item of {MIN_WHOLE}-{N - 1} "
                            "words: all of it; a shorter one: the same question)", "mode": self.mode, "sets": sets,
                 "lines": lines, "examples": self.examples,
                 "warnings": [ln for ln, s in zip(lines, sets.values()) if s["kept"]]}
 
 
-def line(name: str, s: dict, mode: str) -> str:
+def line(name: str, s: dict) -> str:
     """'<set>: K of N items overlap the training data (R training rows: ...)'."""
     text = f"{name}: {s['items']} of {s['of']} items overlap the training data"
     if not s["train_rows"]:
