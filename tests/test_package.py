@@ -1,4 +1,4 @@
-"""What `pip install medqlora` brings: the declared dependencies (the versions this environment tests), the GPU
+"""What `pip install medqlora` brings: the declared dependencies (ranges; constraints.txt pins what is tested), the GPU
 extra that Colab installs, every subpackage and the stage notebooks in the wheel."""
 import importlib.metadata
 import re
@@ -17,13 +17,25 @@ def test_every_subpackage_and_the_notebooks_are_in_the_package_list():
     assert PROJECT["tool"]["setuptools"]["package-dir"]["medqlora.notebooks"] == "notebooks"
 
 
-def test_declared_pins_are_the_versions_installed_here():
-    """The exact pins in [project.dependencies] are what the suite runs on (CI installs from them)."""
+def test_declared_ranges_hold_the_installed_versions_and_constraints_pin_them():
+    """pyproject.toml declares ranges (floors and tested upper bounds); constraints.txt pins the exact versions the
+    suite runs on (make setup and CI install with it): each declared dependency's installed version is inside its
+    range and is the one constraints.txt pins (a local build label such as +cpu aside)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    lines = [ln.split("#")[0].strip() for ln in (ROOT / "constraints.txt").read_text().splitlines()]
+    pins = {canonicalize_name(n): v for n, v in (ln.split("==") for ln in lines if ln)}
+    assert "medqlora" not in pins and all("+" not in v for v in pins.values())
     wrong = []
-    for req in PROJECT["project"]["dependencies"]:
-        m = re.match(r"([A-Za-z0-9_.-]+)==([^;\s]+)", req)
-        if m and importlib.metadata.version(m.group(1)) != m.group(2):
-            wrong.append(f"{req}: installed {importlib.metadata.version(m.group(1))}")
+    for req in PROJECT["project"]["dependencies"] + PROJECT["project"]["optional-dependencies"]["test"]:
+        r = Requirement(req)
+        installed = Version(importlib.metadata.version(r.name))
+        if not r.specifier.contains(installed, prereleases=True):
+            wrong.append(f"{req}: installed {installed}")
+        if pins.get(canonicalize_name(r.name)) != installed.public:
+            wrong.append(f"{req}: constraints.txt pins {pins.get(canonicalize_name(r.name))}, installed {installed}")
     assert not wrong, wrong
 
 
@@ -33,7 +45,7 @@ def test_colab_installs_the_pinned_gpu_extra():
     gpu = gpu_requirements()
     assert {"unsloth==2026.10.9", "unsloth_zoo==2026.10.9", "xformers==0.0.35"} <= set(gpu)
     assert all("==" in r for r in gpu), "every GPU package pinned"
-    assert "trl==1.14.2" in PROJECT["project"]["dependencies"]  # what Unsloth 2026.10.9 accepts (<=1.15.0)
+    assert "trl>=1.14.2,<1.15" in PROJECT["project"]["dependencies"]  # what Unsloth 2026.10.9 accepts (<=1.15.0)
     (cmd,) = colab_install_commands(["unsloth"])
     assert cmd[1:5] == ["-m", "pip", "install", "-q"] and cmd[5:] == gpu and "--no-deps" not in cmd
     assert colab_install_commands([]) == []
