@@ -137,3 +137,7 @@ def markdown_reference() -> str:
         out += [f"| `{k.key}` | {_code(k.type)} | {_code(k.default)} | {_cell(k.description)} |" for k in rows]
         out.append("")
     return "\n".join(out)
+
+
+if __name__ == "__main__":  # python -m medqlora.config.reference > params-reference.md
+    print(markdown_reference())
