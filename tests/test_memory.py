@@ -142,7 +142,7 @@ def test_loss_chunks_follow_unsloths_rule_as_measured_on_the_gpu():
 
 def test_the_estimate_follows_tokens_a_micro_batch_not_how_rows_split_them():
     """Rows of 1,024 x 8, 4,096 x 2 and 8,192 x 1 hold as many tokens and measured the same peak on the H200 once the
-    model trained at the length asked for (README, "Memory estimate")."""
+    model trained at the length asked for (docs/training.md, "Memory")."""
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     totals = {MEM.total(MEM.estimate_training(LLAMA_8B, MEM.Settings(mb, 1, seq, True, "adamw_8bit", packing=True,
                                                                      dense_packed_mask=False), 16, targets))

@@ -13,7 +13,7 @@ from medqlora.config import ConfigError, RunConfig, changed_keys, stage_inputs
 from medqlora.core.rundir import NOTEBOOKS, STAGES, RunDir, kernel_cwd, notebook_dir, portable
 from medqlora.run.summary import Summary
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2  # runner.py's exit codes (README)
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2  # runner.py's exit codes (docs/running.md)
 
 
 def notebook_kernel() -> str:

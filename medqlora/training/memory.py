@@ -6,7 +6,7 @@ the parts it leaves out): 4-bit NF4 weights with their double-quantized scales, 
 (embeddings, lm_head, norms), LoRA weights + gradients + optimizer states, the activations (with Unsloth's
 offloaded checkpointing: one layer's working set, or one chunk of its fused loss if larger; without checkpointing:
 every layer's), the dense packed-row mask where Unsloth would build one, and the CUDA context. Its coefficients were
-measured on an H200 (below; benchmarks/memory_estimate.py re-measures; README "How close the estimate is").
+measured on an H200 (below; benchmarks/memory_estimate.py re-measures; docs/training.md, "Memory").
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ CUDA_CONTEXT_GIB = 0.5  # driver + cuBLAS workspaces: outside torch's reserved m
 # Unsloth's path, gradient checkpointing on (its offloaded checkpointing keeps the layer inputs in CPU memory), fitted
 # on an H200 (Unsloth 2026.10.9, torch 2.11, 4-bit, adamw_8bit, all 7 projections) on 78 configs: Llama-3.2-1B and
 # 3.1-8B shapes, vocabularies 49,152 and 128,256, LoRA r 16/32/64, 2,048 to 49,152 tokens a micro-batch, rows of 512 to
-# 8,192 tokens, packed and unpacked; estimate/measured peak reserved 0.96 to 1.09 (README, "Memory estimate").
+# 8,192 tokens, packed and unpacked; estimate/measured peak reserved 0.96 to 1.09 (docs/training.md, "Memory").
 LAYER_BYTES = 9.64  # per token x (hidden + intermediate): one layer's forward + backward working set when recomputed
 MIN_LAYER_TOKENS = 4096  # below this many tokens a micro-batch the working set does not shrink further (measured)
 LORA_STEP_BYTES = 1.84  # per LoRA parameter, besides its weight, gradient and optimizer states (the optimizer step)
