@@ -230,3 +230,20 @@ def test_pubmedqa_from_the_hub_that_datasets_cannot_read_says_what_to_give(monke
     with pytest.raises(DataError, match=r"(?s)Dataset scripts are no longer supported.*datasets 4 no longer runs.*"
                                         r"a local copy of its pubmed_qa_labeled_fold0_source test split"):
         read_benchmark(cfg.eval.sets[0], cfg, tokenizer)
+
+
+def test_the_check_at_the_door_reads_a_task_set_as_its_task_does(tmp_path):
+    """runner.py's data check (before any notebook) takes a file shaped like the task's hub dataset, and refuses one
+    without the task's columns with the columns it needs."""
+    from medqlora.data.check import preflight
+
+    good = write_jsonl(tmp_path / "medmcqa.jsonl", [SHAPES["medmcqa"][0]] * 3)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "Q?", "options": ["a", "b"], "answer": "A"}])
+    cfg = run_config([{"name": "medmcqa", "task": "medmcqa", "source": str(good)},
+                      {"name": "mmlu", "task": "mmlu_anatomy", "source": str(bad)}])
+    from conftest import ROOT
+
+    problems = preflight(cfg.data.model_copy(update={"source": str(ROOT / "data" / "medqa_train.jsonl")}),
+                         cfg.eval.sets)
+    assert len(problems) == 1 and problems[0].startswith("eval.sets (mmlu): "), problems
+    assert "no column choices" in problems[0] and "the task reads question, choices, answer" in problems[0]

@@ -31,8 +31,6 @@ def read_benchmark(es, cfg, tokenizer) -> dict:
     """A benchmark eval set: read, normalized and checked like the training data (its own counts), prompts built
     with the run's template; items whose prompt is longer than max_seq_length are dropped and counted (not an lm-eval
     task's: those are scored in their own prompt, never generated)."""
-    from medqlora.data.check import set_config
-
     dc = set_config(cfg.data, es)
     task = TASKS[es.task] if es.task else None
     info: dict = {}
@@ -44,7 +42,7 @@ def read_benchmark(es, cfg, tokenizer) -> dict:
         raise
     last: dict = {}
     if task:
-        rows, columns = task_rows(task, rows, columns, es.name, dc.source, last), CANONICAL
+        rows, columns = task_rows(task, rows, columns, dc.source, last, f"eval set {es.name}: "), CANONICAL
     fmt, mapping = D.resolve_format(columns, dc)
     checks, items = D.Checks(), []
     for ex in D.iter_examples(rows, fmt, mapping, checks, set(), dc.on_bad_rows, dc.source, dedup=task is None):
@@ -72,13 +70,20 @@ def read_benchmark(es, cfg, tokenizer) -> dict:
             "task": es.task, "fingerprint": fingerprint(dc, info), "warnings": warnings, "items": items}
 
 
-def task_rows(task: Task, rows, columns: list[str], name: str, source: str, last: dict):
+def set_config(cfg, es):
+    """A benchmark set read with the data settings, its own source, format and columns."""
+    return cfg.model_copy(update={"source": es.source, "config_name": es.config_name, "split": es.split,
+                                  "revision": es.revision, "format": es.format, "columns": es.columns,
+                                  "max_samples": es.max_items, "streaming": False, "eval_source": None})
+
+
+def task_rows(task: Task, rows, columns: list[str], source: str, last: dict, where: str = ""):
     """The rows of an lm-eval task's dataset as this project's columns; `last` keeps the verbatim texts of the row
     handed over last. A file without the task's columns is refused up front."""
     need = RAW_COLUMNS[task.prompt]
     missing = [c for c in need if c not in columns]
     if missing:
-        raise D.DataError(f"eval set {name}: {source} is not shaped like {task.hub} (lm-eval task {task.name}): no "
+        raise D.DataError(f"{where}{source} is not shaped like {task.hub} (lm-eval task {task.name}): no "
                           f"column {', '.join(missing)}; the task reads {', '.join(need)}. Give the hub dataset, a "
                           "file with those columns, or leave task out and give format and columns")
 

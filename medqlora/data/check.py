@@ -6,7 +6,9 @@ import json
 from itertools import islice
 
 from medqlora.config import DataConfig
+from medqlora.config.tasks import TASKS
 from medqlora.data import formats as D
+from medqlora.data.benchmarks import CANONICAL, set_config, task_rows
 from medqlora.data.sources import DataError, head_bytes, kind_of, open_rows
 
 
@@ -16,23 +18,16 @@ def preflight(cfg: DataConfig, eval_sets=()) -> list[str]:
     quote), columns that match no format, or more unusable rows than data.max_drop_fraction. Hub names are not
     fetched here: the preprocess stage loads them."""
     problems = []
-    for key, source, c in [("data.source", cfg.source, cfg), ("data.eval_source", cfg.eval_source, cfg),
-                           *((f"eval.sets ({es.name})", es.source, set_config(cfg, es)) for es in eval_sets)]:
+    sources = [("data.source", cfg.source, cfg, None), ("data.eval_source", cfg.eval_source, cfg, None),
+               *((f"eval.sets ({es.name})", es.source, set_config(cfg, es), TASKS.get(es.task)) for es in eval_sets)]
+    for key, source, c, task in sources:
         if not source or kind_of_safe(source) == "hub":
             continue
         try:
-            problems += _preflight_one(key, source, c)
+            problems += _preflight_one(key, source, c, task)
         except DataError as e:
             problems.append(f"{key}: {e}")
     return problems
-
-
-def set_config(cfg: DataConfig, es) -> DataConfig:
-    """A benchmark set read with the data settings, its own source, format and columns."""
-    return cfg.model_copy(update={"source": es.source, "config_name": es.config_name, "split": es.split,
-                                  "revision": es.revision,
-                                  "format": es.format, "columns": es.columns, "max_samples": es.max_items,
-                                  "streaming": False, "eval_source": None})
 
 
 def kind_of_safe(source: str) -> str | None:
@@ -50,10 +45,13 @@ def _one_json_string(start: bytes) -> bool:
         return False
 
 
-def _preflight_one(key: str, source: str, cfg: DataConfig) -> list[str]:
-    """Every row the stage will read (data.max_samples of them), read and normalized as the stage will."""
+def _preflight_one(key: str, source: str, cfg: DataConfig, task=None) -> list[str]:
+    """Every row the stage will read (data.max_samples of them), read and normalized as the stage will (an lm-eval
+    task's set: its hub rows as the task reads them)."""
     kind = kind_of(source)
     rows, columns = open_rows(source, cfg, "train")
+    if task and columns:
+        rows, columns = task_rows(task, rows, columns, source, {}), CANONICAL
     if not columns:
         seen = list(islice(rows, 200))
         if not seen:
