@@ -12,7 +12,8 @@ Prompts (eval.choice_prompt):
   lm_eval  lm-eval's medqa task: 'Question: ...\\nA. ...\\nB. ...\\nAnswer:' then ' A', ' B', ...; yes/no items as
            its pubmedqa task: 'Abstract: <context>\\nQuestion: ...\\nAnswer:' then ' yes', ' no', ' maybe'.
            No chat template, the tokenizer's default special tokens: as lm-eval runs a model without
-           --apply_chat_template.
+           --apply_chat_template. An lm-eval task's set (eval.sets task:, e.g. multimedqa) is always scored this way,
+           in that task's own prompt (data/lm_eval_prompts.py: medmcqa, mmlu, ...; evaluation/leaderboard.py).
 """
 from __future__ import annotations
 
