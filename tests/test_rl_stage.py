@@ -82,3 +82,23 @@ def test_stages_reinforce_for_params_without_rl(tmp_path, tiny_model_dir, sample
     assert "has no rl: section, so its run has no reinforce stage" in capsys.readouterr().err
     assert cli.main([str(params), "--stages", "train,reinforce", "--check"]) == 0
     assert "its run skips the reinforce stage" in capsys.readouterr().err
+
+
+def test_the_reinforce_notebook_is_thin_and_committed_without_outputs():
+    import ast
+
+    import nbformat
+    from conftest import ROOT
+
+    nb = nbformat.read(str(ROOT / "notebooks" / NOTEBOOKS["reinforce"]), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and code[0] is params[0]
+    for node in ast.parse(params[0].source).body:  # literals only, each with a comment
+        assert isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Constant)
+    assert all("#" in line for line in params[0].source.splitlines())
+    for c in code:
+        assert not c.outputs and c.execution_count is None
+        tree = ast.parse(c.source)
+        assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda)) for n in ast.walk(tree))
+        assert len([ln for ln in c.source.splitlines() if ln.strip() and not ln.startswith("#")]) <= 6

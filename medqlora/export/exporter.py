@@ -67,7 +67,19 @@ def val_line(train: dict) -> str:
     return line
 
 
-def model_card(cfg: RunConfig, train: dict, prep: dict) -> str:
+def rl_row(rl: dict) -> str:
+    """The card's line on the reinforce stage (GRPO), whose adapter the export ships when it ran."""
+    answers = ", ".join(f"{k} {v:.0%}" for k, v in (rl.get("answers") or {}).items() if v)
+    return (f"| reinforcement (GRPO) | {rl['steps']} steps from {rl['started_from']} on {rl['items']} closed-form "
+            f"items; mean reward {_num(rl.get('reward_start'))} -> {_num(rl.get('reward_end'))} (first and last "
+            f"fifth); answers in the last fifth: {answers} |\n")
+
+
+def model_card(cfg: RunConfig, train: dict | None, prep: dict, rl: dict | None = None) -> str:
+    sft = "| SFT | not run |\n" if train is None else f"""| steps / epochs | {weights_line(train)} |
+| loss | {_num(train.get('loss_start', train['first_loss']))} -> {_num(train.get('loss_end', train['final_loss']))} (first and last fifth of the steps; mean {_num(train.get('train_loss'))}); {val_line(train)} |
+| training time | {train['seconds']} s, peak memory {train['peak_memory_gb']} GiB |
+"""
     return f"""---
 library_name: peft
 base_model: {cfg.model.name_or_path}
@@ -81,12 +93,9 @@ prompt template `{cfg.data.template}`).
 
 | | |
 |---|---|
-| backend | {train['backend']} |
+| backend | {(train or rl)['backend']} |
 | LoRA | r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, modules {', '.join(cfg.lora.target_modules)} |
-| steps / epochs | {weights_line(train)} |
-| loss | {_num(train.get('loss_start', train['first_loss']))} -> {_num(train.get('loss_end', train['final_loss']))} (first and last fifth of the steps; mean {_num(train.get('train_loss'))}); {val_line(train)} |
-| training time | {train['seconds']} s, peak memory {train['peak_memory_gb']} GiB |
-| data fingerprint | {prep['fingerprint'][:16]} |
+{sft}{rl_row(rl) if rl else ""}| data fingerprint | {prep['fingerprint'][:16]} |
 
 Load with PEFT:
 
@@ -137,11 +146,13 @@ def base_model_revision(ref: str, model_cfg=None) -> dict:
 
 def export(cfg: RunConfig, run: RunDir) -> dict:
     """Assemble run/export atomically: adapter + tokenizer, config, metadata, card, manifest; then verify."""
-    train = run.result("train")
+    # the reinforce stage's adapter when it ran for these params (rl:), else the train stage's
+    rl = run.result("reinforce") if cfg.rl is not None and run.result_path("reinforce").is_file() else None
+    train = run.result("train") if rl is None or run.result_path("train").is_file() else None
     prep = run.result("preprocess")
-    src = run.adapter_dir
+    src = run.rl_adapter_dir if rl else run.adapter_dir
     if not (src / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"no trained adapter in {src}; run the train stage first")
+        raise FileNotFoundError(f"no trained adapter in {src}; run the {'reinforce' if rl else 'train'} stage first")
     out = run.export_dir
     tmp = out.with_name("export.tmp")
     shutil.rmtree(run / "export.rejected", ignore_errors=True)
@@ -161,9 +172,10 @@ def export(cfg: RunConfig, run: RunDir) -> dict:
         "base_model": {"reference": ref, "config": base_model_config(ref),
                        "revision": base_model_revision(ref, cfg.model)},
         "data": {k: prep[k] for k in ("format", "fingerprint", "kept", "dropped", "train_tokens")},
-        "training": {k: v for k, v in train.items() if k != "losses"}}, run.path))
+        "training": {k: v for k, v in (train or {}).items() if k != "losses"},
+        **({"reinforce": {k: v for k, v in rl.items() if k != "rows"}} if rl else {})}, run.path))
     # the card names paths as the run does: relative to its folder (see portable)
-    card = model_card(cfg, train, prep)
+    card = model_card(cfg, train, prep, rl)
     for root in {str(run.path), str(run.path.resolve())}:
         card = card.replace(root + "/", "")
     (tmp / "adapter" / "README.md").write_text(card)
@@ -189,7 +201,8 @@ def export(cfg: RunConfig, run: RunDir) -> dict:
     result = {"export_dir": str(out), "adapter_dir": str(out / "adapter"), "files": len(manifest["files"]),
               "bytes": sum(f["bytes"] for f in manifest["files"].values()), "verified": not verify(out),
               "adapter": adapter, "formats": formats, "failed_checks": failed, "rejected": rejected,
-              "kept_failed": sorted(failed) if cfg.export.keep_failed else []}
+              "kept_failed": sorted(failed) if cfg.export.keep_failed else [],
+              "adapter_source": "reinforce" if rl else "train"}
     if failed and not cfg.export.keep_failed:  # published: the adapter and what passed; not copied anywhere, no zip: the stage failed
         write_json(run / "export.rejected" / "formats.json", result)
         raise ExportCheckFailed(

@@ -66,9 +66,14 @@ def source_config(cfg: RunConfig):
     return dc, cfg.rl.source
 
 
-def prepare(cfg: RunConfig, run: RunDir, tokenizer) -> Items:
+def prepare(cfg: RunConfig, run: RunDir, tokenizer=None) -> Items:
     """Read the items, keep the closed-form ones the evaluate stage never reports and whose prompt leaves room for
-    rl.max_completion_length, write them to data/rl_items.jsonl, and return them with the counts."""
+    rl.max_completion_length, write them to data/rl_items.jsonl, and return them with the counts. The tokenizer is
+    the model's (loaded here when not given)."""
+    if tokenizer is None:
+        from medqlora.training import model as M
+
+        tokenizer = M.load_tokenizer(M.resolve_model(cfg.model)[0], cfg.model)
     dc, source = source_config(cfg)
     rows, columns = D.open_rows(source, dc, dc.split)
     if not columns:

@@ -63,6 +63,13 @@ def use_vllm(cfg: RunConfig, backend: str) -> tuple[bool, str]:
     return False, f"transformers generation (vLLM needs {missing or 'the Unsloth backend'})"
 
 
+def plan(cfg: RunConfig, items: RD.Items, print_fn=print):
+    """The memory plan of this run's GRPO steps (reinforce/memory.py) at the items' longest prompt."""
+    from medqlora.reinforce.memory import plan_grpo
+
+    return plan_grpo(cfg, items.longest_prompt, use_vllm(cfg, M.resolve_backend(cfg.model))[0], print_fn)
+
+
 @dataclass
 class Loaded:
     model: object
