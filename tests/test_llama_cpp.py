@@ -6,6 +6,7 @@ Slow and opt-in: `make test-gguf` installs llama-cpp-python (it builds llama.cpp
 here: full-weight folders, as the export's merged_16bit is.
 """
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,45 @@ def test_k_quant_made_by_llama_cpp_loads_and_reads_back(llama_cpp, models, tmp_p
         assert llm.tokenize(b"<think>", add_bos=False, special=False) == [49152]
     finally:
         llm.close()
+
+
+def test_r1_distill_qwen_tokenizer_in_llama_cpp_equals_the_hf_tokenizer(llama_cpp, tmp_path_factory):
+    """Issue 29: a tiny Qwen2 with the real R1-Distill-Qwen tokenizer and template, as its source GGUF and as the GGUF
+    the export writes from the hub-layout folder: llama.cpp loads both, gives the HF tokenizer's ids on prompts with
+    every control token and a thought, and adds bos as the HF tokenizer does; the export's check reads it the same."""
+    from medqlora.config import ModelConfig
+    from medqlora.testing import make_tiny_r1_qwen_folder, make_tiny_r1_qwen_gguf, r1_template
+    from medqlora.training.gguf_tokenizer import read_vocab
+    from medqlora.training.model import load_tokenizer
+
+    work = tmp_path_factory.mktemp("r1cpp")
+    (work / "src").mkdir()
+    source = make_tiny_r1_qwen_gguf(work / "src" / "r1.gguf", work)
+    folder = make_tiny_r1_qwen_folder(work / "hub", work)
+    made = G.write_gguf(folder, work / "r1-f16.gguf", "f16", "r1", G.tokenizer_pre(ModelConfig(name_or_path=folder)))
+    tok = load_tokenizer(folder, ModelConfig(name_or_path=folder))
+    v = read_vocab(source)
+    every = " ".join(v.tokens[i] for i in sorted(v.whole().values()))
+    late = tok.apply_chat_template([{"role": "user", "content": "Dose?"}], tokenize=False, add_generation_prompt=True,
+                                   chat_template=r1_template(True, work / "r1_distill_qwen_tokenizer.gguf"))
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+               for q in QUESTIONS] + [late + "weigh 15 mg/kg\n</think>\n\n500 mg<｜end▁of▁sentence｜>", every]
+    shown = {}
+    for path in (source, made["file"]):
+        llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=2, verbose=False)
+        try:
+            assert llm.n_vocab() == 152064
+            for p in prompts:
+                hf = tok(p, add_special_tokens=False)["input_ids"]
+                assert llm.tokenize(p.encode(), add_bos=False, special=True) == hf, p
+            shown[Path(path).name] = llm.tokenize(prompts[0].encode(), add_bos=False, special=True)
+            assert llm.tokenize(b"Hello world", add_bos=True, special=True) == tok("Hello world")["input_ids"]
+            assert llm.tokenize(b"<think>", add_bos=False, special=False) == [151648], "user-defined: matched whole"
+            llm.eval(llm.tokenize(prompts[0].encode(), add_bos=False, special=True))  # the full file runs
+        finally:
+            llm.close()
+    print(f"\nR1 chat prompt {prompts[0]!r}:\n  HF tokenizer {tok(prompts[0], add_special_tokens=False)['input_ids']}")
+    for name, ids in shown.items():
+        print(f"  llama.cpp ({name}) {ids}")
+    check = G.check_gguf(made["file"], folder, prompts[:3], "f16")
+    assert check["passed"] and check["llama_cpp_same_ids"] == "3/3", check

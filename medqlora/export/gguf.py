@@ -201,41 +201,23 @@ def _write(model_dir: Path, out_file: Path, quant: str, name: str, pre: str | No
 def vocab_rows(gguf_file: str | Path) -> dict:
     """Token count, the embedding's and output layer's rows and the vocab_size key of a GGUF: llama.cpp refuses
     a file whose token_embd rows differ from its token count."""
-    import gguf
+    from medqlora.core.gguf_kv import read_kv, tensor_shapes
 
-    r = gguf.GGUFReader(str(gguf_file))
-    arch = r.fields["general.architecture"].contents()
-    rows = {t.name: int(t.shape[1]) for t in r.tensors if t.name in ("token_embd.weight", "output.weight")}
-    vs = r.fields.get(f"{arch}.vocab_size")
-    return {"tokens": len(r.fields["tokenizer.ggml.tokens"].data), "embedding_rows": rows.get("token_embd.weight"),
-            "output_rows": rows.get("output.weight"), "vocab_size": vs.contents() if vs is not None else None}
-
-
-def _gguf_tokenizer(gguf_file: Path):
-    """transformers' tokenizer read from the GGUF, made to tokenize as llama.cpp does where its reader does not: the
-    USER_DEFINED tokens (non-special added tokens such as <think>) are matched whole in raw text."""
-    import gguf
-    from tokenizers import AddedToken
-    from transformers import AutoTokenizer
-
-    gtok = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    f = gguf.GGUFReader(str(gguf_file)).fields
-    types = f["tokenizer.ggml.token_type"].contents()
-    user = [f["tokenizer.ggml.tokens"].contents(i) for i, t in enumerate(types) if t == gguf.TokenType.USER_DEFINED]
-    gtok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
-    field = f.get("tokenizer.ggml.add_bos_token")
-    gtok.gguf_add_bos = bool(field.contents()) if field is not None else None
-    return gtok
+    kv, shapes = read_kv(gguf_file), tensor_shapes(gguf_file)  # the header alone (GGUFReader: seconds per 100k tokens)
+    rows = {name: int(shapes[name][1]) for name in ("token_embd.weight", "output.weight") if name in shapes}
+    return {"tokens": len(kv["tokenizer.ggml.tokens"]), "embedding_rows": rows.get("token_embd.weight"),
+            "output_rows": rows.get("output.weight"), "vocab_size": kv.get(f"{kv['general.architecture']}.vocab_size")}
 
 
 def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str], quant: str) -> dict:
     """Read the GGUF back and compare it with the merged model on the same prompts: the token list against the
     embedding rows (what llama.cpp checks on load), logits with transformers (relative RMS error against the
-    quantization's tolerance, top-1 agreement), the tokenizer (same ids) and the architecture metadata. Weights are
+    quantization's tolerance, top-1 agreement), the tokenizer (same ids, read from the GGUF's own token list and by
+    llama.cpp where installed, and its fields: gguf_tokenizer_check) and the architecture metadata. Weights are
     read with the merged model's config, so rope scaling that transformers' GGUF reader ignores (Llama 3.1+) does not
     blur the weight check; the metadata is compared separately."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     gguf_file, merged_dir = Path(gguf_file), Path(merged_dir)
     vocab = vocab_rows(gguf_file)
@@ -247,10 +229,12 @@ def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str]
     n_bytes = 2 * 4 * sum(p.numel() for p in ref.parameters())
     device = "cuda" if torch.cuda.is_available() and n_bytes < 0.8 * torch.cuda.mem_get_info()[0] else "cpu"
     ref, back = ref.to(device).eval(), back.to(device).eval()
-    tok = AutoTokenizer.from_pretrained(str(merged_dir))
-    gtok = _gguf_tokenizer(gguf_file)
-    plain = lambda t, p: t(p, add_special_tokens=False)["input_ids"]  # noqa: E731  (bos: the add_bos_token key)
-    same_ids = sum(plain(tok, p) == plain(gtok, p) for p in prompts)
+    from medqlora.export.gguf_meta import load_tokenizer
+    from medqlora.export.gguf_tokenizer_check import check_tokenizer
+
+    tok = load_tokenizer(merged_dir)
+    tcheck = check_tokenizer(gguf_file, merged_dir, prompts)
+    same_ids = tcheck["same_ids"]
     from medqlora.export.merge import logits_agreement
 
     logits = logits_agreement(ref, back, tok, prompts)
@@ -259,13 +243,10 @@ def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str]
             "vocab_size")
     meta_diff = {k: (getattr(meta_cfg, k, None), getattr(ref_cfg, k, None)) for k in keys
                  if getattr(meta_cfg, k, None) != getattr(ref_cfg, k, None)}
-    from medqlora.export.gguf_meta import adds_bos_eos
-
-    add_bos = gtok.gguf_add_bos, adds_bos_eos(merged_dir)["bos"]
-    if add_bos[0] != add_bos[1]:
-        meta_diff["add_bos_token"] = add_bos
+    meta_diff.update(tcheck["differs"])  # tokenizer fields (token list, types, bos/eos/pad, add_bos, pre, template)
     del ref, back
     return {"prompts": len(prompts), **logits, "tolerance": TOLERANCE[quant], "vocab": vocab, "vocab_ok": vocab_ok,
-            "tokenizer_same_ids": f"{same_ids}/{len(prompts)}", "metadata_differs": meta_diff,
+            "tokenizer_same_ids": f"{same_ids}/{len(prompts)}", "tokenizer_read_by": tcheck["read_by"],
+            "llama_cpp_same_ids": tcheck["llama_cpp_same_ids"], "metadata_differs": meta_diff,
             "passed": (logits["logits_rel_rmse"] <= TOLERANCE[quant] and same_ids == len(prompts) and not meta_diff
                        and vocab_ok)}

@@ -10,6 +10,7 @@ from pathlib import Path
 # Spellings that mark an added token as a control token even where tokenizer.json says "special": false (the
 # converter's rule: <|...|>, DeepSeek's full-width <｜...｜>, and a few single names).
 _LOOKS_SPECIAL = ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+R1_BOS = "<｜begin▁of▁sentence｜>"
 
 
 class GGUFUnsupported(ValueError):
@@ -25,14 +26,13 @@ def tokenizer_pre(model_cfg) -> str | None:
     """The pre-tokenizer name llama.cpp keys its regex on: the source GGUF's when the base came from one, else
     recognised from the model's name (None otherwise: the tokenizer's own structure decides, see pre_from_tokenizer)."""
     if model_cfg.gguf_file:
-        import gguf
-
+        from medqlora.core.gguf_kv import read_kv
         from medqlora.training.model import converted_folder
 
         src, _ = converted_folder(model_cfg)
-        field = gguf.GGUFReader(str(src)).fields.get("tokenizer.ggml.pre")
-        if field is not None:
-            return field.contents()
+        pre = read_kv(src).get("tokenizer.ggml.pre")  # the header alone: a 7B file's token list read in a second
+        if pre is not None:
+            return pre
     name = model_cfg.name_or_path.lower()
     for key, pre in (("deepseek-r1-distill-qwen", "deepseek-r1-qwen"), ("llama-3", "llama-bpe"),
                      ("llama3", "llama-bpe"), ("deepseek-r1-distill-llama", "llama-bpe"), ("qwen2", "qwen2"),
@@ -42,10 +42,12 @@ def tokenizer_pre(model_cfg) -> str | None:
     return None
 
 
-def pre_from_tokenizer(tj: dict) -> str:
+def pre_from_tokenizer(tj: dict, bos: str | None = None) -> str:
     """The llama.cpp pre-tokenizer whose split regex is the one this tokenizer.json applies ('default' if unknown):
     a bare byte-level split is GPT-2's regex; digits split singly before it is SmolLM's; Llama 3 and Qwen2 split with
-    their own regexes (digits in threes, or singly) before a regex-free byte-level step."""
+    their own regexes (digits in threes, or singly) before a regex-free byte-level step. A Qwen2 split with R1's
+    bos (`bos`: the tokenizer's bos token) is deepseek-r1-qwen, as llama.cpp's converter names it (it tells them
+    apart by the ids of a text, which differ by that bos)."""
     pre = tj.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [s.get("type") for s in steps]
@@ -58,7 +60,7 @@ def pre_from_tokenizer(tj: dict) -> str:
         if "\\\\p{N}{1,3}" in regex:
             return "llama-bpe"
         if "\\\\p{N}|" in regex:
-            return "qwen2"
+            return "deepseek-r1-qwen" if bos == R1_BOS else "qwen2"
     return "default"
 
 
@@ -81,32 +83,43 @@ def vocab_fields(model_dir: Path, vocab_size: int, pre: str | None):
     size = max(vocab_size, max(by_id) + 1)
     tokens = [by_id.get(i, (f"[PAD{i}]", gguf.TokenType.UNUSED))[0] for i in range(size)]
     types = [by_id.get(i, (None, gguf.TokenType.UNUSED))[1] for i in range(size)]
-    return tokens, types, pre or pre_from_tokenizer(tj)
+    return tokens, types, pre or pre_from_tokenizer(tj, bos_token(model_dir))
+
+
+def bos_token(model_dir: Path) -> str | None:
+    """The bos token tokenizer_config.json names (a string or an AddedToken record)."""
+    path = model_dir / "tokenizer_config.json"
+    bos = json.loads(path.read_text()).get("bos_token") if path.is_file() else None
+    return bos.get("content") if isinstance(bos, dict) else bos
+
+
+def load_tokenizer(model_dir: Path):
+    """The folder's tokenizer as training used it: transformers' class where it tokenizes as tokenizer.json does,
+    else tokenizer.json as written (tokenizer_check)."""
+    from transformers import AutoTokenizer
+
+    from medqlora.training.tokenizer_check import checked
+
+    return checked(AutoTokenizer.from_pretrained(str(model_dir)), str(model_dir))[0]
 
 
 def adds_bos_eos(model_dir: Path) -> dict:
     """Whether the tokenizer puts bos / eos around a plain text, as transformers applies it (written explicitly as
     tokenizer.ggml.add_bos_token / add_eos_token: llama.cpp's default differs per pre-tokenizer)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = load_tokenizer(Path(model_dir))
     ids = tok("a b")["input_ids"]
     return {"bos": tok.bos_token_id is not None and ids[:1] == [tok.bos_token_id],
             "eos": tok.eos_token_id is not None and len(ids) > 1 and ids[-1:] == [tok.eos_token_id]}
 
 
 def _source_gguf_general(path: Path) -> dict:
-    import gguf
+    from medqlora.core.gguf_kv import read_kv
 
-    fields = gguf.GGUFReader(str(path)).fields
     out = {}
-    for key, f in fields.items():
+    for key, value in read_kv(path).items():
         if key.startswith("general.") and key not in ("general.architecture", "general.file_type",
                                                       "general.quantization_version", "general.type"):
-            try:
-                out[key.removeprefix("general.")] = f.contents()
-            except Exception:  # noqa: BLE001  (an odd field is left out, not fatal)
-                continue
+            out[key.removeprefix("general.")] = value.tolist() if hasattr(value, "tolist") else value
     return out
 
 
@@ -174,9 +187,7 @@ def modelfile(gguf_name: str, model_dir: Path, template: str, system_prompt: str
     """An Ollama Modelfile beside the GGUF: the prompt exactly as training and evaluation built it (one turn; a chat
     template is rendered with placeholders and turned into Ollama's Go template), the end-of-turn tokens as stops,
     and the evaluation's sampling settings."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = load_tokenizer(Path(model_dir))
     sys_mark, user_mark = "\x00SYSTEM\x00", "\x00PROMPT\x00"
     if template == "plain":
         body = "{{ if .System }}{{ .System }}\n\n{{ end }}### Question:\n{{ .Prompt }}\n\n### Answer:\n"

@@ -79,7 +79,8 @@ def converted_folder(cfg: ModelConfig) -> tuple[Path, Path]:
     if not src.is_file():
         raise FileNotFoundError(f"GGUF file not found: {src}")
     st = src.stat()
-    key = hashlib.sha1(f"{src.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    # ":tok2": conversions made before the tokenizer was checked against the file are not reused
+    key = hashlib.sha1(f"{src.resolve()}:{st.st_size}:{int(st.st_mtime)}:tok2".encode()).hexdigest()[:12]
     return src, Path(cfg.cache_dir).expanduser() / f"{src.stem}-{key}"
 
 
@@ -138,6 +139,14 @@ def _convert_gguf(src: Path, out: Path) -> dict:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         fixes = _end_of_turn_fix(tok, model.generation_config)
+        from medqlora.training import gguf_tokenizer
+
+        # never a tokenizer that disagrees with the file: transformers' converter loses specials (R1-Distill-Qwen)
+        tok, rebuilt = gguf_tokenizer.agreeing(tok, src, model.get_input_embeddings().num_embeddings,
+                                               lambda t: _end_of_turn_fix(t, model.generation_config))
+        fixes += rebuilt
+        for note in rebuilt:  # said where the conversion runs (the first stage that loads the tokenizer)
+            print(f"WARNING {note}")
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         try:
@@ -154,7 +163,9 @@ def _convert_gguf(src: Path, out: Path) -> dict:
 def load_tokenizer(ref: str, cfg: ModelConfig):
     from transformers import AutoTokenizer, GenerationConfig
 
-    tok = AutoTokenizer.from_pretrained(ref)
+    from medqlora.training.tokenizer_check import checked
+
+    tok, _ = checked(AutoTokenizer.from_pretrained(ref), ref)  # the class tokenizer_config names may not fit the file
     try:
         gen = GenerationConfig.from_pretrained(ref)
     except (OSError, ValueError):
@@ -183,6 +194,9 @@ def load_base(ref: str, cfg: ModelConfig, backend: str, for_training: bool):
         model, tok = FastLanguageModel.from_pretrained(
             model_name=ref, max_seq_length=cfg.max_seq_length, dtype=None if cfg.dtype == "auto" else compute_dtype(cfg),
             load_in_4bit=cfg.load_in_4bit)
+        from medqlora.training.tokenizer_check import checked
+
+        tok, _ = checked(tok, ref)
         _end_of_turn_fix(tok, getattr(model, "generation_config", None))
         if cfg.chat_template:
             tok.chat_template = cfg.chat_template
