@@ -295,7 +295,7 @@ def main(argv=None) -> int:
             loads[loader] = time.time() - t0
             loaded = (loader, model)
             emit(out, "LOAD", {"loader": loader, "seconds": round(loads[loader], 1)})
-        for b in (only.get(engine) or [planned if x == "planned" else int(x) for x in a.batches]):
+        for b in dict.fromkeys(only.get(engine) or [planned if x == "planned" else int(x) for x in a.batches]):
             lengths = [a.new_tokens] + ([a.long] if a.long and b == planned and engine in a.long_engines else [])
             for new_tokens in lengths:
                 if left() < a.min_left * (1 + new_tokens / 256) + reserve:
