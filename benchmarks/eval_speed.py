@@ -226,6 +226,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", type=int, default=0, help="profile one short call at this batch (eager and static)")
     p.add_argument("--deadline", type=float, default=0, help="epoch seconds: rows that would start later are skipped")
     p.add_argument("--min-left", type=float, default=25, help="seconds a row needs left before the deadline")
+    p.add_argument("--step-s", type=float, default=0.02, help="and this much more per new token")
     p.add_argument("--reserve", type=float, default=0, help="seconds kept for the eager rows by the engines before them")
     p.add_argument("--eager-loader", default="unsloth", help="adapter path: the eager engine's backend (hf on a CPU)")
     p.add_argument("--single", type=int, default=2, help="prompts timed one at a time for batch 1")
@@ -298,7 +299,7 @@ def main(argv=None) -> int:
         for b in dict.fromkeys(only.get(engine) or [planned if x == "planned" else int(x) for x in a.batches]):
             lengths = [a.new_tokens] + ([a.long] if a.long and b == planned and engine in a.long_engines else [])
             for new_tokens in lengths:
-                if left() < a.min_left * (1 + new_tokens / 256) + reserve:
+                if left() < a.min_left + a.step_s * new_tokens + reserve:
                     emit(out, "SKIPROW", {"engine": engine, "batch": b, "new_tokens": new_tokens, "why": "no time left"})
                     continue
                 try:

@@ -2,29 +2,29 @@
 # (benchmarks/eval_speed.py), on the Llama-3.2-1B and Llama-3.1-8B shapes with Llama 3's 128,256-token vocabulary
 # (untied), one process per shape, one after the other on the card:
 #   1B  eval.merge path (dequantized, adapter merged; transformers generate): eager (before), static, continuous
-#   8B  4-bit + adapter: static and continuous through transformers + PEFT + bitsandbytes (after), then eager through
-#       Unsloth's inference mode (before; loaded last, its class patches stay in the process), 100 s kept for it
-# The 8B body is built while the 1B process imports; each process imports and prepares while the other runs and
-# loads its model only once the card is free (--wait-for). Run from .gpuwork: OUT=... bash benchmarks/gpu/eval_speed.sh
-# (DRY=1: tiny shapes on the CPU through the local venv).
-BUDGET=${BUDGET:-575}
+#   8B  4-bit + adapter: static through transformers + PEFT + bitsandbytes (after), then eager through Unsloth's
+#       inference mode (before; loaded last, its class patches stay in the process), 70 s kept for it
+# The 8B body is built (mostly writing 16 GB to disk) while the 1B process runs; the 8B process imports and prepares
+# meanwhile and loads its model once the 1B process is done (--wait-for). Sized for about 5.5 minutes of device
+# time. Run from .gpuwork: OUT=... bash benchmarks/gpu/eval_speed.sh (DRY=1: tiny shapes on the CPU through the local venv).
+BUDGET=${BUDGET:-330}
 . benchmarks/gpu/common.sh
 begin 0
 V="--vocab 128256 --untied"
-NT=128 LONG=1024 PROF=16 LOADER=unsloth
+NT=64 LONG=1024 PROF=16 LOADER=unsloth
 if [ "${DRY:-0}" = 1 ]; then V="--vocab 60000 --untied"; NT=8 LONG=16 PROF=4 LOADER=hf; fi
 E="$PY $W/benchmarks/eval_speed.py"
 DL=$(( T0 + BUDGET - 12 ))
 build m1b $B1 $V
 ( build m8b $B8 $V; touch /tmp/jobs/m8b.built ) &
 # the 8B process: imports and prepares now, loads once the 1B process is done
-( job gen8b $(( BUDGET - 40 )) "$SITE_NOX" $E /tmp/m8b /tmp/jobs/gen8b --path adapter --data "$W/data200" \
-    --engines static continuous eager --batches planned 64 16 1 --batches-for static=planned,16,1 continuous=planned \
-    --new-tokens $NT --long $LONG --profile $PROF --eager-loader $LOADER --reserve 100 --deadline $DL \
+( job gen8b $(( BUDGET - 25 )) "$SITE_NOX" $E /tmp/m8b /tmp/jobs/gen8b --path adapter --data "$W/data200" \
+    --engines static eager --batches planned 1 64 16 --batches-for static=planned \
+    --new-tokens $NT --long $LONG --profile $PROF --eager-loader $LOADER --reserve 70 --deadline $DL \
     --model-ready /tmp/jobs/m8b.built --wait-for /tmp/jobs/gen1b.done ) &
-job gen1b $(( BUDGET - 260 )) "$SITE_NOX" $E /tmp/m1b /tmp/jobs/gen1b --path merged --data "$W/data200" \
-  --engines eager static continuous --batches planned 64 16 1 --batches-for continuous=planned \
-  --new-tokens $NT --long $LONG --profile $PROF --deadline $(( T0 + 300 )) --wait-for /tmp/jobs/m8b.built
+job gen1b $(( BUDGET - 140 )) "$SITE_NOX" $E /tmp/m1b /tmp/jobs/gen1b --path merged --data "$W/data200" \
+  --engines eager static continuous --batches planned 64 16 1 --batches-for static=planned,16 continuous=planned \
+  --new-tokens $NT --long $LONG --profile $PROF --deadline $(( T0 + 165 ))
 touch /tmp/jobs/gen1b.done
 wait
 for s in gen1b gen8b; do
