@@ -24,7 +24,7 @@ build m1b $B1 $V
     --model-ready /tmp/jobs/m8b.built --wait-for /tmp/jobs/gen1b.done ) &
 job gen1b $(( BUDGET - 140 )) "$SITE_NOX" $E /tmp/m1b /tmp/jobs/gen1b --path merged --data "$W/data200" \
   --engines eager static continuous --batches planned 64 16 1 --batches-for static=planned,16 continuous=planned \
-  --new-tokens $NT --long $LONG --profile $PROF --deadline $(( T0 + 165 ))
+  --new-tokens $NT --long $LONG --profile $PROF --deadline $(( T0 + ${D1:-165} ))
 touch /tmp/jobs/gen1b.done
 wait
 for s in gen1b gen8b; do
