@@ -20,7 +20,8 @@ if [ "${SHAPES:-1b 8b}" = 1b ]; then  # the 1B shape alone (a short call): impor
   ( build m1b $B1 $V; touch /tmp/jobs/m1b.built ) &
   job gen1b $(( BUDGET - 15 )) "$SITE_NOX" $E /tmp/m1b /tmp/jobs/gen1b --path merged --data "$W/data200" \
     --engines eager static continuous --batches planned 16 64 1 --batches-for static=planned continuous=planned \
-    --new-tokens $NT --long $LONG --profile ${PROF1:-$PROF} --deadline $DL --model-ready /tmp/jobs/m1b.built
+    --new-tokens $NT --long $LONG --profile ${PROF1:-$PROF} --deadline $DL --model-ready /tmp/jobs/m1b.built \
+    --min-left 8 --step-s 0.01
 else
   build m1b $B1 $V
   ( build m8b $B8 $V; touch /tmp/jobs/m8b.built ) &
