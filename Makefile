@@ -26,10 +26,13 @@ test-all: setup
 
 # The GGUF files against llama.cpp itself: installs llama-cpp-python (the [gguf] extra, built from source: about
 # 13 minutes on 2 CPU cores the first time), then loads a tiny Llama's and a tiny Qwen2's GGUF in llama.cpp and
-# compares token ids and greedy tokens with transformers, and makes a q4_k_m with llama.cpp's quantizer.
+# compares token ids and greedy tokens with transformers, makes a q4_k_m with llama.cpp's quantizer, checks the real
+# DeepSeek-R1-Distill-Qwen tokenizer's ids in llama.cpp, and runs the R1 params' five stages on a tiny R1-Distill-Qwen
+# (a GGUF base and a hub-layout folder), whose GGUF check then tokenizes with llama.cpp too (about 10 more minutes).
 test-gguf: setup
 	$(PY) -m pip install -q -c constraints.txt "llama-cpp-python==0.3.36"
 	$(PY) -m pytest -q -s -m llama_cpp tests/test_llama_cpp.py
+	$(PY) -m pytest -q -s -m slow tests/test_r1_qwen.py
 
 # eval.choice_scoring: loglik against lm-evaluation-harness itself (tests/test_lmeval.py, about 10 minutes on 2 CPU
 # cores), in its own venv: lm-eval would change a pinned version in .venv. Offline: lm-eval reads a local medqa file.
