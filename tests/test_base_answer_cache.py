@@ -218,10 +218,11 @@ def test_the_stage_decodes_with_eval_decoding_and_the_answers_stay_the_same(batc
     cfg, (run1, run2), calls = batch_of_runs
     r = EV.compare(cfg, run1, print_fn=lambda *a: None)
     assert r["decoding"] == {"engine": "eager", "why": "auto: no CUDA GPU (compiled decoding and CUDA graphs pay only "
-                             "on a GPU)", "loaded_with": "hf"}
+                             "on a GPU)", "loaded_with": "hf", "fell_back": []}
     c = cfg.model_copy(deep=True)
     c.eval.decoding = "static"
     calls.clear()
     s = EV.compare(c, run2, print_fn=lambda *a: None)
     assert s["decoding"]["engine"] == "static" and ("generate", "base") in calls, "another engine: another key"
+    assert s["decoding"]["fell_back"] == [], "the static path itself answered"
     assert base_rows(run2) == base_rows(run1) and s["metrics"] == r["metrics"]

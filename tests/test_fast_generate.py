@@ -87,11 +87,13 @@ def test_a_prompt_longer_than_the_planned_cache_gets_a_cache_that_holds_it(sharp
                     max_cache_len=16) == eager
 
 
-def test_auto_is_static_on_a_gpu_and_eager_on_a_cpu_and_unsloth_4bit_loads_through_transformers():
+def test_auto_keeps_the_eager_path_until_measured_on_a_gpu_and_unsloth_4bit_loads_through_transformers():
     from medqlora.evaluation import fast_generate as FG
 
     cfg = types.SimpleNamespace(eval=types.SimpleNamespace(decoding="auto"))
-    assert FG.choose(cfg, cuda=True)[0] == "static" and FG.choose(cfg, cuda=False)[0] == "eager"
+    assert FG.choose(cfg, cuda=False)[0] == "eager"
+    engine, why = FG.choose(cfg, cuda=True)
+    assert engine == "eager" and "eval.decoding: static" in why, "opt in until a device call has measured it"
     cfg.eval.decoding = "continuous"
     assert FG.choose(cfg, cuda=False) == ("continuous", "eval.decoding: continuous")
     assert FG.load_backend("static", "unsloth", merged=False) == "hf"
@@ -111,3 +113,32 @@ def test_a_4bit_quantizer_is_set_aside_only_while_generate_runs():
     with pytest.raises(RuntimeError), FG.compile_allowed(peft):
         raise RuntimeError("generation failed")
     assert inner.hf_quantizer is quantizer, "put back after a failure too"
+
+
+def test_a_failing_fast_engine_falls_back_to_eager_once_and_says_so(sharp_model, tokenizer, monkeypatch):
+    """A compiled or paged path that fails on some model or library version must not fail the stage: the batch is
+    answered again eagerly, the failure is logged and kept, and the pass's later calls go straight to eager."""
+    from medqlora.evaluation.generate import generate
+
+    eager = answers_with(sharp_model, tokenizer, "eager")
+    real, tried = sharp_model.generate, []
+
+    def static_breaks(**kw):
+        tried.append(kw.get("cache_implementation"))
+        if kw.get("cache_implementation") == "static":
+            raise RuntimeError("Unsupported: a graph break the compiler cannot handle")
+        return real(**kw)
+
+    monkeypatch.setattr(sharp_model, "generate", static_breaks)
+    lines, fallback = [], []
+    out = generate(sharp_model, tokenizer, ITEMS, 10, 4, 3, "base", print_fn=lines.append, engine="static",
+                   max_cache_len=64, fallback_log=fallback)
+    assert out == eager
+    assert fallback == [{"label": "base", "engine": "static",
+                         "error": "RuntimeError: Unsupported: a graph break the compiler cannot handle"}]
+    assert any("static decoding failed" in line and "going on with eager decoding" in line for line in lines)
+    assert tried.count("static") == 1, "tried once, then eager for the rest of the call"
+    tried.clear()
+    generate(sharp_model, tokenizer, ITEMS, 10, 4, 3, "fine-tuned", print_fn=lines.append, engine="static",
+             max_cache_len=64, fallback_log=fallback)
+    assert "static" not in tried and len(fallback) == 1, "a later call of the pass starts eager"

@@ -61,8 +61,9 @@ class EvalConfig(Section):
         "by batch. static: a static KV cache sized once for the pass and the decoding step compiled (torch.compile "
         "with CUDA graphs: one compiled shape, Python and kernel launches out of the loop). continuous: "
         "transformers' continuous batching (generate_batch, CUDA graphs): a finished answer leaves the batch and the "
-        "next prompt takes its place. auto: static on a CUDA GPU, eager on a CPU. Greedy answers are the same "
-        "tokens in float32; in 16 bits a near-tie between two tokens can fall the other way.")
+        "next prompt takes its place. auto: eager (on a GPU until the static path is measured there: "
+        "benchmarks/gpu/eval_speed.sh). A static or continuous call that fails is answered eagerly and said so. Greedy "
+        "answers are the same tokens in float32; in 16 bits a near-tie between two tokens can fall the other way.")
     base_answers_cache: str | None = Field(
         "auto", description="Where the base model's answers are kept and reused: the runs of a batch on one base "
         "model, eval items and generation settings, and a resumed run, generate them once. auto: base-answers/ "

@@ -133,7 +133,8 @@ def compare(cfg, run, print_fn=print) -> dict:
         return [it for it in items if (plan["generate"] and not it.get("lm_eval_prompt")) or it["kind"] == "freetext"]
 
     batch, batching = batch_for(cfg, ref, [it for _, items, _ in chosen for it in items], tok, print_fn, merge)
-    kw.update(engine=engine, max_cache_len=batching["cache_len"])  # static engine: one cache size for the pass
+    fell_back: list[dict] = []  # a static / continuous call that failed and was answered eagerly (generate)
+    kw.update(engine=engine, max_cache_len=batching["cache_len"], fallback_log=fell_back)  # static: one cache size
     ll_pairs = [p for name, items, _ in chosen if plans[name]["loglik"]
                 for p in choice_requests(items, tok, plans[name]["prompt"], cfg.data.template)[1]]
     ll_batch, ll_batching = loglik_batch_for(cfg, ref, ll_pairs, print_fn, merge) if ll_pairs else (batch, None)
@@ -174,7 +175,7 @@ def compare(cfg, run, print_fn=print) -> dict:
                               cfg.data.system_prompt, ll_batch, label, print_fn=print_fn,
                               oom_retries=cfg.memory.oom_retries, oom_log=oom_log)  # option-order robustness
                 ll_seconds[who] += time.time() - t1
-                if who == "base":
+                if who == "base" and not fell_back:  # answers keyed by the engine that made them
                     cache.save(name, items, answers[who][name], choices[who][name], seconds[who] - set_seconds,
                                sum(a["new_tokens"] for a in answers[who][name]), made_by=run.path.name)
                 if ll_stats:  # its own peak: on a CPU the RSS is back down by the record below
@@ -203,7 +204,7 @@ def compare(cfg, run, print_fn=print) -> dict:
                         for q, b, f in zip(e.queries, queries.get("base", []), queries.get("finetuned", []))],
             "backend": backend, "merged": merge, "merge_reason": merge_why, "batching": batching,
             "loglik_batching": ll_batching, "base_answers": cache.summary(),
-            "decoding": {"engine": engine, "why": engine_why, "loaded_with": load_as},
+            "decoding": {"engine": engine, "why": engine_why, "loaded_with": load_as, "fell_back": fell_back},
             "n_items": held["n_items"], "sampled": held["sampled"], "load_seconds": round(load_s, 1),
             "oom_halvings": oom_log,
             "memory_estimate_gb": batching["estimate_gb"],

@@ -66,14 +66,16 @@ def sampling(cfg) -> dict:
 def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_tokens_choice: int,
              batch_size: int, label: str, print_fn=print, oom_retries: int = 3, oom_log: list | None = None,
              template: str = "chat", sampling_kw: dict | None = None, timing: dict | None = None,
-             engine: str = "eager", max_cache_len: int | None = None) -> list[dict]:
+             engine: str = "eager", max_cache_len: int | None = None, fallback_log: list | None = None) -> list[dict]:
     """Greedy answers for every item ({text, new_tokens, hit_limit}), batched with left padding, the prompt
     tokenized exactly as in training; progress printed per batch. Out of GPU memory, the batch is halved and the
     same prompts are tried again (up to oom_retries times, logged in oom_log). `timing`, shared by the calls of one
     pass, gets the pass's first batch (its one-time costs: compilation, caches, dequantization) apart from the
     batches after it: first_batch_seconds/tokens, steady_seconds/tokens. engine (fast_generate.py): eager, static
     (a static KV cache of max_cache_len positions, every batch at the full batch size, the step compiled) or
-    continuous (transformers' continuous batching: one call per group, finished answers leave the batch)."""
+    continuous (transformers' continuous batching: one call per group, finished answers leave the batch). A static
+    or continuous call that fails (not out of memory) is answered again eagerly, logged in fallback_log, and the
+    calls after it (sharing the log: the rest of the pass) decode eagerly."""
     import torch
 
     from medqlora.core.system import free_memory
@@ -83,6 +85,8 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
     device = next(model.parameters()).device
     answers: list[dict | None] = [None] * len(items)
     oom_log = oom_log if oom_log is not None else []
+    fallback_log = fallback_log if fallback_log is not None else []
+    engine = "eager" if fallback_log else engine
     # Short-answer items get a short budget; within a group, similar lengths share a batch.
     groups = {}
     for i, it in enumerate(items):
@@ -113,6 +117,12 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
                                              **extra)
                     gen = out[:len(chunk), enc["input_ids"].shape[1]:]
             except Exception as e:
+                if engine != "eager" and not _is_oom(e):  # a path that fails here must not fail the stage
+                    fallback_log.append({"label": label, "engine": engine, "error": f"{type(e).__name__}: {e}"[:300]})
+                    print_fn(f"{label}: {engine} decoding failed ({fallback_log[-1]['error']}); going on with eager "
+                             "decoding")
+                    engine = "eager"
+                    continue
                 if not _is_oom(e) or batch_size == 1 or len(oom_log) >= oom_retries:
                     raise
                 free_memory(reset_peak=True)
