@@ -100,7 +100,7 @@ def test_a_kill_during_grpo_resumes_from_the_checkpoint(tmp_path, tiny_model_dir
     assert [r["step"] for r in result["rows"]] == list(range(1, 7)), "the history before the kill is kept"
     assert "resuming from" in "\n".join(lines) and "resumed at step 4" in "\n".join(lines)
     # a changed setting is a different run: the old checkpoints are not resumed
-    changed = load_config(tmp_path / "tiny.yaml", ["rl.learning_rate=2e-3"])
+    changed = load_config(tmp_path / "tiny.yaml", ["rl.learning_rate=2e-3", "rl.max_steps=2"])
     lines = []
     again = G.train(changed, run, G.load(changed, run), items, print_fn=lines.append)
     assert again["resumed_from"] is None and "made with other settings (rl.learning_rate" in "\n".join(lines)

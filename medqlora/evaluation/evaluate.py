@@ -16,7 +16,7 @@ from medqlora.core import memory_log
 from medqlora.evaluation.answer_cache import BaseAnswers
 from medqlora.evaluation.fast_generate import choose as choose_decoding
 from medqlora.evaluation.fast_generate import load_backend
-from medqlora.evaluation import manifest
+from medqlora.evaluation import after_sft, manifest
 from medqlora.evaluation.generate import answer_queries, batch_for, generate, sampling, select_items
 from medqlora.evaluation.leaderboard import group_scores, set_plan
 from medqlora.evaluation.loglik import batch_for as loglik_batch_for
@@ -193,10 +193,23 @@ def compare(cfg, run, print_fn=print) -> dict:
                      f"({t['first_batch_tokens']} tokens in {t['first_batch_seconds']:.1f} s, with any one-time costs "
                      f"such as compilation and caches), the batches after it "
                      f"{t['steady_tokens'] / t['steady_seconds']:.1f} new tokens/s")
+    sft, sft_answers = after_sft.sft_adapter(cfg, run), {}  # both train and reinforce ran: a third column
+    if sft and merge:
+        print_fn("after SFT: not measured: eval.merge merged the exported (RL) adapter into the weights; set "
+                 "eval.merge: false to score base, after SFT and after RL side by side")
+    elif sft:
+        sft_answers = after_sft.answer_after_sft(model, sft, chosen, generated, lambda its, label: generate(
+            model, tok, its, e.max_new_tokens, e.max_new_tokens_choice, fitted_batch(oom_log, batch, False), label,
+            **kw), print_fn)
     sets = {name: {**score_set(run, name, items, {who: answers[who][name] for who in answers}, source,
                                {who: choices[who][name] for who in choices}, generated(items)),
                    "sampled": sampled[name], "task": (prep.get("eval_sets") or {}).get(name, {}).get("task")}
             for name, items, source in chosen}
+    for name, items, _ in chosen:
+        if name in sft_answers:
+            sets[name]["after_sft"] = after_sft.three_way(run, name, generated(items), items,
+                                                          {who: answers[who][name] for who in answers},
+                                                          sft_answers[name])
     held = sets["held-out"]
     return {"generation": {"max_new_tokens": e.max_new_tokens, "max_new_tokens_choice": e.max_new_tokens_choice,
                            **sampling(cfg)},

@@ -86,6 +86,10 @@ def build(run: RunDir, stages: list[dict] | None = None) -> Headline:
                                                "answers": ev.get("answers")}}
         for name, st in sets.items():
             h.rows += _metric_rows(name, st)
+            if st.get("after_sft"):  # both train and reinforce ran: what the RL step changed, paired
+                from medqlora.evaluation.after_sft import rl_step
+
+                h.rows += _metric_rows(f"{name} (RL step: after SFT -> after RL)", rl_step(st))
             h.warnings += set_warnings(name, st, run)
             if sample_note(name, st):
                 h.samples.append(sample_note(name, st))
