@@ -299,7 +299,7 @@ def main(argv=None) -> int:
         for cfg, f in jobs:
             run_id = args.run_id or f"{cfg.run_name}-{datetime.now():%Y%m%d-%H%M%S}"
             try:
-                print(f"prepared {f}: {prepare(cfg, run_id, str(reports), stages)}")
+                print(f"prepared {f}: {prepare(cfg, run_id, str(reports), for_run(cfg, stages))}")
             except (FileExistsError, PrepareError) as e:
                 print(f"error: --prepare-only {f}: {e}", file=sys.stderr)
                 return EXIT_INVALID
