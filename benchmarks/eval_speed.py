@@ -84,7 +84,8 @@ def write_adapter(ref: str, out: Path, cfg) -> str:
             tensors[f"{name}.lora_A.weight"] = torch.randn(r, fan_in, generator=g) / math.sqrt(fan_in)
             tensors[f"{name}.lora_B.weight"] = torch.randn(fan_out, r, generator=g) * 1e-3
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}, str(out / "adapter_model.safetensors"))
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()},
+              str(out / "adapter_model.safetensors"))
     (out / "adapter_config.json").write_text(json.dumps({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": cfg.lora.alpha, "lora_dropout": 0.0,
         "target_modules": targets, "bias": "none", "base_model_name_or_path": ref, "inference_mode": True,
@@ -216,7 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("out")
     p.add_argument("--path", choices=["merged", "adapter"], required=True)
     p.add_argument("--params", default=str(ROOT / "params" / "deepseek-r1-distill-llama-8b.yaml"))
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="medquad_sample.jsonl, pubmedqa_pqal.jsonl")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"),
+                   help="its medquad_sample.jsonl and pubmedqa_pqal.jsonl")
     p.add_argument("--engines", nargs="+", default=["eager", "static", "continuous"])
     p.add_argument("--batches", nargs="+", default=["planned", "64", "16", "1"])
     p.add_argument("--batches-for", nargs="*", default=[], help="ENGINE=B,B: fewer batches for an engine")
@@ -227,7 +229,8 @@ def main(argv=None) -> int:
     p.add_argument("--deadline", type=float, default=0, help="epoch seconds: rows that would start later are skipped")
     p.add_argument("--min-left", type=float, default=25, help="seconds a row needs left before the deadline")
     p.add_argument("--step-s", type=float, default=0.02, help="and this much more per new token")
-    p.add_argument("--reserve", type=float, default=0, help="seconds kept for the eager rows by the engines before them")
+    p.add_argument("--reserve", type=float, default=0,
+                   help="seconds kept for the eager rows by the engines before them")
     p.add_argument("--eager-loader", default="unsloth", help="adapter path: the eager engine's backend (hf on a CPU)")
     p.add_argument("--single", type=int, default=2, help="prompts timed one at a time for batch 1")
     p.add_argument("--wait-for", default=None, help="a file to wait for before loading (another job's GPU work)")
@@ -300,7 +303,8 @@ def main(argv=None) -> int:
             lengths = [a.new_tokens] + ([a.long] if a.long and b == planned and engine in a.long_engines else [])
             for new_tokens in lengths:
                 if left() < a.min_left + a.step_s * new_tokens + reserve:
-                    emit(out, "SKIPROW", {"engine": engine, "batch": b, "new_tokens": new_tokens, "why": "no time left"})
+                    emit(out, "SKIPROW", {"engine": engine, "batch": b, "new_tokens": new_tokens,
+                                          "why": "no time left"})
                     continue
                 try:
                     r = measure(model, tok, items, b, new_tokens, engine, cache_len, cfg, engine, single=a.single)
@@ -334,7 +338,8 @@ def main(argv=None) -> int:
             continue
         key = (r["batch"], r["new_tokens_each"])
         x = f"{r['new_tokens_per_s'] / base[key]:.2f}" if key in base else ""
-        print(f"{r['engine']:<11} {r['loader']:<8} {r['batch']:>5} {r['new_tokens_each']:>7} {r['new_tokens_per_s']:>9.1f} "
+        print(f"{r['engine']:<11} {r['loader']:<8} {r['batch']:>5} {r['new_tokens_each']:>7} "
+              f"{r['new_tokens_per_s']:>9.1f} "
               f"{x:>8} {r['warmup_seconds']:>9.1f} {r['peak_reserved_gb'] or '':>8} "
               f"{r.get('same_answers_as_eager', ''):>13}")
     return 0

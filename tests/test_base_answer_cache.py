@@ -54,7 +54,8 @@ def cache_for(cfg, run, ref, **over):
 
 
 ITEMS = [{"id": "a", "kind": "freetext", "prompt": "What causes scurvy?", "reference": "Lack of vitamin C."},
-         {"id": "b", "kind": "choice", "prompt": "Which vitamin? A or B", "options": {"A": "D", "B": "C"}, "answer": "B"}]
+         {"id": "b", "kind": "choice", "prompt": "Which vitamin? A or B", "options": {"A": "D", "B": "C"},
+          "answer": "B"}]
 
 
 def test_any_change_of_model_items_or_settings_is_another_key(key_setup, tmp_path):
@@ -120,10 +121,12 @@ def trained_run(tmp_path_factory, tiny_model_dir):
     opts = {"A": "Vitamin A", "B": "Vitamin C", "C": "Iron", "D": "Zinc"}
     ev = [{"question": "What causes scurvy?", "answer": "Lack of vitamin C."},
           {"question": "Which vitamin prevents scurvy?", "options": opts, "answer": "B"}]
-    yn = [{"question": "Do statins lower LDL?", "context": "A trial.", "long_answer": "They do.", "final_decision": "yes"}]
+    yn = [{"question": "Do statins lower LDL?", "context": "A trial.", "long_answer": "They do.",
+           "final_decision": "yes"}]
     params = tiny_params(tmp, tiny_model_dir, write_jsonl(tmp / "t.jsonl", rows), write_jsonl(tmp / "e.jsonl", ev),
                          train={"max_steps": 2}, export={"formats": ["lora"]},
-                         eval={"merge": False, "sets": [{"name": "yn", "source": str(write_jsonl(tmp / "yn.jsonl", yn))}]})
+                         eval={"merge": False,
+                               "sets": [{"name": "yn", "source": str(write_jsonl(tmp / "yn.jsonl", yn))}]})
     cfg = load_config(params)
     run = RunDir(tmp / "reports" / "run")
     shutil.copy(params, run.config_path)
@@ -175,7 +178,8 @@ def test_a_batch_of_two_runs_on_one_base_model_generates_the_base_answers_once(b
     assert r2["base_answers"]["note"].startswith(f"base answers reused from {shared}")
     assert any(line.startswith("base answers reused from") for line in lines), "the stage's log says so"
     # the same answers and scores as computed, the same metrics
-    assert base_rows(run2) == base_rows(run1) and base_rows(run2, "answers_yn.jsonl") == base_rows(run1, "answers_yn.jsonl")
+    assert base_rows(run2) == base_rows(run1)
+    assert base_rows(run2, "answers_yn.jsonl") == base_rows(run1, "answers_yn.jsonl")
     assert r2["metrics"]["base"] == r1["metrics"]["base"]
     assert r2["generate_seconds"]["base"] == 0.0
 

@@ -5,7 +5,8 @@ import types
 
 import pytest
 
-ITEMS = ([{"kind": "freetext", "prompt": f"Question {i}: what " + "exactly " * (i % 4) + "causes scurvy?"} for i in range(5)]
+ITEMS = ([{"kind": "freetext", "prompt": f"Question {i}: what " + "exactly " * (i % 4) + "causes scurvy?"}
+          for i in range(5)]
          + [{"kind": "choice", "prompt": f"Pick {i}: " + "A, B " * (1 + i % 3) + "or C?"} for i in range(3)])
 
 

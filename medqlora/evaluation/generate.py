@@ -106,8 +106,9 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
                     with torch.no_grad():
                         gen = FG.continuous(model, tokenizer, ids, budget, batch_size, sampling_kw)
                 else:
-                    enc = tokenizer(FG.fill(prompts, batch_size) if engine == "static" else prompts, return_tensors="pt",
-                                    padding=True, add_special_tokens=adds_special_tokens(template)).to(device)
+                    enc = tokenizer(FG.fill(prompts, batch_size) if engine == "static" else prompts,
+                                    return_tensors="pt", padding=True,
+                                    add_special_tokens=adds_special_tokens(template)).to(device)
                     # static: one cache size for the pass (a longer prompt than planned gets a cache that holds it)
                     extra = FG.static_kwargs(model, max(max_cache_len or 0, enc["input_ids"].shape[1] + budget)) \
                         if engine == "static" else {}
