@@ -85,3 +85,20 @@ def test_no_closed_form_item_stops_the_stage_with_the_fix(tmp_path, tiny_model_d
     cfg, run, tok = prepared(tmp_path, tiny_model_dir, FREE, [FREE[0]], data={"max_drop_fraction": 0.9})
     with pytest.raises(ValueError, match="no closed-form items .* give rl.source"):
         RD.prepare(cfg, run, tok)
+
+
+@pytest.mark.parametrize("mode", ["drop", "warn"])
+def test_items_sharing_13_words_with_an_eval_item_follow_data_decontaminate(tmp_path, tiny_model_dir, mode):
+    stem = "A 45-year-old man presents with crushing chest pain radiating to the left arm and diaphoresis for an hour"
+    ev = {"question": stem + ". What is the next step?", "options": {"A": "ECG", "B": "CT", "C": "MRI"}, "answer": "A"}
+    near = {"question": stem + " after a long run. Which drug first?", "options": {"A": "Aspirin", "B": "Tea"},
+            "answer": "A"}
+    cfg, run, tok = prepared(tmp_path, tiny_model_dir, MCQ + [near], [ev], data={"decontaminate": mode})
+    items = RD.prepare(cfg, run, tok)
+    kept = [r["question"] for r in items.rows]
+    if mode == "drop":
+        assert items.dropped == {"contaminated": 1} and near["question"] not in kept
+    else:
+        assert items.dropped == {} and near["question"] in kept
+        assert items.decontamination["warnings"] and items.decontamination["warnings"][0].startswith(
+            "reinforce items: held-out")

@@ -1,9 +1,11 @@
 """The reinforce stage's items: the closed-form items (multiple choice, yes/no) of the training source, or of rl.source,
 with the prompts the train and evaluate stages build for them (data.prompts, the run's template and system prompt).
 
-The items the evaluate stage reports are never among them: an item whose question is in the run's held-out items
-(data/eval.jsonl) or in an eval set (eval.sets) is left out as a leak, and reading data.source without a
-data.eval_source, the hash split preprocess held out is left out too. Every row read is kept or dropped with a reason.
+The items the evaluate stage reports are never among them: the preprocess stage's decontamination applies as it does
+to the training rows (data/decontaminate.py, against the run's held-out items and every eval set): an item with the
+same question is left out as a leak, one sharing 13 words in a row is dropped or kept with a warning as
+data.decontaminate says; reading data.source without a data.eval_source, the hash split preprocess held out is left
+out too. Every row read is kept or dropped with a reason.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Items:
     source: str
     read: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    decontamination: dict = field(default_factory=dict)  # decontaminate.Report.result() for these items
 
     @property
     def reference(self) -> dict[str, int]:
@@ -42,18 +45,21 @@ def items_path(run: RunDir) -> Path:
     return run / "data" / "rl_items.jsonl"
 
 
-def _question_keys(path: Path) -> set[str]:
+def _examples(path: Path) -> list:
     if not path.is_file():
-        return set()
-    return {D.question_key(D.Example.from_dict(json.loads(line))) for line in path.read_text().splitlines() if line}
+        return []
+    return [D.Example.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line]
 
 
-def reported_keys(run: RunDir) -> set[str]:
-    """The questions of every item the evaluate stage reports: the held-out items and each eval set's."""
-    keys = _question_keys(run.eval_items)
+def reported(run: RunDir):
+    """Every item the evaluate stage reports (the held-out items and each eval set's, as preprocess prepared them),
+    indexed for the decontamination check."""
+    from medqlora.data.decontaminate import Index
+
+    sets = {"held-out": _examples(run.eval_items)}
     for name in (run.result("preprocess").get("eval_sets") or {}):
-        keys |= _question_keys(run.eval_set_path(name))
-    return keys
+        sets[name] = _examples(run.eval_set_path(name))
+    return Index(sets)
 
 
 def source_config(cfg: RunConfig):
@@ -80,18 +86,20 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer=None) -> Items:
         raise D.DataError(f"{source} has no readable rows")
     fmt, mapping = D.resolve_format(columns, dc)
     checks = D.Checks()
+    from medqlora.data.decontaminate import Report
+
     held_out_split = cfg.rl.source is None and not cfg.data.eval_source
-    reported = reported_keys(run)
+    report = Report(reported(run), cfg.data.decontaminate)
     room = cfg.model.max_seq_length - cfg.rl.max_completion_length
     dropped: Counter = Counter()
     kept: list[dict] = []
-    for ex in D.iter_examples(rows, fmt, mapping, checks, set(), "drop", source):
+    for ex, overlaps in report.index.annotate(D.iter_examples(rows, fmt, mapping, checks, set(), "drop", source)):
         if ex.kind not in CLOSED:
             dropped["free text"] += 1
         elif held_out_split and D.in_eval_split(ex, cfg.data.eval_fraction, cfg.data.seed):
             dropped["eval split"] += 1
-        elif D.question_key(ex) in reported:
-            dropped["leak"] += 1
+        elif why := report.verdict(ex, overlaps):  # a leak, or contaminated under data.decontaminate: drop
+            dropped[why.split(":")[0]] += 1
         elif cfg.rl.max_items and len(kept) >= cfg.rl.max_items:
             dropped["over rl.max_items"] += 1
         else:
@@ -111,7 +119,9 @@ def prepare(cfg: RunConfig, run: RunDir, tokenizer=None) -> Items:
     path = items_path(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-    return Items(kept, source, checks.read, dict(dropped))
+    found = report.result()
+    found["warnings"] = [f"reinforce items: {w}" for w in found["warnings"]]
+    return Items(kept, source, checks.read, dict(dropped), found)
 
 
 def load(run: RunDir, source: str = "") -> Items:
@@ -142,4 +152,5 @@ def items_table(items: Items):
     rows += [(f"dropped: {k}", v) for k, v in sorted(items.dropped.items())]
     rows += [("right answers", ", ".join(f"{k} {v}" for k, v in items.reference.items())),
              ("longest prompt (tokens)", items.longest_prompt)]
+    rows += [("decontamination", ln) for ln in (items.decontamination or {}).get("lines", [])]
     return pd.DataFrame(rows, columns=["", "value"]).set_index("")
