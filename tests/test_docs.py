@@ -91,6 +91,8 @@ def cheap_form(argv: list[str]) -> str | None:
         return "verify"
     if argv[0] == "pytest" or (is_python(argv) and argv[1:3] == ["-m", "pytest"]):
         return "pytest"
+    if is_python(argv) and argv[1:] == ["-m", "medqlora.config.reference"]:
+        return "reference"
     return None
 
 
@@ -200,6 +202,35 @@ def test_pytest_commands_collect():
         r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args], cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0 and re.search(r"\d+(/\d+)? tests? (collected|selected)", r.stdout), r.stdout[-2000:]
+
+
+def test_reference_command_prints_the_reference():
+    cmds = commands_of("reference", marked=True)
+    assert cmds, "the docs show how to print the params reference"
+    for c in cmds:
+        r = subprocess.run([sys.executable, *c[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.startswith("# Params reference") and "| `lora.r` |" in r.stdout
+
+
+def test_params_files_shown_in_the_docs_are_the_files():
+    """A params file shown whole (after a `<!-- params-file: PATH -->` marker) is that file, verbatim."""
+    shown = 0
+    for f in doc_files():
+        for m in re.finditer(r"<!-- params-file: (\S+) -->\n```yaml\n(.*?)^```", f.read_text(), re.S | re.M):
+            assert m.group(2) == (ROOT / m.group(1)).read_text(), f"{f.name}: {m.group(1)} differs from the file"
+            shown += 1
+    assert shown >= 1
+
+
+def test_readme_and_benchmarks_links_resolve():
+    """README.md and BENCHMARKS.md sit outside the docs site (mkdocs checks the site's links): their relative links
+    must name files of the checkout."""
+    broken = []
+    for name in ("README.md", "BENCHMARKS.md"):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / name).read_text()):
+            if "://" not in target and not (ROOT / target).exists():
+                broken.append(f"{name}: {target}")
+    assert not broken, broken
 
 
 def test_readme_colab_cells_match_the_colab_page():
