@@ -35,3 +35,26 @@ def test_the_first_batch_is_timed_apart_from_the_steady_rate(tiny_model_dir, tok
              sampling_kw={"do_sample": False, "min_new_tokens": 4}, timing=timing)
     assert timing["first_batch_tokens"] == 8 and timing["steady_tokens"] == 24
     assert timing["first_batch_seconds"] == 10.0 and timing["steady_seconds"] == 3.0
+
+
+def test_a_reasoning_model_gets_room_for_its_thought_on_closed_form_items(tiny_model_dir, tokenizer):
+    """Before: closed-form items got eval.max_new_tokens_choice (16) with the reasoning template too, so an R1
+    model's thought never closed and no answer after </think> was ever read."""
+    from transformers import AutoModelForCausalLM
+
+    from medqlora.evaluation.generate import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    real, budgets = model.generate, []
+
+    def record(**kw):
+        budgets.append(kw["max_new_tokens"])
+        return real(**kw)
+
+    model.generate = record
+    items = [{"kind": "mcq", "prompt": "Which? A. x B. y"}, {"kind": "freetext", "prompt": "Why?"}]
+    for template, want in (("chat", {3, 7}), ("reasoning", {7})):
+        budgets.clear()
+        generate(model, tokenizer, items, 7, 3, batch_size=2, label="base", print_fn=lambda *a: None,
+                 template=template, sampling_kw={"do_sample": False})
+        assert set(budgets) == want, (template, budgets)

@@ -47,7 +47,8 @@ class EvalSetConfig(Section):
 class EvalConfig(Section):
     max_samples: int | None = Field(60, ge=1, description="Held-out items to generate for (None: all).")
     max_new_tokens: int = Field(128, ge=1, description="Answer length for free-text items.")
-    max_new_tokens_choice: int = Field(16, ge=1, description="Answer length for multiple-choice and yes/no items.")
+    max_new_tokens_choice: int = Field(16, ge=1, description="Answer length for multiple-choice and yes/no items (with "
+                                       "data.template reasoning they get max_new_tokens: the thought comes first).")
     batch_size: int | Literal["auto"] = Field(
         "auto", description="Prompts generated together. auto: the largest power of two whose estimated memory stays "
         "within memory.max_fraction of the budget, up to max_batch_size.")

@@ -94,7 +94,8 @@ def generate(model, tokenizer, items: list[dict], max_new_tokens: int, max_new_t
     t0, done, new_tokens = time.time(), 0, 0
     for is_free, idx in groups.items():
         idx.sort(key=lambda i: len(items[i]["prompt"]))
-        budget = max_new_tokens if is_free else max_new_tokens_choice
+        # a reasoning model thinks before it answers: a closed-form item needs the thought's room too
+        budget = max_new_tokens if is_free or template == "reasoning" else max_new_tokens_choice
         pos = 0
         while pos < len(idx):
             chunk = idx[pos:pos + batch_size] if engine != "continuous" else idx
