@@ -209,6 +209,20 @@ def vocab_rows(gguf_file: str | Path) -> dict:
             "output_rows": rows.get("output.weight"), "vocab_size": kv.get(f"{kv['general.architecture']}.vocab_size")}
 
 
+def header_shape(gguf_file: str | Path) -> dict:
+    """The architecture a GGUF's header says, by transformers' config names (vocab_size: the token count where the
+    header has no {arch}.vocab_size, as llama.cpp and transformers take it)."""
+    from medqlora.core.gguf_kv import read_kv
+
+    kv = read_kv(gguf_file)
+    a = kv["general.architecture"]
+    return {"hidden_size": kv.get(f"{a}.embedding_length"), "num_hidden_layers": kv.get(f"{a}.block_count"),
+            "num_attention_heads": kv.get(f"{a}.attention.head_count"),
+            "num_key_value_heads": kv.get(f"{a}.attention.head_count_kv"),
+            "intermediate_size": kv.get(f"{a}.feed_forward_length"),
+            "vocab_size": kv.get(f"{a}.vocab_size", len(kv.get("tokenizer.ggml.tokens") or []))}
+
+
 def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str], quant: str) -> dict:
     """Read the GGUF back and compare it with the merged model on the same prompts: the token list against the
     embedding rows (what llama.cpp checks on load), logits with transformers (relative RMS error against the
@@ -238,11 +252,8 @@ def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str]
     from medqlora.export.merge import logits_agreement
 
     logits = logits_agreement(ref, back, tok, prompts)
-    meta_cfg = AutoConfig.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-            "vocab_size")
-    meta_diff = {k: (getattr(meta_cfg, k, None), getattr(ref_cfg, k, None)) for k in keys
-                 if getattr(meta_cfg, k, None) != getattr(ref_cfg, k, None)}
+    meta = header_shape(gguf_file)  # as llama.cpp reads it: the header's keys (transformers would parse it again)
+    meta_diff = {k: (v, getattr(ref_cfg, k, None)) for k, v in meta.items() if v != getattr(ref_cfg, k, None)}
     meta_diff.update(tcheck["differs"])  # tokenizer fields (token list, types, bos/eos/pad, add_bos, pre, template)
     del ref, back
     return {"prompts": len(prompts), **logits, "tolerance": TOLERANCE[quant], "vocab": vocab, "vocab_ok": vocab_ok,

@@ -150,11 +150,29 @@ def rebuild(v: GGUFVocab):
                                    clean_up_tokenization_spaces=False, model_max_length=131072)
 
 
-def agreeing(tok, path: str | Path, rows: int, fix=None) -> tuple[object, list[str]]:
-    """`tok` (converted by transformers from the GGUF at `path`) if it agrees with the file, else the tokenizer
-    rebuilt from the file, with a note naming what was wrong. `fix(tokenizer)` is applied to a rebuilt one as it was
-    to `tok` (the end-of-turn fix). Never returns a tokenizer that disagrees: TokenizerMismatch names the tokens."""
+def generation_ids(path: str | Path):
+    """A GenerationConfig with the GGUF's bos / eos / pad ids, as transformers gives a model loaded from it."""
+    from transformers import GenerationConfig
+
     v = read_vocab(path)
+    return GenerationConfig(bos_token_id=v.bos, eos_token_id=v.eos, pad_token_id=v.pad)
+
+
+def embedding_rows(path: str | Path) -> int:
+    """The rows of the GGUF's token embedding (its token count where the header has no token_embd)."""
+    from medqlora.core.gguf_kv import tensor_shapes
+
+    shape = tensor_shapes(path).get("token_embd.weight")
+    return int(shape[1]) if shape else len(read_vocab(path).tokens)
+
+
+def agreeing(tok, path: str | Path, rows: int | None = None, fix=None) -> tuple[object, list[str]]:
+    """`tok` (converted by transformers from the GGUF at `path`) if it agrees with the file, else the tokenizer
+    rebuilt from the file, with a note naming what was wrong. `rows`: the embedding's (default: the file's).
+    `fix(tokenizer)` is applied to a rebuilt one as it was to `tok` (the end-of-turn fix). Never returns a tokenizer
+    that disagrees: TokenizerMismatch names the tokens."""
+    v = read_vocab(path)
+    rows = rows or embedding_rows(path)
     bad = problems(tok, v, rows)
     if not bad:
         return tok, []

@@ -133,20 +133,21 @@ def _convert_gguf(src: Path, out: Path) -> dict:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        from medqlora.training import gguf_tokenizer
+
         tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        gen = gguf_tokenizer.generation_ids(src)  # the header's bos/eos/pad, as the model's generation config has them
+        fixes = _end_of_turn_fix(tok, gen)
+        # never a tokenizer that disagrees with the file (transformers' converter loses R1-Distill-Qwen's specials);
+        # checked before the weights load, so a refusal costs no conversion
+        tok, rebuilt = gguf_tokenizer.agreeing(tok, src, fix=lambda t: _end_of_turn_fix(t, gen))
+        fixes += rebuilt
+        for note in rebuilt:  # said where the conversion runs (the first stage that loads the tokenizer)
+            print(f"WARNING {note}")
         model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name)
         model.hf_quantizer = None  # dequantized weights: save as a plain checkpoint
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        fixes = _end_of_turn_fix(tok, model.generation_config)
-        from medqlora.training import gguf_tokenizer
-
-        # never a tokenizer that disagrees with the file: transformers' converter loses specials (R1-Distill-Qwen)
-        tok, rebuilt = gguf_tokenizer.agreeing(tok, src, model.get_input_embeddings().num_embeddings,
-                                               lambda t: _end_of_turn_fix(t, model.generation_config))
-        fixes += rebuilt
-        for note in rebuilt:  # said where the conversion runs (the first stage that loads the tokenizer)
-            print(f"WARNING {note}")
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         try:
