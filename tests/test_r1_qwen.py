@@ -165,6 +165,31 @@ def test_the_headline_quotes_the_check_that_failed():
     assert "tokenizer gives the same ids on only 0/3 prompts" in warning and "0.00933" not in warning, warning
 
 
+def test_a_tokenizer_config_naming_no_unk_or_pad_adds_no_token_the_base_never_had(r1_folder, tmp_path):
+    """Point 4: where tokenizer_config.json names no unk or pad, transformers' Qwen2Tokenizer adds its default
+    <|endoftext|> at 151665 (unk and pad); saved with the merged model, the GGUF typed it CONTROL and padded with it.
+    The load takes tokenizer.json as written: 151,665 entries, and the GGUF keeps 151665 an UNUSED padding row."""
+    import gguf
+
+    from medqlora.export.gguf_meta import vocab_fields
+    from medqlora.training.model import load_tokenizer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("tokenizer.json", "config.json", "generation_config.json"):
+        (src / name).write_bytes((Path(r1_folder) / name).read_bytes())
+    cfg = json.loads((Path(r1_folder) / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in cfg.items()
+                                                            if k not in ("unk_token", "pad_token")}))
+    tok = load_tokenizer(str(src), ModelConfig(name_or_path=str(src)))
+    assert len(tok) == 151665 and "<|endoftext|>" not in tok.get_vocab()
+    assert tok.pad_token_id == 151643, "no pad named: the end of turn, as the project pads"
+    tok.save_pretrained(tmp_path / "merged")  # as the merge saves the training tokenizer
+    (tmp_path / "merged" / "config.json").write_bytes((src / "config.json").read_bytes())
+    tokens, types, pre = vocab_fields(tmp_path / "merged", R1_ROWS, None)
+    assert (tokens[151665], types[151665], pre) == ("[PAD151665]", gguf.TokenType.UNUSED, "deepseek-r1-qwen")
+
+
 def _prompts(tok):
     return [chat_prompt(tok), chat_prompt(tok, "Dose of amoxicillin?") + "<think>\nweigh 15 mg/kg\n</think>\n\n"
             "500 mg<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>plain text 高血压 <tool_call> <|EOT|>"]
