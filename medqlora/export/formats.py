@@ -61,14 +61,17 @@ def extra_formats(cfg: RunConfig, run: RunDir, tmp: Path) -> dict:
             target = tmp / "gguf" / f"{cfg.run_name}-{q}.gguf"
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                g = gguf_export.write_gguf(merged_dir, target, q, cfg.run_name, gguf_export.tokenizer_pre(cfg.model),
+                pre = gguf_export.tokenizer_pre(cfg.model)
+                g = gguf_export.write_gguf(merged_dir, target, q, cfg.run_name, pre,
                                            gguf_meta.general_metadata(cfg.model, cfg.run_name))
             except gguf_export.GGUFUnsupported as e:
                 shutil.rmtree(target.parent, ignore_errors=True)
                 out["gguf"] = {"error": str(e)}
             else:
                 try:
-                    g["check"] = gguf_export.check_gguf(target, merged_dir, prompts, q)
+                    # a GGUF base names its own pre-tokenizer: the export must say the same (source_pre)
+                    g["check"] = gguf_export.check_gguf(target, merged_dir, prompts, q,
+                                                        source_pre=pre if cfg.model.gguf_file else None)
                 except Exception as e:  # noqa: BLE001  (the file is written; a read-back that cannot run is a failed check)
                     g["check"] = {"passed": False, "error": f"could not read it back: {type(e).__name__}: {e}"}
                 if "merged_16bit" not in wanted:

@@ -223,7 +223,8 @@ def header_shape(gguf_file: str | Path) -> dict:
             "vocab_size": kv.get(f"{a}.vocab_size", len(kv.get("tokenizer.ggml.tokens") or []))}
 
 
-def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str], quant: str) -> dict:
+def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str], quant: str,
+               source_pre: str | None = None) -> dict:
     """Read the GGUF back and compare it with the merged model on the same prompts: the token list against the
     embedding rows (what llama.cpp checks on load), logits with transformers (relative RMS error against the
     quantization's tolerance, top-1 agreement), the tokenizer (same ids, read from the GGUF's own token list and by
@@ -247,7 +248,7 @@ def check_gguf(gguf_file: str | Path, merged_dir: str | Path, prompts: list[str]
     from medqlora.export.gguf_tokenizer_check import check_tokenizer
 
     tok = load_tokenizer(merged_dir)
-    tcheck = check_tokenizer(gguf_file, merged_dir, prompts)
+    tcheck = check_tokenizer(gguf_file, merged_dir, prompts, source_pre)
     same_ids = tcheck["same_ids"]
     from medqlora.export.merge import logits_agreement
 

@@ -24,7 +24,7 @@ def _llama_cpp_ids(gguf_file: Path, prompts: list[str]) -> list[list[int]] | Non
         llm.close()
 
 
-def field_differences(v, tok, model_dir: Path) -> dict:
+def field_differences(v, tok, model_dir: Path, source_pre: str | None = None) -> dict:
     """{field: (GGUF, merged model)} for every tokenizer field of the GGUF `v` (gguf_tokenizer.GGUFVocab) that is not
     what the merged model's tokenizer `tok` has: the token at each id (ids past the tokenizer: UNUSED padding only),
     each added token's type, bos / eos / pad, add_bos, the pre-tokenizer and the chat template."""
@@ -59,8 +59,12 @@ def field_differences(v, tok, model_dir: Path) -> dict:
     adds = tok("Hello")["input_ids"][:1] == [tok.bos_token_id] if tok.bos_token_id is not None else False
     if v.add_bos is not None and bool(v.add_bos) != adds:
         out["tokenizer.ggml.add_bos_token"] = (bool(v.add_bos), adds)
+    # The pre-tokenizer a GGUF base's own file names (source_pre) is what llama.cpp applied to it: the export must
+    # say the same. transformers' GGUF converter writes no digit split for SmolLM's ('smollm' read back as 'gpt-2'),
+    # so the converted tokenizer.json's structure decides only where the source names none.
     tj = model_dir / "tokenizer.json"
-    pre = pre_from_tokenizer(json.loads(tj.read_text()), bos_token(model_dir)) if tj.is_file() else "default"
+    pre = source_pre or (pre_from_tokenizer(json.loads(tj.read_text()), bos_token(model_dir)) if tj.is_file()
+                         else "default")
     if pre != "default" and v.pre != pre:
         out["tokenizer.ggml.pre"] = (v.pre, pre)
     if tok.chat_template and v.chat_template != tok.chat_template:
@@ -68,7 +72,8 @@ def field_differences(v, tok, model_dir: Path) -> dict:
     return out
 
 
-def check_tokenizer(gguf_file: str | Path, model_dir: str | Path, prompts: list[str]) -> dict:
+def check_tokenizer(gguf_file: str | Path, model_dir: str | Path, prompts: list[str],
+                    source_pre: str | None = None) -> dict:
     """The GGUF's tokenizer against the merged model's: the same ids on each prompt by the GGUF's own token list
     (and by llama.cpp where it is installed), and the fields that differ (field_differences)."""
     from medqlora.export.gguf_meta import load_tokenizer
@@ -91,4 +96,4 @@ def check_tokenizer(gguf_file: str | Path, model_dir: str | Path, prompts: list[
     return {"same_ids": sum(same), "llama_cpp_same_ids": None if cpp is None else
             f"{sum(c == w for c, w in zip(cpp, want))}/{len(prompts)}", "read_by": how + (
             "; llama.cpp (llama-cpp-python)" if cpp is not None else "; llama.cpp not installed here"),
-            "differs": field_differences(v, tok, model_dir)}
+            "differs": field_differences(v, tok, model_dir, source_pre)}
