@@ -9,7 +9,6 @@ train stage's do; an out-of-memory error lowers the completions per pass (never 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,14 +20,14 @@ from medqlora.training import model as M
 M.preload_unsloth()  # before transformers and trl: Unsloth patches them on import
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 
-from medqlora.config import RunConfig, changed_keys, stage_inputs  # noqa: E402
-from medqlora.core.rundir import RunDir, portable  # noqa: E402
+from medqlora.config import RunConfig, stage_inputs  # noqa: E402
+from medqlora.core.rundir import RunDir  # noqa: E402
 from medqlora.core.system import free_memory, peak_memory_gb  # noqa: E402
 from medqlora.reinforce import data as RD  # noqa: E402
 from medqlora.reinforce.progress import GrpoMemory, GrpoProgress, summarize  # noqa: E402
 from medqlora.reinforce.rewards import AnswerRecorder, reward_functions  # noqa: E402
 from medqlora.training.memory_plan import MemoryFitError, smaller_micro_batch  # noqa: E402
-from medqlora.training.train import _is_oom, _last_checkpoint  # noqa: E402
+from medqlora.training.train import _is_oom, resumable_in  # noqa: E402
 
 
 def starting_point(run: RunDir) -> dict:
@@ -153,22 +152,8 @@ def _resumable_checkpoint(cfg: RunConfig, run: RunDir, start: dict, print_fn) ->
     the checkpoints are removed and GRPO starts over (as the train stage does)."""
     folder = run / "rl_checkpoints"
     items = hashlib.sha256(RD.items_path(run).read_bytes()).hexdigest()[:16]
-    made_from = portable({**stage_inputs(cfg, "reinforce"), "items": items, "start": start["fingerprint"]}, run.path)
-    stamp = folder / "made_from.json"
-    last = _last_checkpoint(folder, print_fn)
-    if last and stamp.is_file():
-        old = portable(json.loads(stamp.read_text()), run.path)
-        if old == made_from:
-            print_fn(f"resuming from {last}")
-            return last
-        print_fn(f"checkpoints in {folder} were made with other settings ({', '.join(changed_keys(old, made_from))}): "
-                 "starting over")
-    elif last:
-        print_fn(f"checkpoints in {folder} have no record of what made them: starting over")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    stamp.write_text(json.dumps(made_from))
-    return None
+    made_from = {**stage_inputs(cfg, "reinforce"), "items": items, "start": start["fingerprint"]}
+    return resumable_in(folder, made_from, run, print_fn)
 
 
 def train(cfg: RunConfig, run: RunDir, loaded: Loaded, items: RD.Items, plan=None, print_fn=print,

@@ -117,9 +117,15 @@ def _last_checkpoint(folder: Path, print_fn=print) -> str | None:
 def _resumable_checkpoint(cfg: RunConfig, run: RunDir, print_fn) -> str | None:
     """The newest checkpoint, if it was made from exactly what this run trains (model, data, LoRA and every
     training setting that changes the result); else the checkpoints are removed and training starts over."""
-    folder = run / "checkpoints"
     made_from = {**stage_inputs(cfg, "train"), "data_fingerprint": run.result("preprocess")["fingerprint"]}
-    made_from = portable(made_from, run.path)  # paths inside the run folder: the same run wherever it was restored
+    return resumable_in(run / "checkpoints", made_from, run, print_fn)
+
+
+def resumable_in(folder: Path, made_from: dict, run: RunDir, print_fn) -> str | None:
+    """The newest complete checkpoint in folder if its made_from.json records exactly made_from (compared as the run
+    folder records paths: the same run wherever it was restored); else the folder is emptied and made_from recorded
+    for the checkpoints to come. The train and reinforce stages both resume through it."""
+    made_from = portable(made_from, run.path)
     stamp = folder / "made_from.json"
     last = _last_checkpoint(folder, print_fn)
     if last and stamp.is_file():
